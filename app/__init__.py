@@ -1,0 +1,3 @@
+"""Consentry: a privacy-first customer data platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""HTTP API for API keys (admin only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+from litestar import Controller, delete, get, post
+from litestar.params import FromPath, JSONBody
+
+from app.access.models import ApiKey
+from app.access.service import create_api_key, list_api_keys, revoke_api_key
+from app.deps import Caller, Db
+from app.ledger.service import record
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    name: str
+    source: str | None = None
+
+
+class KeyOut(msgspec.Struct):
+    id: str
+    role: str
+    name: str
+    source: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = None
+    """The secret, shown once on creation only."""
+
+
+def _out(k: ApiKey, token: str | None = None) -> KeyOut:
+    return KeyOut(k.id, k.role, k.name, k.source, k.created_at, k.revoked_at, token)
+
+
+class ApiKeyController(Controller):
+    path = "/v1/keys"
+    tags = ["access"]
+    opt = {"roles": ("admin",)}
+
+    @post("/", operation_id="createApiKey", status_code=201)
+    async def create(self, data: JSONBody[KeyCreate], db: Db, principal: Caller) -> KeyOut:
+        """Create an API key for a role; ingest keys are a source's write key."""
+        key, token = await create_api_key(db, data.role, data.name, data.source)
+        await record(db, principal, "api_key.create", details={"key_id": key.id, "role": key.role})
+        return _out(key, token)
+
+    @get("/", operation_id="listApiKeys")
+    async def list(self, db: Db) -> list[KeyOut]:
+        return [_out(k) for k in await list_api_keys(db)]
+
+    @delete("/{key_id:str}", operation_id="revokeApiKey", status_code=200)
+    async def revoke(self, key_id: FromPath[str], db: Db, principal: Caller) -> KeyOut:
+        key = await revoke_api_key(db, key_id)
+        await record(db, principal, "api_key.revoke", details={"key_id": key.id})
+        return _out(key)

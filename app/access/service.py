@@ -1,0 +1,82 @@
+"""Creating, listing, revoking and checking API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.models import ROLES, ApiKey
+from app.errors import InvalidField, NotFound
+
+PREFIX = "csk"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id (never the secret), its role and, for ingest keys, its source."""
+
+    key_id: str
+    role: str
+    name: str
+    source: str | None = None
+
+
+SYSTEM = Principal(key_id="system", role="admin", name="consentry")
+"""The actor for scheduled jobs and CLI maintenance."""
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create_api_key(session: AsyncSession, role: str, name: str, source: str | None = None) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its one-time plaintext token."""
+    if role not in ROLES:
+        raise InvalidField(f"must be one of {', '.join(ROLES)}", field="role")
+    if not name.strip():
+        raise InvalidField("must not be empty", field="name")
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    record = ApiKey(
+        id=key_id,
+        name=name.strip(),
+        role=role,
+        source=(source or name.strip()) if role == "ingest" else source,
+        secret_hash=_hash(secret),
+        created_at=datetime.now(UTC),
+    )
+    session.add(record)
+    await session.flush()
+    return record, f"{PREFIX}_{key_id}_{secret}"
+
+
+async def authenticate(session: AsyncSession, token: str) -> Principal | None:
+    """The principal for a token, or None if it is unknown, malformed or revoked."""
+    parts = token.strip().split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX:
+        return None
+    record = await session.get(ApiKey, parts[1])
+    if record is None or record.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(record.secret_hash, _hash(parts[2])):
+        return None
+    return Principal(key_id=record.id, role=record.role, name=record.name, source=record.source)
+
+
+async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
+    return list((await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())
+
+
+async def revoke_api_key(session: AsyncSession, key_id: str) -> ApiKey:
+    record = await session.get(ApiKey, key_id)
+    if record is None:
+        raise NotFound("no such API key", field="key_id")
+    record.revoked_at = record.revoked_at or datetime.now(UTC)
+    await session.flush()
+    return record

@@ -1,0 +1,201 @@
+"""The ``consentry`` command: serve, migrate, demo data, keys, audit, scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from app.settings import get_settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        workers=args.workers,
+    )
+    return 0
+
+
+def _db(args: argparse.Namespace) -> int:
+    from app.migrate import downgrade, upgrade
+
+    upgrade() if args.action == "upgrade" else downgrade(revision=args.revision)
+    print(f"database {args.action} done", file=sys.stderr)
+    return 0
+
+
+async def _keys_create(role: str, name: str, source: str | None) -> str:
+    from app.access.service import SYSTEM, create_api_key
+    from app.db import unit_of_work
+    from app.ledger.service import record
+
+    async with unit_of_work() as session:
+        key, token = await create_api_key(session, role, name, source)
+        await record(session, SYSTEM, "api_key.create", details={"key_id": key.id, "role": role})
+    return token
+
+
+async def _keys_rotate() -> int:
+    from app.access.service import SYSTEM
+    from app.db import unit_of_work
+    from app.ledger.service import record
+    from app.vault.keyring import key_material
+    from app.vault.service import rewrap_batch
+
+    ring = key_material(get_settings()).master
+    version = ring.add_version()
+    total = 0
+    while True:
+        async with unit_of_work() as session:
+            n = await rewrap_batch(session, ring)
+        total += n
+        if n == 0:
+            break
+    async with unit_of_work() as session:
+        await record(session, SYSTEM, "keys.rotate", details={"master_version": version, "rewrapped": total})
+    print(f"master key version {version} active; {total} data keys re-wrapped", file=sys.stderr)
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        print(asyncio.run(_keys_create(args.role, args.name, args.source)))
+        return 0
+    if args.action == "rotate":
+        return asyncio.run(_keys_rotate())
+    return asyncio.run(_keys_list_or_revoke(args))
+
+
+async def _keys_list_or_revoke(args: argparse.Namespace) -> int:
+    from app.access.service import list_api_keys, revoke_api_key
+    from app.db import unit_of_work
+
+    async with unit_of_work() as session:
+        if args.action == "revoke":
+            await revoke_api_key(session, args.key_id)
+            print(f"revoked {args.key_id}", file=sys.stderr)
+            return 0
+        for k in await list_api_keys(session):
+            state = "revoked" if k.revoked_at else "active"
+            print(f"{k.id}\t{k.role}\t{k.name}\t{k.source or '-'}\t{state}")
+    return 0
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    import base64
+
+    from app.db import unit_of_work
+    from app.vault.keyring import key_material
+    from audit import store
+    from audit.checkpoint import public_key_bytes
+    from audit.verify import verify_ledger
+
+    s = get_settings()
+    signing = key_material(s).signing_key
+    async with unit_of_work() as session:
+        if args.action == "public-key":
+            print(base64.b64encode(public_key_bytes(signing.public_key())).decode())
+            return 0
+        if args.action == "checkpoint":
+            cp = await store.create_checkpoint(session, signing, s.audit_origin)
+            print(json.dumps(cp.to_json()))
+            return 0
+        if args.action == "export":
+            out = open(args.file, "w", encoding="utf-8") if args.file else sys.stdout  # noqa: SIM115
+            async for e in store.stream_entries(session):
+                out.write(json.dumps({"kind": "entry", **e.to_json()}, ensure_ascii=False) + "\n")
+            for cp in await store.list_checkpoints(session):
+                out.write(json.dumps({"kind": "checkpoint", **cp.to_json()}) + "\n")
+            if out is not sys.stdout:
+                out.close()
+            return 0
+        entries = [e async for e in store.stream_entries(session)]
+        report = verify_ledger(entries, await store.list_checkpoints(session), signing.public_key())
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+async def _scheduler(args: argparse.Namespace) -> int:
+    from app.jobs.scheduler import build_scheduler, product_jobs
+
+    scheduler = build_scheduler(product_jobs())
+    scheduler.start()
+    try:
+        await asyncio.sleep(args.seconds if args.seconds else 10**9)
+    finally:
+        scheduler.shutdown(wait=False)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from app.demo import load_demo
+
+    keys = asyncio.run(load_demo(args.count, Path(args.keys_file) if args.keys_file else None))
+    for role, token in keys.items():
+        print(f"{role:<11} {token}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="consentry", description="Consentry customer data platform")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the HTTP service")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=_serve)
+
+    d = sub.add_parser("db", help="migrate the database")
+    d.add_argument("action", choices=["upgrade", "downgrade"])
+    d.add_argument("--revision", default="base")
+    d.set_defaults(func=_db)
+
+    k = sub.add_parser("keys", help="API keys and master-key rotation")
+    ks = k.add_subparsers(dest="action", required=True)
+    kc = ks.add_parser("create", help="create an API key; prints it as the only line on stdout")
+    kc.add_argument("--role", required=True)
+    kc.add_argument("--name", required=True)
+    kc.add_argument("--source", help="source name for ingest keys (default: the name)")
+    ks.add_parser("list")
+    kr = ks.add_parser("revoke")
+    kr.add_argument("key_id")
+    ks.add_parser("rotate", help="new master key version; re-wrap every data key (no downtime)")
+    k.set_defaults(func=_keys)
+
+    a = sub.add_parser("audit", help="the audit ledger")
+    a.add_argument("action", choices=["verify", "export", "checkpoint", "public-key"])
+    a.add_argument("--file", help="export: write here instead of stdout")
+    a.set_defaults(func=lambda ns: asyncio.run(_audit(ns)))
+
+    sc = sub.add_parser("scheduler", help="run the periodic jobs in the foreground")
+    sc.add_argument("--seconds", type=float, default=0, help="stop after this long (0: forever)")
+    sc.set_defaults(func=lambda ns: asyncio.run(_scheduler(ns)))
+
+    dm = sub.add_parser("demo", help="load synthetic demo customers and print a key per role")
+    dm.add_argument("action", choices=["load"])
+    dm.add_argument("--count", type=int, default=40)
+    dm.add_argument("--keys-file", help="also write the keys here (mode 0600)")
+    dm.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.logs import configure_logging
+
+    args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        configure_logging(get_settings(), stream=sys.stderr)
+    result: Any = args.func(args)
+    return int(result or 0)

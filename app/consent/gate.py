@@ -1,0 +1,97 @@
+"""The single gate every disclosure of personal data passes.
+
+Segment counts, exports, webhooks, triggers, API reads and writes of personal data all
+call ``authorize`` before they touch a person's data. Today it applies purposes and roles from
+``policies/purposes.yaml``; per-person consent plugs in here, so no caller changes.
+Allowed and denied decisions both go to the ledger; a denial is committed at once
+(it survives the failed request) and raised as ``PolicyDenied``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.service import Principal
+from app.consent.policy import Reveal, load_policies
+from app.errors import PolicyDenied
+from app.ledger.service import record, record_many
+from app.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    purpose: str
+    legal_basis: str | None
+    reveal: Reveal
+    reason: str
+
+
+def decide(principal: Principal, purpose: str | None) -> Decision:
+    """The policy decision alone (no ledger): may this role use data for this purpose?"""
+    policies = load_policies(get_settings().policy_dir)
+    pid = purpose or policies.role_defaults.get(principal.role, "")
+    spec = policies.purposes.get(pid)
+    if spec is None:
+        return Decision(False, pid or "unspecified", None, "none", "unknown purpose")
+    if principal.role not in spec.roles:
+        return Decision(False, pid, spec.legal_basis, "none", f"role '{principal.role}' may not use this purpose")
+    return Decision(True, pid, spec.legal_basis, spec.reveal, "allowed by purpose policy")
+
+
+async def authorize(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    subject_ids: Sequence[str],
+    purpose: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Decision:
+    """Decide, record the decision for each subject, and raise ``PolicyDenied`` on a denial.
+
+    ``details`` (no personal data: field names, counts) is added to the ledger entries.
+    """
+    decision = decide(principal, purpose)
+    details = {
+        **(details or {}),
+        "decision": "allow" if decision.allowed else "deny",
+        "reason": decision.reason,
+        "reveal": decision.reveal,
+    }
+    if not decision.allowed:
+        if subject_ids:
+            await record_many(
+                session,
+                principal,
+                f"{action}.denied",
+                list(subject_ids),
+                purpose=decision.purpose,
+                legal_basis=decision.legal_basis,
+                details=details,
+            )
+        else:
+            await record(
+                session,
+                principal,
+                f"{action}.denied",
+                purpose=decision.purpose,
+                legal_basis=decision.legal_basis,
+                details=details,
+            )
+        await session.commit()
+        raise PolicyDenied(f"purpose '{decision.purpose}' denied: {decision.reason}", field="purpose")
+    if subject_ids:
+        await record_many(
+            session,
+            principal,
+            action,
+            list(subject_ids),
+            purpose=decision.purpose,
+            legal_basis=decision.legal_basis,
+            details=details,
+        )
+    return decision

@@ -1,0 +1,123 @@
+"""Database engines and sessions for requests, jobs and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from app.settings import get_settings
+
+_async_engines: dict[str, AsyncEngine] = {}
+_makers: dict[str, async_sessionmaker[AsyncSession]] = {}
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def async_url(url: str) -> str:
+    """The same database addressed through its asyncio driver."""
+    u = make_url(url)
+    driver = "aiosqlite" if u.get_backend_name() == "sqlite" else "asyncpg"
+    return u.set(drivername=f"{u.get_backend_name()}+{driver}").render_as_string(hide_password=False)
+
+
+def sync_url(url: str) -> str:
+    """The same database addressed through its blocking driver (migrations, scans)."""
+    u = make_url(url)
+    driver = "pysqlite" if u.get_backend_name() == "sqlite" else "psycopg"
+    return u.set(drivername=f"{u.get_backend_name()}+{driver}").render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    db = make_url(url).database
+    if db and db != ":memory:":
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
+
+
+def get_engine(url: str | None = None) -> AsyncEngine:
+    """The process-wide async engine for ``url`` (default: the configured database)."""
+    url = url or get_settings().database_url
+    if url not in _async_engines:
+        kwargs: dict[str, Any] = {}
+        if is_sqlite(url):
+            _ensure_sqlite_dir(url)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        engine = create_async_engine(async_url(url), **kwargs)
+        if is_sqlite(url):
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        _async_engines[url] = engine
+    return _async_engines[url]
+
+
+def create_sync_engine(url: str | None = None) -> Engine:
+    """A new blocking engine (caller disposes it)."""
+    url = url or get_settings().database_url
+    kwargs: dict[str, Any] = {}
+    if is_sqlite(url):
+        _ensure_sqlite_dir(url)
+    engine = create_engine(sync_url(url), **kwargs)
+    if is_sqlite(url):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def session_maker(url: str | None = None) -> async_sessionmaker[AsyncSession]:
+    url = url or get_settings().database_url
+    if url not in _makers:
+        _makers[url] = async_sessionmaker(get_engine(url), class_=AsyncSession, expire_on_commit=False)
+    return _makers[url]
+
+
+@asynccontextmanager
+async def unit_of_work(url: str | None = None) -> AsyncIterator[AsyncSession]:
+    """A session committed on success and rolled back on error (jobs, CLI, requests)."""
+    async with session_maker(url)() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+async def dispose_engines() -> None:
+    for engine in list(_async_engines.values()):
+        await engine.dispose()
+    _async_engines.clear()
+    _makers.clear()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite returns naive ones otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value

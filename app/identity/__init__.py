@@ -1,0 +1,1 @@
+"""The identity graph: identifiers (as blind indexes) linked to one master profile id."""

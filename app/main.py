@@ -1,0 +1,84 @@
+"""The Litestar application: routes, guards, error map, scheduler lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from litestar import Litestar, get
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from sqlalchemy import text
+
+from app.access.guards import require_role
+from app.access.routes import ApiKeyController
+from app.db import dispose_engines, unit_of_work
+from app.deps import provide_principal, provide_session
+from app.jobs.routes import JobController
+from app.jobs.scheduler import build_scheduler, product_jobs
+from app.ledger.routes import AuditController
+from app.logs import configure_logging
+from app.problems import EXCEPTION_HANDLERS
+from app.profiles.routes import ProfileController
+from app.request_context import request_id_middleware
+from app.settings import get_settings
+from app.vault.keyring import key_material
+
+log = structlog.get_logger("consentry")
+
+
+@get("/health", operation_id="health", tags=["service"])
+async def health() -> dict[str, str]:
+    """Liveness and database reachability (no authentication)."""
+    async with unit_of_work() as session:
+        await session.execute(text("SELECT 1"))
+    return {"status": "ok", "database": "ok"}
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings = get_settings()
+    key_material(settings)  # fail fast on bad key configuration; create dev keys once
+    scheduler = build_scheduler(product_jobs()) if settings.scheduler_enabled else None
+    if scheduler is not None:
+        scheduler.start()
+    log.info("service_started", scheduler=bool(scheduler))
+    try:
+        yield
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+        await dispose_engines()
+
+
+def create_app() -> Litestar:
+    """Build the application from the current ``CONSENTRY_*`` settings."""
+    configure_logging(get_settings())
+    openapi = OpenAPIConfig(
+        title="Consentry",
+        version="0.1.0",
+        description="Privacy-first customer data platform.",
+        path="/docs",
+        render_plugins=[SwaggerRenderPlugin(path="/")],
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(type="http", scheme="bearer", description="Consentry API key"),
+                "writeKey": SecurityScheme(type="http", scheme="basic", description="Source write key as user name"),
+            }
+        ),
+        security=[{"apiKey": []}, {"writeKey": []}],
+    )
+    return Litestar(
+        route_handlers=[health, ProfileController, ApiKeyController, AuditController, JobController],
+        guards=[require_role],
+        dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_id_middleware],
+        openapi_config=openapi,
+        lifespan=[lifespan],
+        request_max_body_size=1024 * 1024,
+        logging_config=None,
+    )

@@ -1,0 +1,1 @@
+"""Profiles: one per person, with personal data encrypted field by field."""

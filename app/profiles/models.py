@@ -1,0 +1,34 @@
+"""Profile rows: non-personal traits in JSON, personal fields as AEAD ciphertext."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
+
+
+class Profile(SQLModel, table=True):
+    __tablename__ = "profile"
+
+    id: str = Field(primary_key=True, max_length=36)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    updated_at: datetime = Field(sa_type=UtcDateTime)
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """Traits that policy does not class as personal data (plan, tier, counts)."""
+
+
+class ProfileField(SQLModel, table=True):
+    """One personal-data trait of one profile, encrypted under the subject's data key."""
+
+    __tablename__ = "profile_field"
+
+    profile_id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(primary_key=True, max_length=64)
+    category: str = Field(max_length=64)
+    key_version: int
+    ciphertext: bytes
+    updated_at: datetime = Field(sa_type=UtcDateTime)

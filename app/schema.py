@@ -1,0 +1,15 @@
+"""Every table of the product, for migrations and test set-up."""
+
+from __future__ import annotations
+
+from sqlalchemy import MetaData
+from sqlmodel import SQLModel
+
+import app.access.models
+import app.identity.models
+import app.jobs.models
+import app.profiles.models
+import app.vault.models  # noqa: F401  (registers the tables)
+from audit.store import metadata as audit_metadata
+
+METADATA: list[MetaData] = [SQLModel.metadata, audit_metadata]

@@ -1,0 +1,51 @@
+"""Service configuration, read from ``CONSENTRY_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CONSENTRY_{name}", default)
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    return _env(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one service process; every field maps to one variable."""
+
+    database_url: str = field(default_factory=lambda: _env("DATABASE_URL", "sqlite:///./data/consentry.db"))
+    """SQLAlchemy URL: ``sqlite:///path`` or ``postgresql://user@host/db``."""
+    key_dir: Path = field(default_factory=lambda: Path(_env("KEY_DIR", "./data/keys")))
+    """Where development key files are created when no key is given by variable."""
+    master_key: str = field(default_factory=lambda: _env("MASTER_KEY", ""))
+    """Base64 32-byte key-encryption key; ``v:key,v:key`` for several versions."""
+    index_key: str = field(default_factory=lambda: _env("INDEX_KEY", ""))
+    """Base64 32-byte key for blind indexes (never rotated by ``keys rotate``)."""
+    audit_signing_key: str = field(default_factory=lambda: _env("AUDIT_SIGNING_KEY", ""))
+    """Base64 Ed25519 private key (32 raw bytes) for ledger checkpoints."""
+    default_region: str = field(default_factory=lambda: _env("DEFAULT_REGION", "US"))
+    """Region used to read phone numbers written without a country code."""
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    log_file: str = field(default_factory=lambda: _env("LOG_FILE", ""))
+    """Also append JSON log lines to this file (stdout always gets them)."""
+    policy_dir: Path = field(
+        default_factory=lambda: Path(_env("POLICY_DIR", str(Path(__file__).resolve().parent.parent / "policies")))
+    )
+    scheduler_enabled: bool = field(default_factory=lambda: _env_bool("SCHEDULER", True))
+    """Run periodic jobs inside this process (exactly once across processes)."""
+    checkpoint_interval_s: int = field(default_factory=lambda: int(_env("CHECKPOINT_INTERVAL", "600")))
+    audit_origin: str = field(default_factory=lambda: _env("AUDIT_ORIGIN", "consentry"))
+    """Name of this ledger, signed into every checkpoint."""
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings of this process (read once; tests call ``get_settings.cache_clear()``)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Envelope encryption of personal data: per-subject data keys, AEAD fields, blind indexes."""

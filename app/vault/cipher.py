@@ -1,0 +1,62 @@
+"""AES-256-GCM for data keys (wrapped under a master key) and for profile fields.
+
+The associated data binds each ciphertext to where it belongs, so a ciphertext copied
+to another profile, field or key version fails authentication instead of decrypting.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from app.errors import IntegrityFailure
+
+NONCE = 12
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, blob: bytes, aad: bytes, what: str, field: str | None = None) -> bytes:
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE], blob[NONCE:], aad)
+    except (InvalidTag, ValueError) as exc:
+        raise IntegrityFailure(f"{what} failed authentication; the read was refused", field=field) from exc
+
+
+def _wrap_aad(profile_id: str, key_version: int, master_version: int) -> bytes:
+    return f"consentry:dek|profile={profile_id}|kv={key_version}|mk={master_version}".encode()
+
+
+def wrap_key(master: bytes, master_version: int, profile_id: str, key_version: int, data_key: bytes) -> bytes:
+    return _seal(master, data_key, _wrap_aad(profile_id, key_version, master_version))
+
+
+def unwrap_key(master: bytes, master_version: int, profile_id: str, key_version: int, wrapped: bytes) -> bytes:
+    return _open(master, wrapped, _wrap_aad(profile_id, key_version, master_version), "data key")
+
+
+def _field_aad(profile_id: str, field: str, key_version: int) -> bytes:
+    return f"consentry:field|name={field}|profile={profile_id}|kv={key_version}".encode()
+
+
+def seal_field(data_key: bytes, profile_id: str, field: str, key_version: int, value: Any) -> bytes:
+    """Encrypt a JSON-serialisable value for (profile, field, key version)."""
+    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return _seal(data_key, plaintext, _field_aad(profile_id, field, key_version))
+
+
+def open_field(data_key: bytes, profile_id: str, field: str, key_version: int, blob: bytes) -> Any:
+    """Decrypt a field; raises ``IntegrityFailure`` naming the field if it was tampered with or moved."""
+    plaintext = _open(data_key, blob, _field_aad(profile_id, field, key_version), f"field '{field}'", field)
+    return json.loads(plaintext)

@@ -1,0 +1,81 @@
+"""Data keys per subject: create, unwrap, shred, and re-wrap under a new master key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import SubjectErased
+from app.vault.cipher import new_data_key, unwrap_key, wrap_key
+from app.vault.keyring import MasterKeyring
+from app.vault.models import SubjectKey
+
+
+@dataclass(frozen=True)
+class DataKey:
+    profile_id: str
+    version: int
+    key: bytes
+
+
+async def create_subject_key(session: AsyncSession, ring: MasterKeyring, profile_id: str) -> DataKey:
+    """A fresh data key for a new subject, wrapped with the active master key."""
+    mv, master = ring.current()
+    dk = new_data_key()
+    session.add(
+        SubjectKey(
+            profile_id=profile_id,
+            key_version=1,
+            master_version=mv,
+            wrapped_key=wrap_key(master, mv, profile_id, 1, dk),
+            created_at=datetime.now(UTC),
+        )
+    )
+    return DataKey(profile_id, 1, dk)
+
+
+def _unwrap(ring: MasterKeyring, row: SubjectKey) -> DataKey:
+    dk = unwrap_key(ring.get(row.master_version), row.master_version, row.profile_id, row.key_version, row.wrapped_key)
+    return DataKey(row.profile_id, row.key_version, dk)
+
+
+async def subject_keys(session: AsyncSession, ring: MasterKeyring, profile_ids: list[str]) -> dict[str, DataKey]:
+    """Unwrapped keys for the given subjects; shredded subjects are absent from the result."""
+    if not profile_ids:
+        return {}
+    rows = (await session.execute(select(SubjectKey).where(SubjectKey.profile_id.in_(profile_ids)))).scalars()  # type: ignore[attr-defined]
+    return {row.profile_id: _unwrap(ring, row) for row in rows}
+
+
+async def subject_key(session: AsyncSession, ring: MasterKeyring, profile_id: str) -> DataKey:
+    """The subject's key; ``SubjectErased`` if it was shredded."""
+    keys = await subject_keys(session, ring, [profile_id])
+    if profile_id not in keys:
+        raise SubjectErased("this subject's personal data was erased", field="profile_id")
+    return keys[profile_id]
+
+
+async def shred_subject_key(session: AsyncSession, profile_id: str) -> bool:
+    """Destroy the subject's data key: every ciphertext under it becomes unreadable."""
+    result = await session.execute(delete(SubjectKey).where(SubjectKey.profile_id == profile_id))  # type: ignore[arg-type]
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def rewrap_batch(session: AsyncSession, ring: MasterKeyring, batch: int = 500) -> int:
+    """Re-wrap up to ``batch`` data keys still under an older master key; returns how many.
+
+    Data is not re-encrypted: only the wrapped key changes, in place, so readers see
+    either the old wrapping (old master still in the ring) or the new one.
+    """
+    active, master = ring.current()
+    q = select(SubjectKey).where(SubjectKey.master_version != active).limit(batch)  # type: ignore[arg-type]
+    rows = list((await session.execute(q)).scalars())
+    for row in rows:
+        dk = _unwrap(ring, row)
+        row.wrapped_key = wrap_key(master, active, row.profile_id, row.key_version, dk.key)
+        row.master_version = active
+    await session.flush()
+    return len(rows)

@@ -1,0 +1,119 @@
+"""Test set-up: a fresh, migrated database per test on SQLite (default) or PostgreSQL.
+
+``CONSENTRY_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test`` runs the same
+suite on PostgreSQL (``scripts/test`` does both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from sqlalchemy import text
+
+from app.db import create_sync_engine, dispose_engines, is_sqlite
+from app.migrate import upgrade
+from app.settings import get_settings
+from app.vault import keyring
+from audit.store import HEAD_ROW
+
+T = TypeVar("T")
+PG_URL = os.environ.get("CONSENTRY_TEST_DATABASE_URL", "")
+ROLES = ("admin", "ingest", "marketer", "compliance", "auditor")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh event loop and release its connections afterwards."""
+
+    async def wrapped() -> T:
+        try:
+            return await coro
+        finally:
+            await dispose_engines()
+
+    return asyncio.run(wrapped())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_ready() -> str:
+    """Migrate the PostgreSQL test database once per session, from an empty schema."""
+    engine = create_sync_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(PG_URL)
+    return PG_URL
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_sync_engine(url)
+    with engine.begin() as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+            )
+        ]
+        conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables)))
+        conn.execute(text("INSERT INTO audit_head (id, seq, head_hash) VALUES (:id, :seq, :head_hash)"), HEAD_ROW)
+    engine.dispose()
+
+
+@dataclass
+class Env:
+    """The database and directories one test runs against."""
+
+    url: str
+    tmp: Path
+    key_dir: Path
+    log_file: Path
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        return Path(self.url.removeprefix("sqlite:///")) if is_sqlite(self.url) else None
+
+    def environ(self) -> dict[str, str]:
+        """Environment for a subprocess that must use this test's database and keys."""
+        return {
+            **os.environ,
+            "CONSENTRY_DATABASE_URL": self.url,
+            "CONSENTRY_KEY_DIR": str(self.key_dir),
+            "CONSENTRY_LOG_FILE": str(self.log_file),
+            "CONSENTRY_SCHEDULER": "0",
+        }
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Env]:
+    if PG_URL:
+        url = request.getfixturevalue("pg_ready")
+        _reset_postgres(url)
+    else:
+        template = request.getfixturevalue("sqlite_template")
+        db = tmp_path / "data" / "consentry.db"
+        db.parent.mkdir()
+        shutil.copy(template, db)
+        url = f"sqlite:///{db}"
+    e = Env(url=url, tmp=tmp_path, key_dir=tmp_path / "keys", log_file=tmp_path / "consentry.log")
+    for k, v in e.environ().items():
+        if k.startswith("CONSENTRY_"):
+            monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    keyring._loaded.clear()
+    yield e
+    get_settings.cache_clear()
+    keyring._loaded.clear()
