@@ -1,0 +1,108 @@
+"""Every endpoint against every role: 401 without a valid key, 403 for a wrong role."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from litestar.routes import HTTPRoute
+
+from app.main import create_app
+from tests.conftest import ROLES, Env
+from tests.helpers import auth, client, make_keys
+
+PUBLIC = None
+ADMIN = {"admin"}
+EXPECTED: dict[tuple[str, str], set[str] | None] = {
+    ("GET", "/health"): PUBLIC,
+    ("POST", "/v1/profiles"): {"admin", "ingest", "compliance"},
+    ("PATCH", "/v1/profiles/{profile_id:str}"): {"admin", "ingest", "compliance"},
+    ("GET", "/v1/profiles/{profile_id:str}"): {"admin", "compliance", "marketer"},
+    ("POST", "/v1/profiles/lookup"): {"admin", "compliance", "marketer"},
+    ("POST", "/v1/keys"): ADMIN,
+    ("GET", "/v1/keys"): ADMIN,
+    ("DELETE", "/v1/keys/{key_id:str}"): ADMIN,
+    ("GET", "/v1/audit/entries"): {"auditor", "admin"},
+    ("GET", "/v1/audit/export"): {"auditor", "admin"},
+    ("GET", "/v1/audit/checkpoints"): {"auditor", "admin"},
+    ("POST", "/v1/audit/checkpoints"): {"auditor", "admin"},
+    ("GET", "/v1/audit/public-key"): {"auditor", "admin"},
+    ("GET", "/v1/audit/verify"): {"auditor", "admin"},
+    ("GET", "/v1/jobs"): ADMIN,
+    ("GET", "/v1/jobs/runs"): ADMIN,
+}
+
+
+def _routes() -> set[tuple[str, str]]:
+    found = set()
+    for route in create_app().routes:
+        if not isinstance(route, HTTPRoute) or route.path.startswith("/docs"):
+            continue
+        for method in route.methods:
+            if method not in {"HEAD", "OPTIONS"}:
+                found.add((method, route.path))
+    return found
+
+
+def test_the_matrix_covers_every_endpoint() -> None:
+    assert _routes() == set(EXPECTED), "add new endpoints to EXPECTED with the roles they admit"
+
+
+def test_role_by_endpoint_matrix(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        revoked = c.post("/v1/keys", json={"role": "admin", "name": "old"}, headers=auth(keys["admin"])).json()
+        assert c.delete(f"/v1/keys/{revoked['id']}", headers=auth(keys["admin"])).status_code == 200
+        for (method, template), allowed in EXPECTED.items():
+            path = re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", template)
+            body = {} if method in {"POST", "PATCH"} else None
+
+            def call(headers: dict[str, str], method: str = method, path: str = path, body: object = body):  # type: ignore[no-untyped-def]
+                return c.request(method, path, json=body, headers=headers)
+
+            if allowed is None:
+                assert call({}).status_code == 200
+                continue
+            for headers in ({}, auth("csk_000000000000_nope"), auth(revoked["key"]), {"X-API-Key": "garbage"}):
+                r = call(headers)
+                assert r.status_code == 401, (method, template, r.status_code)
+                assert r.headers["content-type"].startswith("application/problem+json")
+            for role in ROLES:
+                r = call(auth(keys[role]))
+                if role in allowed:
+                    assert r.status_code not in {401, 403}, (role, method, template, r.text)
+                else:
+                    assert r.status_code == 403, (role, method, template, r.status_code)
+                    assert r.json()["title"] == "Forbidden" and r.json()["status"] == 403
+
+
+def test_write_key_works_as_basic_auth_user_name(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        r = c.post("/v1/profiles", json={"traits": {"plan": "x"}}, auth=(keys["ingest"], ""))
+        assert r.status_code == 201
+        assert c.post("/v1/profiles", json={"traits": {}}, auth=("wrong", "")).status_code == 401
+
+
+def test_cli_prints_a_new_key_as_the_only_line_on_stdout(env: Env) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "--role", "marketer", "--name", "crm"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("csk_")
+    with client() as c:
+        assert c.get("/v1/keys", headers=auth(lines[0])).status_code == 403  # a marketer key, and it works
+    bad = subprocess.run(
+        [sys.executable, "-m", "app", "keys", "create", "--role", "root", "--name", "x"],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and bad.stdout == ""
