@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.models import ROLES, ApiKey
@@ -70,7 +70,7 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
 
 
 async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
-    return list((await session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars())
+    return list((await session.execute(select(ApiKey).order_by(col(ApiKey.created_at)))).scalars())
 
 
 async def revoke_api_key(session: AsyncSession, key_id: str) -> ApiKey:

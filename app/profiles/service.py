@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
+from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -221,5 +222,5 @@ async def lookup_profile_ids(session: AsyncSession, ctx: VaultContext, kind: str
         raise InvalidField("is not a lookup identifier", field=kind)
     normalized = normalize_trait(rule, value, ctx.region, kind)
     digest = blind_index(ctx.keys.index_key, kind, normalized)
-    q = select(Identifier.profile_id).where(Identifier.kind == kind, Identifier.digest == digest)  # type: ignore[arg-type]
+    q = select(col(Identifier.profile_id)).where(Identifier.kind == kind, Identifier.digest == digest)  # type: ignore[arg-type]
     return sorted(set((await session.execute(q)).scalars()))
