@@ -104,8 +104,13 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
     request_id, details) in order, chained to the current head; returns the entries."""
     if not records:
         return []
-    await db.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=audit_head.c.seq))
-    head = (await db.execute(select(audit_head.c.seq, audit_head.c.head_hash).where(audit_head.c.id == 1))).one()
+    lock = (
+        update(audit_head)
+        .where(audit_head.c.id == 1)
+        .values(seq=audit_head.c.seq)
+        .returning(audit_head.c.seq, audit_head.c.head_hash)
+    )
+    head = (await db.execute(lock)).one()
     seq, prev = int(head.seq), head.head_hash
     now = utc_timestamp()
     entries: list[Entry] = []

@@ -96,17 +96,30 @@ def split_traits(ctx: VaultContext, traits: dict[str, Any]) -> tuple[dict[str, t
 
 
 async def _store_personal(
-    session: AsyncSession, ctx: VaultContext, dk: DataKey, personal: dict[str, tuple[TraitRule, Any]], now: datetime
+    session: AsyncSession,
+    ctx: VaultContext,
+    dk: DataKey,
+    personal: dict[str, tuple[TraitRule, Any]],
+    now: datetime,
+    replace: bool,
 ) -> None:
+    """Encrypt and index personal traits; with ``replace``, first drop the old values."""
     pid = dk.profile_id
-    for name, (rule, value) in personal.items():
+    if replace and personal:
+        names = list(personal)
+        kinds = [rule.index for rule, _ in personal.values() if rule.index]
         await session.execute(
-            delete(ProfileField).where(ProfileField.profile_id == pid, ProfileField.name == name)  # type: ignore[arg-type]
+            delete(ProfileField)
+            .where(col(ProfileField.profile_id) == pid, col(ProfileField.name).in_(names))
+            .execution_options(synchronize_session=False)
         )
-        if rule.index:
+        if kinds:
             await session.execute(
-                delete(Identifier).where(Identifier.profile_id == pid, Identifier.kind == rule.index)  # type: ignore[arg-type]
+                delete(Identifier)
+                .where(col(Identifier.profile_id) == pid, col(Identifier.kind).in_(kinds))
+                .execution_options(synchronize_session=False)
             )
+    for name, (rule, value) in personal.items():
         if value is None:
             continue
         session.add(
@@ -160,7 +173,7 @@ async def write_profile(
     merged = {**profile.traits, **plain}
     profile.traits = {k: v for k, v in merged.items() if v is not None}
     profile.updated_at = now
-    await _store_personal(session, ctx, dk, personal, now)
+    await _store_personal(session, ctx, dk, personal, now, replace=not created)
     await session.flush()
     return WriteResult(profile.id, created, names)
 
