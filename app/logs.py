@@ -18,7 +18,7 @@ import structlog
 from app.settings import Settings
 
 EMAIL_RE = re.compile(r"[^\s@<>\"'(),;:]+@[^\s@<>\"'(),;:]+\.[A-Za-z]{2,}")
-PHONE_RE = re.compile(r"(?<![\w-])\+?\d[\d\s().-]{5,}\d(?![\w-])")
+PHONE_RE = re.compile(r"(?<![\w-])(?:\+|\()?\d[\d\s().-]{5,}\d(?![\w-])")
 PII_KEYS = frozenset(
     {
         "email",
@@ -55,7 +55,7 @@ REDACTED = "[REDACTED]"
 def _mask_phone(match: re.Match[str]) -> str:
     text = match.group(0)
     digits = sum(c.isdigit() for c in text)
-    if digits >= 9 or (text.startswith("+") and digits >= 7):
+    if digits >= 9 or (text.startswith(("+", "(")) and digits >= 7):
         return "[PHONE]"
     return text
 

@@ -8,8 +8,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 
 from app.access.models import ROLES, ApiKey
 from app.errors import InvalidField, NotFound

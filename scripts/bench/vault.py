@@ -31,8 +31,10 @@ def plaintext_columns() -> Iterator[None]:
     import app.profiles.service as svc
     from app.vault.service import DataKey
 
-    saved = {n: getattr(svc, n) for n in ("seal_field", "open_field", "create_subject_key", "subject_key",
-                                         "subject_keys", "blind_index")}
+    saved = {
+        n: getattr(svc, n)
+        for n in ("seal_field", "open_field", "create_subject_key", "subject_key", "subject_keys", "blind_index")
+    }
 
     async def no_key(_s: Any, _r: Any, pid: str) -> DataKey:
         return DataKey(pid, 1, b"")
@@ -107,14 +109,17 @@ def main() -> None:
 
     r = asyncio.run(both())
     db = "PostgreSQL" if "postgres" in os.environ["CONSENTRY_DATABASE_URL"] else "SQLite"
-    print(f"vault benchmark on {db}: {args.profiles} profiles x {args.rounds} rounds per mode, best round;"
-          " one transaction per profile (incl. its audit entry)")
+    print(
+        f"vault benchmark on {db}: {args.profiles} profiles x {args.rounds} rounds per mode, best round;"
+        " one transaction per profile (incl. its audit entry)"
+    )
     print(f"{'mode':<10} {'writes/s':>10} {'reads/s':>10}")
     for mode, (w, rd) in r.items():
         print(f"{mode:<10} {w:>10.0f} {rd:>10.0f}")
     (pw, pr), (ew, er) = r["plaintext"], r["encrypted"]
-    print(f"encryption cost: writes {100 * (1 - ew / pw):.1f}%  reads {100 * (1 - er / pr):.1f}%  "
-          f"(target: writes < 25%)")
+    print(
+        f"encryption cost: writes {100 * (1 - ew / pw):.1f}%  reads {100 * (1 - er / pr):.1f}%  (target: writes < 25%)"
+    )
 
 
 if __name__ == "__main__":
