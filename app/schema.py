@@ -7,6 +7,8 @@ from sqlmodel import SQLModel
 
 import app.access.models
 import app.identity.models
+import app.imports.models
+import app.ingest.models
 import app.jobs.models
 import app.profiles.models
 import app.vault.models  # noqa: F401  (registers the tables)

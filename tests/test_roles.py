@@ -14,12 +14,17 @@ from tests.helpers import auth, client, make_keys
 
 PUBLIC = None
 ADMIN = {"admin"}
+INGEST = {"ingest", "admin"}
 EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/health"): PUBLIC,
     ("POST", "/v1/profiles"): {"admin", "ingest", "compliance"},
     ("PATCH", "/v1/profiles/{profile_id:str}"): {"admin", "ingest", "compliance"},
     ("GET", "/v1/profiles/{profile_id:str}"): {"admin", "compliance", "marketer"},
     ("POST", "/v1/profiles/lookup"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/profiles/{profile_id:str}/events"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/profiles/{profile_id:str}/identities"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/profiles/{profile_id:str}/merges"): {"admin", "compliance", "marketer"},
+    **{("POST", f"/v1/{t}"): INGEST for t in ("identify", "track", "page", "screen", "group", "alias", "batch")},
     ("POST", "/v1/keys"): ADMIN,
     ("GET", "/v1/keys"): ADMIN,
     ("DELETE", "/v1/keys/{key_id:str}"): ADMIN,

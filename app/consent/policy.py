@@ -33,11 +33,32 @@ class TraitRule:
 
 
 @dataclass(frozen=True)
+class IdentifierRule:
+    kind: str
+    priority: int
+    cap: int
+    merge: bool
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """Identifier kinds in priority order, caps, blocked values, trait authorities."""
+
+    rules: dict[str, IdentifierRule]
+    blocked_values: frozenset[str]
+    trait_authority: dict[str, frozenset[str]]
+
+    def rule(self, kind: str) -> IdentifierRule:
+        return self.rules["external" if kind.startswith("external:") else kind]
+
+
+@dataclass(frozen=True)
 class PolicySet:
     purposes: dict[str, Purpose]
     role_defaults: dict[str, str]
     traits: dict[str, TraitRule]
     aliases: dict[str, str]
+    identity: IdentityPolicy
 
     def trait(self, name: str) -> TraitRule | None:
         """The rule for a trait name or one of its aliases (None: not personal data)."""
@@ -78,4 +99,14 @@ def load_policies(policy_dir: Path) -> PolicySet:
     for alias, target in aliases.items():
         if target not in traits:
             raise ValueError(f"alias {alias} points to unknown trait {target}")
-    return PolicySet(purposes, defaults, traits, aliases)
+    i = _load_yaml(policy_dir / "identity.yaml")
+    rules = {
+        kind: IdentifierRule(kind, n, int(spec["cap"]), bool(spec.get("merge", True)))
+        for n, (kind, spec) in enumerate(i["identifiers"].items())
+    }
+    identity = IdentityPolicy(
+        rules,
+        frozenset(str(v).lower() for v in i.get("blocked_values", [])),
+        {t: frozenset(srcs) for t, srcs in (i.get("trait_authority") or {}).items()},
+    )
+    return PolicySet(purposes, defaults, traits, aliases, identity)

@@ -11,12 +11,30 @@ from app.db import UtcDateTime
 
 
 class Identifier(SQLModel, table=True):
-    """``kind`` is the identifier type (email, phone, user_id…); ``digest`` its blind index."""
+    """``kind`` is the identifier type (email, phone, user_id, external:crm_id…); ``digest`` its blind index."""
 
     __tablename__ = "identifier"
     __table_args__ = (Index("ix_identifier_lookup", "kind", "digest"),)
 
     profile_id: str = Field(primary_key=True, max_length=36)
-    kind: str = Field(primary_key=True, max_length=32)
+    kind: str = Field(primary_key=True, max_length=48)
     digest: str = Field(primary_key=True, max_length=64)
     first_seen: datetime = Field(sa_type=UtcDateTime)
+    source: str | None = Field(default=None, max_length=128)
+    key_version: int | None = None
+    sealed: bytes | None = None
+    """The identifier's value, encrypted under the subject's key (for access requests)."""
+
+
+class ProfileMerge(SQLModel, table=True):
+    """A record that ``merged_id`` was folded into ``profile_id`` and why."""
+
+    __tablename__ = "profile_merge"
+
+    id: str = Field(primary_key=True, max_length=36)
+    profile_id: str = Field(index=True, max_length=36)
+    merged_id: str = Field(index=True, max_length=36)
+    via_kind: str = Field(max_length=48)
+    rule: str = Field(max_length=200)
+    source: str | None = Field(default=None, max_length=128)
+    merged_at: datetime = Field(sa_type=UtcDateTime)

@@ -61,3 +61,18 @@ async def record_many(
     return await store.append_many(
         session, [_record(principal, action, sid, purpose, legal_basis, details) for sid in subject_ids]
     )
+
+
+async def record_each(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    *,
+    purpose: str | None = None,
+    legal_basis: str | None = None,
+) -> list[Entry]:
+    """One entry per (subject id, details) pair, appended under a single lock."""
+    return await store.append_many(
+        session, [_record(principal, action, sid, purpose, legal_basis, details) for sid, details in items]
+    )

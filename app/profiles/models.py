@@ -19,6 +19,10 @@ class Profile(SQLModel, table=True):
     updated_at: datetime = Field(sa_type=UtcDateTime)
     traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     """Traits that policy does not class as personal data (plan, tier, counts)."""
+    trait_sources: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    """For each plain trait: ``{"source": …, "at": ISO time}`` of the value kept."""
+    merged_into: str | None = Field(default=None, max_length=36)
+    """Set when this profile was merged into another; its data then lives there."""
 
 
 class ProfileField(SQLModel, table=True):
@@ -32,3 +36,6 @@ class ProfileField(SQLModel, table=True):
     key_version: int
     ciphertext: bytes
     updated_at: datetime = Field(sa_type=UtcDateTime)
+    source: str | None = Field(default=None, max_length=128)
+    observed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When the source observed the value (event timestamp); decides trait precedence."""

@@ -1,16 +1,38 @@
-"""HTTP API for profiles."""
+"""HTTP API for profiles and the 360° view."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 
+from app.access.service import Principal
 from app.deps import Caller, Db
 from app.errors import InvalidField
-from app.profiles.schemas import ProfileList, ProfileLookup, ProfileOut, ProfileWrite, ProfileWritten
-from app.profiles.service import ProfileView, VaultContext, lookup_profile_ids, read_profiles, write_profile
+from app.identity.models import ProfileMerge
+from app.ingest.timeline import event_summary, event_view, events_page
+from app.profiles.schemas import (
+    EventPage,
+    MergeOut,
+    ProfileList,
+    ProfileLookup,
+    ProfileOut,
+    ProfileWrite,
+    ProfileWritten,
+)
+from app.profiles.service import (
+    ProfileView,
+    VaultContext,
+    lookup_profile_ids,
+    profile_identities,
+    read_profiles,
+    write_profile,
+)
+from app.vault.service import DataKey, subject_keys
 
 WRITERS = ("admin", "ingest", "compliance")
 READERS = ("admin", "compliance", "marketer")
@@ -18,7 +40,17 @@ Purpose = Annotated[str | None, QueryParameter(description="Purpose of use (poli
 
 
 def _out(view: ProfileView) -> ProfileOut:
-    return ProfileOut(view.id, view.created_at, view.updated_at, view.reveal, view.traits)
+    return ProfileOut(view.id, view.created_at, view.updated_at, view.reveal, view.traits, view.sources)
+
+
+async def _open(
+    db: AsyncSession, principal: Principal, profile_id: str, purpose: str | None
+) -> tuple[ProfileView, DataKey | None, VaultContext]:
+    """Authorise and audit access to one profile (following merges); its key if values may be shown."""
+    ctx = VaultContext.from_settings()
+    view = (await read_profiles(db, ctx, principal, [profile_id], purpose))[0]
+    keys = await subject_keys(db, ctx.keys.master, [view.id]) if view.reveal != "none" else {}
+    return view, keys.get(view.id), ctx
 
 
 class ProfileController(Controller):
@@ -48,19 +80,70 @@ class ProfileController(Controller):
 
     @get("/{profile_id:str}", opt={"roles": READERS}, operation_id="getProfile")
     async def read(self, profile_id: FromPath[str], db: Db, principal: Caller, purpose: Purpose = None) -> ProfileOut:
-        """Read a profile: compliance/admin see decrypted values, marketers masked ones (audited)."""
-        views = await read_profiles(db, VaultContext.from_settings(), principal, [profile_id], purpose)
-        return _out(views[0])
+        """The 360° view. Compliance/admin see decrypted values, marketers masked ones; audited.
+
+        A merged-away id answers with the surviving profile.
+        """
+        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
+        out = _out(view)
+        out.identities = await profile_identities(db, dk, view.id, view.reveal)
+        out.recent_events = [event_view(e, dk, view.reveal) for e in await events_page(db, view.id, 20)]
+        out.summary = await event_summary(db, view.id)
+        return out
+
+    @get("/{profile_id:str}/events", opt={"roles": READERS}, operation_id="getProfileEvents")
+    async def events(
+        self,
+        profile_id: FromPath[str],
+        db: Db,
+        principal: Caller,
+        purpose: Purpose = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
+        before: Annotated[datetime | None, QueryParameter(description="events strictly older than this")] = None,
+    ) -> EventPage:
+        """The timeline, newest first, page by page."""
+        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
+        rows = await events_page(db, view.id, limit, before)
+        return EventPage(
+            [event_view(e, dk, view.reveal) for e in rows], rows[-1].occurred_at if len(rows) == limit else None
+        )
+
+    @get("/{profile_id:str}/identities", opt={"roles": READERS}, operation_id="getProfileIdentities")
+    async def identities(
+        self, profile_id: FromPath[str], db: Db, principal: Caller, purpose: Purpose = None
+    ) -> list[dict[str, object]]:
+        """Identifiers linked to the profile, with the source that linked each."""
+        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
+        return await profile_identities(db, dk, view.id, view.reveal)  # type: ignore[return-value]
+
+    @get("/{profile_id:str}/merges", opt={"roles": READERS}, operation_id="getProfileMerges")
+    async def merges(
+        self, profile_id: FromPath[str], db: Db, principal: Caller, purpose: Purpose = None
+    ) -> list[MergeOut]:
+        """Profiles merged into this one, with the identifier kind and rule that caused each merge."""
+        view, _dk, _ctx = await _open(db, principal, profile_id, purpose)
+        rows = (
+            await db.execute(
+                select(ProfileMerge)
+                .where(col(ProfileMerge.profile_id) == view.id)
+                .order_by(col(ProfileMerge.merged_at))
+            )
+        ).scalars()
+        return [MergeOut(r.profile_id, r.merged_id, r.via_kind, r.rule, r.source, r.merged_at) for r in rows]
 
     @post("/lookup", opt={"roles": READERS}, operation_id="lookupProfiles", status_code=200)
     async def lookup(
         self, data: JSONBody[ProfileLookup], db: Db, principal: Caller, purpose: Purpose = None
     ) -> ProfileList:
-        """Find profiles by email or phone through their blind index."""
-        if (data.email is None) == (data.phone is None):
-            raise InvalidField("give exactly one of email or phone", field="email")
+        """Find profiles by email, phone or any identifier kind, through blind indexes."""
+        given = [(k, v) for k, v in (("email", data.email), ("phone", data.phone)) if v is not None]
+        if data.kind is not None or data.value is not None:
+            if not data.kind or data.value is None:
+                raise InvalidField("kind and value go together", field="kind")
+            given.append((data.kind, data.value))
+        if len(given) != 1:
+            raise InvalidField("give exactly one of email, phone, or kind with value", field="email")
         ctx = VaultContext.from_settings()
-        kind, value = ("email", data.email) if data.email is not None else ("phone", data.phone)
-        ids = await lookup_profile_ids(db, ctx, kind, value)
+        ids = await lookup_profile_ids(db, ctx, *given[0])
         views = await read_profiles(db, ctx, principal, ids, purpose) if ids else []
         return ProfileList([_out(v) for v in views])

@@ -20,20 +20,47 @@ class ProfileWritten(msgspec.Struct):
 
 
 class ProfileOut(msgspec.Struct):
+    """The 360° view: traits (masked by role), their sources, identities, recent events, counts."""
+
     id: str
     created_at: datetime
     updated_at: datetime
     reveal: str
     """``plain`` (decrypted), ``masked`` or ``none``, as the purpose policy allowed."""
     traits: dict[str, Any]
+    sources: dict[str, Any] = {}
+    identities: list[dict[str, Any]] = []
+    recent_events: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
 
 
 class ProfileLookup(msgspec.Struct, forbid_unknown_fields=True):
-    """Find profiles by an identifier; sent in a body so it never lands in URLs or access logs."""
+    """Find profiles by one identifier; sent in a body so it never lands in URLs or access logs.
+
+    Give ``email`` or ``phone``, or ``kind`` (user_id, anonymous_id, device_id,
+    wechat_unionid, wechat_openid, external:crm_id…) with ``value``.
+    """
 
     email: str | None = None
     phone: str | None = None
+    kind: str | None = None
+    value: str | None = None
 
 
 class ProfileList(msgspec.Struct):
     profiles: list[ProfileOut]
+
+
+class EventPage(msgspec.Struct):
+    events: list[dict[str, Any]]
+    next_before: datetime | None
+    """Pass as ``before`` for the next (older) page; null on the last page."""
+
+
+class MergeOut(msgspec.Struct):
+    profile_id: str
+    merged_id: str
+    via_kind: str
+    rule: str
+    source: str | None
+    merged_at: datetime

@@ -50,6 +50,8 @@ class ProfileView:
     updated_at: datetime
     reveal: str
     traits: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    """Which source set each trait, and when."""
 
 
 @dataclass
@@ -102,6 +104,7 @@ async def _store_personal(
     personal: dict[str, tuple[TraitRule, Any]],
     now: datetime,
     replace: bool,
+    source: str,
 ) -> None:
     """Encrypt and index personal traits; with ``replace``, first drop the old values."""
     pid = dk.profile_id
@@ -130,11 +133,24 @@ async def _store_personal(
                 key_version=dk.version,
                 ciphertext=seal_field(dk.key, pid, name, dk.version, value),
                 updated_at=now,
+                source=source,
+                observed_at=now,
             )
         )
         if rule.index:
             digest = blind_index(ctx.keys.index_key, rule.index, value)
-            session.add(Identifier(profile_id=pid, kind=rule.index, digest=digest, first_seen=now))
+            sealed = seal_field(dk.key, pid, f"identifier:{rule.index}", dk.version, value)
+            session.add(
+                Identifier(
+                    profile_id=pid,
+                    kind=rule.index,
+                    digest=digest,
+                    first_seen=now,
+                    source=source,
+                    key_version=dk.version,
+                    sealed=sealed,
+                )
+            )
 
 
 async def write_profile(
@@ -150,11 +166,11 @@ async def write_profile(
     now = datetime.now(UTC)
     created = profile_id is None
     if created:
-        profile = Profile(id=str(uuid.uuid4()), created_at=now, updated_at=now, traits={})
+        profile = Profile(id=str(uuid.uuid4()), created_at=now, updated_at=now, traits={}, trait_sources={})
     else:
-        found = await session.get(Profile, profile_id)
-        if found is None:
-            raise NotFound("no profile with this id", field="profile_id")
+        assert profile_id is not None
+        found = await session.get(Profile, await resolve_merged(session, profile_id))
+        assert found is not None
         profile = found
     names = sorted([*personal, *plain])
     await authorize(
@@ -173,13 +189,28 @@ async def write_profile(
     merged = {**profile.traits, **plain}
     profile.traits = {k: v for k, v in merged.items() if v is not None}
     profile.updated_at = now
-    await _store_personal(session, ctx, dk, personal, now, replace=not created)
+    source = principal.source or f"api:{principal.name}"
+    await _store_personal(session, ctx, dk, personal, now, replace=not created, source=source)
+    for name in plain:
+        profile.trait_sources = {**profile.trait_sources, name: {"source": source, "at": now.isoformat()}}
     await session.flush()
     return WriteResult(profile.id, created, names)
 
 
 def _decrypt_fields(dk: DataKey, fields: list[ProfileField]) -> dict[str, tuple[str, Any]]:
     return {f.name: (f.category, open_field(dk.key, f.profile_id, f.name, f.key_version, f.ciphertext)) for f in fields}
+
+
+async def resolve_merged(session: AsyncSession, profile_id: str) -> str:
+    """The surviving profile id for an id that may have been merged away (404 if unknown)."""
+    for _ in range(20):
+        profile = await session.get(Profile, profile_id)
+        if profile is None:
+            raise NotFound("no profile with this id", field="profile_id")
+        if not profile.merged_into:
+            return profile.id
+        profile_id = profile.merged_into
+    raise NotFound("merge chain too long", field="profile_id")
 
 
 async def read_profiles(
@@ -190,18 +221,18 @@ async def read_profiles(
     A shredded subject reads as ``SubjectErased``; a ciphertext that fails its integrity
     check is recorded in the ledger and the read is refused.
     """
-    profile_ids = list(dict.fromkeys(profile_ids))
-    rows = (await session.execute(select(Profile).where(Profile.id.in_(profile_ids)))).scalars()  # type: ignore[attr-defined]
+    profile_ids = list(dict.fromkeys([await resolve_merged(session, pid) for pid in profile_ids]))
+    rows = (await session.execute(select(Profile).where(col(Profile.id).in_(profile_ids)))).scalars()
     profiles = {p.id: p for p in rows}
-    missing = [pid for pid in profile_ids if pid not in profiles]
-    if missing:
-        raise NotFound("no profile with this id", field="profile_id")
     decision: Decision = await authorize(session, principal, "profile.read", profile_ids, purpose)
-    views = [ProfileView(p.id, p.created_at, p.updated_at, decision.reveal, dict(p.traits)) for p in profiles.values()]
+    views = [
+        ProfileView(p.id, p.created_at, p.updated_at, decision.reveal, dict(p.traits), dict(p.trait_sources))
+        for p in profiles.values()
+    ]
     if decision.reveal == "none":
         return views
     keys = await subject_keys(session, ctx.keys.master, profile_ids)
-    q = select(ProfileField).where(ProfileField.profile_id.in_(profile_ids))  # type: ignore[attr-defined]
+    q = select(ProfileField).where(col(ProfileField.profile_id).in_(profile_ids))
     by_profile: dict[str, list[ProfileField]] = {}
     for f in (await session.execute(q)).scalars():
         by_profile.setdefault(f.profile_id, []).append(f)
@@ -224,16 +255,48 @@ async def read_profiles(
             raise
         for name, (category, value) in values.items():
             view.traits[name] = value if decision.reveal == "plain" else mask_value(category, value)
+        for f in by_profile.get(view.id, []):
+            view.sources[f.name] = {"source": f.source, "at": (f.observed_at or f.updated_at).isoformat()}
     by_id = {v.id: v for v in views}
     return [by_id[pid] for pid in profile_ids]
 
 
 async def lookup_profile_ids(session: AsyncSession, ctx: VaultContext, kind: str, value: Any) -> list[str]:
-    """Profiles holding this identifier, found by its blind index (never by plaintext)."""
-    rule = next((r for r in ctx.policies.traits.values() if r.index == kind), None)
-    if rule is None:
-        raise InvalidField("is not a lookup identifier", field=kind)
-    normalized = normalize_trait(rule, value, ctx.region, kind)
+    """Profiles holding this identifier, found by its blind index (never by plaintext).
+
+    ``kind`` is ``email``, ``phone`` or an identity kind (``user_id``, ``anonymous_id``,
+    ``device_id``, ``wechat_unionid``, ``external:crm_id``…).
+    """
+    trait = next((r for r in ctx.policies.traits.values() if r.index == kind), None)
+    if trait is not None:
+        normalized = normalize_trait(trait, value, ctx.region, kind)
+    else:
+        try:
+            ctx.policies.identity.rule(kind)
+        except KeyError as exc:
+            raise InvalidField("is not a lookup identifier", field="kind") from exc
+        normalized = normalize_text(value, "value", 256)
     digest = blind_index(ctx.keys.index_key, kind, normalized)
-    q = select(col(Identifier.profile_id)).where(Identifier.kind == kind, Identifier.digest == digest)  # type: ignore[arg-type]
+    q = select(col(Identifier.profile_id)).where(col(Identifier.kind) == kind, col(Identifier.digest) == digest)
     return sorted(set((await session.execute(q)).scalars()))
+
+
+async def profile_identities(
+    session: AsyncSession, dk: DataKey | None, profile_id: str, reveal: str
+) -> list[dict[str, Any]]:
+    """The identifiers linked to a profile, decrypted (``plain``) or masked."""
+    rows = (
+        await session.execute(
+            select(Identifier).where(col(Identifier.profile_id) == profile_id).order_by(col(Identifier.first_seen))
+        )
+    ).scalars()
+    out = []
+    for row in rows:
+        value: Any = None
+        if row.sealed is not None and dk is not None and reveal != "none":
+            value = open_field(dk.key, profile_id, f"identifier:{row.kind}", row.key_version or 1, row.sealed)
+            if reveal != "plain":
+                category = {"email": "user.contact.email", "phone": "user.contact.phone_number"}.get(row.kind, "")
+                value = mask_value(category, value) if category else (str(value)[:3] + "***")
+        out.append({"kind": row.kind, "value": value, "source": row.source, "first_seen": row.first_seen.isoformat()})
+    return out

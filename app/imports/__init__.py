@@ -1,0 +1,1 @@
+"""Batch imports of CRM, shop and POS exports (CSV, NDJSON, JSON)."""

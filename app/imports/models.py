@@ -1,0 +1,30 @@
+"""Import runs and their counters (no personal data)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
+
+
+class ImportJob(SQLModel, table=True):
+    __tablename__ = "import_job"
+
+    id: str = Field(primary_key=True, max_length=36)
+    source: str = Field(max_length=128)
+    filename: str = Field(max_length=255)
+    file_sha256: str = Field(max_length=64, index=True)
+    status: str = Field(max_length=16)
+    """``queued``, ``running``, ``done`` or ``failed``."""
+    rows_read: int = 0
+    profiles_created: int = 0
+    profiles_updated: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    rows_rejected: int = 0
+    rejects_path: str | None = Field(default=None, max_length=500)
+    error: str | None = Field(default=None, max_length=1000)
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

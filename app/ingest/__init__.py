@@ -1,0 +1,1 @@
+"""Collecting events: the Segment-compatible event API and its pipeline."""

@@ -1,0 +1,57 @@
+"""Stored events, the de-duplication register and consent signals that arrived with events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
+
+
+class Event(SQLModel, table=True):
+    """One event in a person's timeline. Personal parts (context, ids, personal properties
+    and traits) are sealed under the subject's key; the rest stays queryable."""
+
+    __tablename__ = "event"
+    __table_args__ = (Index("ix_event_profile_time", "profile_id", "occurred_at"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    profile_id: str = Field(max_length=36)
+    source: str = Field(max_length=128)
+    message_id: str = Field(max_length=128)
+    type: str = Field(max_length=16)
+    name: str | None = Field(default=None, max_length=200)
+    occurred_at: datetime = Field(sa_type=UtcDateTime)
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    properties: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    traits: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    key_version: int
+    sealed: bytes
+
+
+class IngestedMessage(SQLModel, table=True):
+    """(source, messageId) pairs already stored: replays store nothing twice."""
+
+    __tablename__ = "ingested_message"
+
+    source: str = Field(primary_key=True, max_length=128)
+    message_id: str = Field(primary_key=True, max_length=128)
+    received_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class ConsentSignal(SQLModel, table=True):
+    """A consent signal as received (``Sec-GPC``, ``context.consent``), kept for the consent engine."""
+
+    __tablename__ = "consent_signal"
+
+    id: str = Field(primary_key=True, max_length=36)
+    profile_id: str = Field(index=True, max_length=36)
+    source: str = Field(max_length=128)
+    kind: str = Field(max_length=32)
+    """``gpc`` (Global Privacy Control header), ``segment.consent`` or ``rudderstack.consent``."""
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    message_id: str | None = Field(default=None, max_length=128)
+    received_at: datetime = Field(sa_type=UtcDateTime)

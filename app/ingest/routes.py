@@ -1,0 +1,127 @@
+"""The Segment-compatible event API: ``/v1/identify``, ``/track``, ``/page``, ``/screen``,
+``/group``, ``/alias`` and ``/batch``, authenticated with a source's write key."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, post
+from litestar.exceptions import HTTPException
+
+from app.deps import Caller, Db
+from app.errors import InvalidField
+from app.ingest.service import BatchResult, ingest_messages
+from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from app.profiles.service import VaultContext
+
+INGEST = ("ingest", "admin")
+
+
+class PayloadTooLarge(HTTPException):
+    status_code = 413
+
+
+class RejectedOut(msgspec.Struct):
+    index: int
+    field: str
+    reason: str
+
+
+class IngestOut(msgspec.Struct):
+    success: bool
+    accepted: int
+    duplicates: int
+    rejected: list[RejectedOut]
+
+
+async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
+    """The request body, gunzipped if sent with ``Content-Encoding: gzip``, at most ``limit`` bytes."""
+    body = await request.body()
+    if request.headers.get("content-encoding", "").lower() == "gzip":
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise InvalidField("is not valid gzip", field="body") from exc
+    if len(body) > limit:
+        raise PayloadTooLarge(detail=f"the body is larger than {limit // 1024} KB")
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidField("is not valid JSON", field="body") from exc
+
+
+def _out(result: BatchResult) -> IngestOut:
+    return IngestOut(
+        True, result.accepted, result.duplicates, [RejectedOut(r.index, r.field, r.reason) for r in result.rejected]
+    )
+
+
+async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, kind: str) -> IngestOut:
+    data = await read_json(request, MAX_EVENT_BYTES)
+    result = await ingest_messages(
+        db,
+        VaultContext.from_settings(),
+        principal,
+        [data],
+        expected_type=kind,
+        gpc=request.headers.get("sec-gpc") == "1",
+    )
+    if result.rejected:
+        r = result.rejected[0]
+        raise InvalidField(r.reason, field=r.field or "body")
+    return _out(result)
+
+
+class EventController(Controller):
+    path = "/v1"
+    tags = ["events"]
+    opt = {"roles": INGEST}
+
+    @post("/batch", operation_id="batch", status_code=200)
+    async def batch(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        """Up to 2,500 messages (500 KB); invalid ones are reported by index, the rest stored."""
+        data = await read_json(request, MAX_BATCH_BYTES)
+        if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
+            raise InvalidField("must be an array of messages", field="batch")
+        if len(data["batch"]) > MAX_BATCH_EVENTS:
+            raise PayloadTooLarge(detail=f"more than {MAX_BATCH_EVENTS} messages in one batch")
+        defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
+        result = await ingest_messages(
+            db,
+            VaultContext.from_settings(),
+            principal,
+            data["batch"],
+            defaults=defaults,
+            gpc=request.headers.get("sec-gpc") == "1",
+        )
+        return _out(result)
+
+    @post("/identify", operation_id="identify", status_code=200)
+    async def identify(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        """Who the user is, with traits (email, phone, name… are encrypted)."""
+        return await _single(request, db, principal, "identify")
+
+    @post("/track", operation_id="track", status_code=200)
+    async def track(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        """An action the user took (``event``, ``properties``)."""
+        return await _single(request, db, principal, "track")
+
+    @post("/page", operation_id="page", status_code=200)
+    async def page(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        return await _single(request, db, principal, "page")
+
+    @post("/screen", operation_id="screen", status_code=200)
+    async def screen(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        return await _single(request, db, principal, "screen")
+
+    @post("/group", operation_id="group", status_code=200)
+    async def group(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        return await _single(request, db, principal, "group")
+
+    @post("/alias", operation_id="alias", status_code=200)
+    async def alias(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
+        """Join a previous id (often the anonymousId) to a userId."""
+        return await _single(request, db, principal, "alias")

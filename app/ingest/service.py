@@ -1,0 +1,347 @@
+"""The ingestion pipeline for a batch of messages: validate → de-duplicate → resolve
+identities → encrypt → store → audit, with the database work done per batch."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.access.service import Principal
+from app.consent.gate import authorize, decide
+from app.errors import InvalidField
+from app.identity.precedence import takes_precedence
+from app.identity.service import Ident, Resolver
+from app.ingest.models import ConsentSignal, Event, IngestedMessage
+from app.ingest.spec import Message, Rejection, validate
+from app.ledger.service import record_each
+from app.profiles.models import Profile, ProfileField
+from app.profiles.service import VaultContext, normalize_trait
+from app.vault.blind_index import blind_index
+from app.vault.cipher import seal_field
+
+EXTERNAL_ID_TRAITS = ("crm_id", "shop_id", "loyalty_id", "pos_customer_id")
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    profiles_created: int = 0
+    profiles_updated: int = 0
+    merges: int = 0
+    profile_ids: list[str | None] = field(default_factory=list)
+    """For each accepted or duplicate message in order, the profile it resolved to (None for duplicates)."""
+
+
+@dataclass
+class Prepared:
+    msg: Message
+    idents: list[Ident]
+    personal: dict[str, tuple[Any, Any]]
+    plain_traits: dict[str, Any]
+    plain_props: dict[str, Any]
+    personal_props: dict[str, Any]
+    alias_user: Ident | None = None
+
+
+def _blocked(ctx: VaultContext, value: str | None) -> bool:
+    return value is None or value.strip().lower() in ctx.policies.identity.blocked_values
+
+
+def _ident(ctx: VaultContext, kind: str, value: str) -> Ident:
+    return Ident(kind, value, blind_index(ctx.keys.index_key, kind, value))
+
+
+def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tuple[Any, Any]]) -> list[Ident]:
+    """Every identifier a message carries, normalised, minus blocked junk values."""
+    out: list[Ident] = []
+
+    def add(kind: str, value: Any) -> None:
+        if value is None or isinstance(value, dict | list):
+            return
+        text = str(value).strip()
+        if not _blocked(ctx, text):
+            out.append(_ident(ctx, kind, text))
+
+    add("user_id", msg.user_id)
+    add("anonymous_id", msg.anonymous_id)
+    if "email" in personal and personal["email"][1] is not None:
+        add("email", personal["email"][1])
+    if "phone" in personal and personal["phone"][1] is not None:
+        add("phone", personal["phone"][1])
+    device = msg.context.get("device")
+    if isinstance(device, dict):
+        add("device_id", device.get("id") or device.get("advertisingId"))
+    ctx_traits = msg.context.get("traits")
+    sources: list[dict[str, Any]] = [msg.traits, ctx_traits if isinstance(ctx_traits, dict) else {}]
+    for traits in sources:
+        for name in EXTERNAL_ID_TRAITS:
+            if name in traits:
+                add(f"external:{name}", traits[name])
+        add("wechat_openid", traits.get("wechat_openid"))
+        add("wechat_unionid", traits.get("wechat_unionid"))
+    wechat = msg.context.get("wechat")
+    if isinstance(wechat, dict):
+        add("wechat_openid", wechat.get("openid"))
+        add("wechat_unionid", wechat.get("unionid"))
+    external = msg.context.get("externalIds")
+    if isinstance(external, list):
+        for item in external:
+            if isinstance(item, dict) and isinstance(item.get("type"), str) and len(item["type"]) <= 32:
+                add(f"external:{item['type']}", item.get("id"))
+    return out
+
+
+def _prepare(ctx: VaultContext, msg: Message) -> Prepared:
+    personal: dict[str, tuple[Any, Any]] = {}
+    plain: dict[str, Any] = {}
+    for name, value in msg.traits.items():
+        rule = ctx.policies.trait(name)
+        if rule is None:
+            plain[name] = value
+        elif value is not None:
+            personal[rule.name] = (rule, normalize_trait(rule, value, ctx.region, f"traits.{name}"))
+    link_only: dict[str, tuple[Any, Any]] = {}
+    ctx_traits = msg.context.get("traits")
+    if msg.type != "identify" and isinstance(ctx_traits, dict):
+        for name in ("email", "phone"):  # a tracked event's context.traits still identify the person
+            rule = ctx.policies.trait(name)
+            if rule is not None and name in ctx_traits:
+                with contextlib.suppress(InvalidField):
+                    link_only[name] = (rule, normalize_trait(rule, ctx_traits[name], ctx.region, name))
+    props_plain: dict[str, Any] = {}
+    props_personal: dict[str, Any] = {}
+    for name, value in msg.properties.items():
+        (props_personal if ctx.policies.trait(name) else props_plain)[name] = value
+    idents = extract_identifiers(ctx, msg, {**link_only, **personal})
+    if msg.type != "identify":
+        personal = {}  # only identify sets profile traits
+        plain = plain if msg.type == "group" else {}
+    return Prepared(msg, idents, personal, plain, props_plain, props_personal)
+
+
+def _insert(session: AsyncSession, table: Table) -> Any:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def _new_message_ids(session: AsyncSession, source: str, ids: list[str], now: datetime) -> set[str]:
+    """Register message ids; returns those not seen before (safe against concurrent replays)."""
+    if not ids:
+        return set()
+    table: Table = IngestedMessage.__table__  # type: ignore[attr-defined]
+    stmt = (
+        _insert(session, table)
+        .values([{"source": source, "message_id": m, "received_at": now} for m in ids])
+        .on_conflict_do_nothing()
+        .returning(table.c.message_id)
+    )
+    return set((await session.execute(stmt)).scalars())
+
+
+async def ingest_messages(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    raw_messages: list[Any],
+    *,
+    defaults: dict[str, Any] | None = None,
+    gpc: bool = False,
+    expected_type: str | None = None,
+    received_at: datetime | None = None,
+) -> BatchResult:
+    """Store a batch of Spec messages from ``principal``'s source; invalid ones are reported by index."""
+    source = principal.source or principal.name
+    now = received_at or datetime.now(UTC)
+    if not decide(principal, None).allowed:
+        await authorize(session, principal, "ingest.events", [], None)
+    result = BatchResult()
+    prepared: list[Prepared] = []
+    for i, raw in enumerate(raw_messages):
+        checked = validate(raw, i, now, defaults, expected_type)
+        if isinstance(checked, Rejection):
+            result.rejected.append(checked)
+            continue
+        try:
+            prepared.append(_prepare(ctx, checked))
+        except InvalidField as exc:
+            result.rejected.append(Rejection(i, exc.field or "", exc.detail))
+
+    seen: set[str] = set()
+    unique = []
+    for p in prepared:
+        if p.msg.message_id in seen:
+            result.duplicates += 1
+        else:
+            seen.add(p.msg.message_id)
+            unique.append(p)
+    fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
+    todo = [p for p in unique if p.msg.message_id in fresh]
+    result.duplicates += len(unique) - len(todo)
+    if not todo:
+        return result
+
+    resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
+    alias_idents = []
+    for p in todo:
+        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
+            alias_idents += [_ident(ctx, "user_id", p.msg.previous_id), _ident(ctx, "anonymous_id", p.msg.previous_id)]
+    await resolver.preload([i for p in todo for i in p.idents] + alias_idents)
+
+    resolved: list[tuple[Prepared, str]] = []
+    for p in todo:
+        idents = list(p.idents)
+        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
+            as_user = _ident(ctx, "user_id", p.msg.previous_id)
+            idents.append(
+                as_user if resolver.owners.get(as_user.key) else _ident(ctx, "anonymous_id", p.msg.previous_id)
+            )
+        res = await resolver.resolve(idents, p.msg.occurred_at)
+        resolved.append((p, res.profile_id))
+    await resolver.flush()
+
+    final = [(p, resolver.final(pid)) for p, pid in resolved]
+    await _apply_traits(session, ctx, source, final)
+    events, signals = [], []
+    gpc_done: set[str] = set()
+    for p, pid in final:
+        dk = resolver.keys[pid]
+        m = p.msg
+        sealed = {
+            "userId": m.user_id,
+            "anonymousId": m.anonymous_id,
+            "previousId": m.previous_id,
+            "groupId": m.group_id,
+            "context": m.context,
+            "properties": p.personal_props,
+            "traits": {k: v for k, (_r, v) in p.personal.items()},
+        }
+        events.append(
+            Event(
+                id=str(uuid.uuid4()),
+                profile_id=pid,
+                source=source,
+                message_id=m.message_id,
+                type=m.type,
+                name=m.name,
+                occurred_at=m.occurred_at,
+                received_at=now,
+                properties=p.plain_props,
+                traits=p.plain_traits,
+                key_version=dk.version,
+                sealed=seal_field(dk.key, pid, "event", dk.version, sealed),
+            )
+        )
+        if gpc and pid not in gpc_done:
+            gpc_done.add(pid)
+            signals.append(
+                ConsentSignal(
+                    id=str(uuid.uuid4()),
+                    profile_id=pid,
+                    source=source,
+                    kind="gpc",
+                    payload={"Sec-GPC": "1"},
+                    message_id=m.message_id,
+                    received_at=now,
+                )
+            )
+        for kind, key in (("segment.consent", "consent"), ("rudderstack.consent", "consentManagement")):
+            if isinstance(m.context.get(key), dict):
+                signals.append(
+                    ConsentSignal(
+                        id=str(uuid.uuid4()),
+                        profile_id=pid,
+                        source=source,
+                        kind=kind,
+                        payload=m.context[key],
+                        message_id=m.message_id,
+                        received_at=now,
+                    )
+                )
+    session.add_all(events)
+    session.add_all(signals)
+    await session.flush()
+
+    live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
+    touched = Counter(pid for _p, pid in final)
+    result.accepted = len(final)
+    result.profiles_created = len(live_new)
+    result.profiles_updated = len([pid for pid in touched if pid not in live_new])
+    result.merges = resolver.merges
+    types: dict[str, Counter[str]] = defaultdict(Counter)
+    for p, pid in final:
+        types[pid][p.msg.type] += 1
+    decision = decide(principal, None)
+    await record_each(
+        session,
+        principal,
+        "ingest.events",
+        [(pid, {"source": source, "events": dict(types[pid])}) for pid in touched],
+        purpose=decision.purpose,
+        legal_basis=decision.legal_basis,
+    )
+    by_msg = {p.msg.message_id: pid for p, pid in final}
+    result.profile_ids = [by_msg.get(p.msg.message_id) for p in prepared]
+    return result
+
+
+async def _apply_traits(
+    session: AsyncSession, ctx: VaultContext, source: str, final: list[tuple[Prepared, str]]
+) -> None:
+    """Set identify traits on profiles by precedence (recency, unless an authoritative source holds it)."""
+    pids = sorted({pid for p, pid in final if p.personal or p.plain_traits})
+    if not pids:
+        return
+    from app.vault.service import subject_keys
+
+    profiles = {p.id: p for p in (await session.execute(select(Profile).where(col(Profile.id).in_(pids)))).scalars()}
+    fields: dict[tuple[str, str], ProfileField] = {
+        (f.profile_id, f.name): f
+        for f in (await session.execute(select(ProfileField).where(col(ProfileField.profile_id).in_(pids)))).scalars()
+    }
+    keys = await subject_keys(session, ctx.keys.master, pids)
+    authority = ctx.policies.identity.trait_authority
+    now = datetime.now(UTC)
+    for p, pid in final:
+        at = p.msg.occurred_at
+        profile = profiles[pid]
+        dk = keys[pid]
+        for name, (rule, value) in p.personal.items():
+            old = fields.get((pid, name))
+            if old is not None and not takes_precedence(
+                name, source, at, old.source, old.observed_at or old.updated_at, authority
+            ):
+                continue
+            if old is None:
+                old = ProfileField(
+                    profile_id=pid,
+                    name=name,
+                    category=rule.category,
+                    key_version=dk.version,
+                    ciphertext=b"",
+                    updated_at=now,
+                )
+                session.add(old)
+                fields[(pid, name)] = old
+            old.ciphertext = seal_field(dk.key, pid, name, dk.version, value)
+            old.key_version, old.source, old.observed_at, old.updated_at = dk.version, source, at, now
+        if p.plain_traits and p.msg.type == "identify":
+            traits, sources = dict(profile.traits), dict(profile.trait_sources)
+            for name, value in p.plain_traits.items():
+                prev = sources.get(name) or {}
+                prev_at = datetime.fromisoformat(prev["at"]) if prev.get("at") else None
+                if name in traits and not takes_precedence(name, source, at, prev.get("source"), prev_at, authority):
+                    continue
+                traits[name] = value
+                sources[name] = {"source": source, "at": at.isoformat()}
+            profile.traits, profile.trait_sources, profile.updated_at = traits, sources, now

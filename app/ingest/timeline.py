@@ -1,0 +1,80 @@
+"""A person's event timeline and summary counts, decrypted or masked as the decision allows."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.ingest.models import Event
+from app.vault.cipher import open_field
+from app.vault.service import DataKey
+
+
+def event_view(ev: Event, dk: DataKey | None, reveal: str) -> dict[str, Any]:
+    """An event for the API: plain properties always, sealed parts only for ``plain``."""
+    out: dict[str, Any] = {
+        "id": ev.id,
+        "type": ev.type,
+        "name": ev.name,
+        "source": ev.source,
+        "message_id": ev.message_id,
+        "timestamp": ev.occurred_at.isoformat(),
+        "received_at": ev.received_at.isoformat(),
+        "properties": dict(ev.properties),
+        "traits": dict(ev.traits),
+    }
+    if reveal == "plain" and dk is not None:
+        sealed = open_field(dk.key, ev.profile_id, "event", ev.key_version, ev.sealed)
+        out["properties"].update(sealed.pop("properties", {}) or {})
+        out["traits"].update(sealed.pop("traits", {}) or {})
+        out.update({k: v for k, v in sealed.items() if v is not None})
+    return out
+
+
+async def events_page(
+    session: AsyncSession, profile_id: str, limit: int = 50, before: datetime | None = None
+) -> list[Event]:
+    """Newest first; pass the last event's time as ``before`` for the next page."""
+    q = select(Event).where(col(Event.profile_id) == profile_id)
+    if before is not None:
+        q = q.where(col(Event.occurred_at) < before)
+    q = q.order_by(col(Event.occurred_at).desc(), col(Event.id)).limit(limit)
+    return list((await session.execute(q)).scalars())
+
+
+async def event_summary(session: AsyncSession, profile_id: str) -> dict[str, Any]:
+    """Counts by type and by event name, first and last seen."""
+    rows = (
+        await session.execute(
+            sa_select(
+                col(Event.type),
+                col(Event.name),
+                func.count(),
+                func.min(col(Event.occurred_at)),
+                func.max(col(Event.occurred_at)),
+            )
+            .where(col(Event.profile_id) == profile_id)
+            .group_by(col(Event.type), col(Event.name))
+        )
+    ).all()
+    by_type: dict[str, int] = {}
+    top: dict[str, int] = {}
+    firsts, lasts = [], []
+    for etype, name, n, first, last in rows:
+        by_type[etype] = by_type.get(etype, 0) + n
+        if etype == "track" and name:
+            top[name] = n
+        firsts.append(first)
+        lasts.append(last)
+    return {
+        "events": sum(by_type.values()),
+        "by_type": by_type,
+        "tracked": dict(sorted(top.items(), key=lambda kv: -kv[1])[:20]),
+        "first_seen": min(firsts).isoformat() if firsts else None,
+        "last_seen": max(lasts).isoformat() if lasts else None,
+    }
