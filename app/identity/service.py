@@ -72,6 +72,7 @@ class Resolver:
     redirect: dict[str, str] = field(default_factory=dict)
     new_profiles: list[str] = field(default_factory=list)
     pending: list[Identifier] = field(default_factory=list)
+    blocked: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     merges: int = 0
 
     async def preload(self, idents: list[Ident]) -> None:
@@ -112,75 +113,78 @@ class Resolver:
         owners = {self.final(p) for p in self.owners.get(key, ())}
         return next(iter(owners)) if len(owners) == 1 else None  # shared identifiers resolve nobody
 
-    def _count(self, pid: str, kind: str) -> int:
-        if kind.startswith("external:"):
-            return sum(len(d) for k, d in self.held[pid].items() if k.startswith("external:"))
-        return len(self.held[pid].get(kind, ()))
+    def _conflict(self, kept: list[Ident]) -> str | None:
+        """Why these identifiers cannot all belong to one profile (None: they can).
 
-    def merge_conflict(self, a: str, b: str, via: str) -> str | None:
-        """Why profiles ``a`` and ``b`` may not merge (None: they may)."""
-        if not self.policy.rule(via).merge:
-            return f"merge:{via}=false"
-        for kind in set(self.held[a]) | set(self.held[b]):
+        Joining means: every profile they point at, merged, plus the new identifiers;
+        every kind must stay within its cap, and a kind that joins two profiles must
+        be allowed to merge.
+        """
+        profiles: list[str] = []
+        joined: dict[str, set[str]] = defaultdict(set)
+        for i in kept:
+            owner = self._owner(i.key)
+            if owner is None:
+                joined[i.kind].add(i.digest)
+            elif owner not in profiles:
+                if profiles and not self.policy.rule(i.kind).merge:
+                    return f"merge:{i.kind}=false"
+                profiles.append(owner)
+                for kind, digests in self.held[owner].items():
+                    joined[kind] |= digests
+        external = sum(len(d) for k, d in joined.items() if k.startswith("external:"))
+        for kind, digests in joined.items():
             cap = self.policy.rule(kind).cap
-            joined = self.held[a].get(kind, set()) | self.held[b].get(kind, set())
-            if len(joined) > cap:
-                return f"cap:{kind}={cap}"
+            if len(digests) > cap or (kind.startswith("external:") and external > cap):
+                return f"cap:{kind.split(':')[0]}={cap}"
         return None
 
     async def resolve(self, idents: list[Ident], at: datetime) -> Resolution:
-        """The profile these identifiers belong to, creating, linking or merging as the rules allow."""
-        idents = sorted(set(idents), key=lambda i: self.policy.rule(i.kind).priority)
-        matched: list[tuple[Ident, str]] = []
-        for i in idents:
+        """The profile these identifiers belong to, creating, linking or merging as the rules allow.
+
+        Identifiers are taken in priority order; one that would push the joined profile
+        over a cap (or join profiles through a kind that may not merge) is dropped from
+        this event, and the ledger records which rule refused it.
+        """
+        ordered = sorted(set(idents), key=lambda i: self.policy.rule(i.kind).priority)
+        kept: list[Ident] = []
+        for i in ordered:
+            if self.owners.get(i.key) and self._owner(i.key) is None:
+                continue  # already shared by several profiles: identifies nobody
+            reason = self._conflict([*kept, i])
+            if reason is None:
+                kept.append(i)
+                continue
+            other = self._owner(i.key)
+            action = "identity.merge_blocked" if other is not None else "identity.identifier_dropped"
+            details = {"via": i.kind, "rule": reason, "source": self.source}
+            if other is not None:
+                details["other_profile"] = other
+            self.blocked.append((action, details))
+        owners: list[str] = []
+        for i in kept:
             owner = self._owner(i.key)
-            if owner is not None:
-                matched.append((i, owner))
-        created = False
-        if not matched:
-            pid = await self._create(at)
-            created = True
-        else:
-            pid = matched[0][1]
-            for ident, other in matched[1:]:
-                pid, other = self.final(pid), self.final(other)
-                if other == pid:
-                    continue
-                reason = self.merge_conflict(pid, other, ident.kind)
-                if reason is None:
-                    pid = await self.merge(pid, other, ident.kind, f"shared {ident.kind}")
-                else:
-                    await record(
-                        self.session,
-                        self.principal,
-                        "identity.merge_blocked",
-                        subject_id=pid,
-                        purpose=self.purpose,
-                        legal_basis=self.legal_basis,
-                        details={"other_profile": other, "via": ident.kind, "rule": reason, "source": self.source},
-                    )
+            if owner is not None and owner not in owners:
+                owners.append(owner)
+        created = not owners
+        pid = await self._create(at) if created else owners[0]
+        for other, via in [(o, next(i.kind for i in kept if self._owner(i.key) == o)) for o in owners[1:]]:
+            pid = await self.merge(self.final(pid), self.final(other), via, f"shared {via}")
         pid = self.final(pid)
-        for i in idents:
-            if pid in self.owners.get(i.key, set()) or self._owner(i.key) not in (None, pid):
-                continue
-            if self.owners.get(i.key):  # ambiguous/shared identifier, or blocked above
-                continue
-            if self._count(pid, i.kind) >= self.policy.rule(i.kind).cap:
-                await record(
-                    self.session,
-                    self.principal,
-                    "identity.identifier_dropped",
-                    subject_id=pid,
-                    purpose=self.purpose,
-                    legal_basis=self.legal_basis,
-                    details={
-                        "kind": i.kind,
-                        "rule": f"cap:{i.kind}={self.policy.rule(i.kind).cap}",
-                        "source": self.source,
-                    },
-                )
-                continue
-            self._link(pid, i, at)
+        for action, details in self.blocked:
+            await record(
+                self.session,
+                self.principal,
+                action,
+                subject_id=pid,
+                purpose=self.purpose,
+                legal_basis=self.legal_basis,
+                details=details,
+            )
+        self.blocked = []
+        for i in kept:
+            if not self.owners.get(i.key):
+                self._link(pid, i, at)
         return Resolution(pid, created)
 
     async def _create(self, at: datetime) -> str:
