@@ -138,6 +138,37 @@ async def _scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.imports.mapping import load_mapping
+    from app.imports.service import (
+        count_lines,
+        detect_format,
+        file_sha256,
+        import_principal,
+        open_text,
+        run_import,
+    )
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    mapping = load_mapping(Path(args.mapping) if args.mapping else None)
+    fmt = args.format or detect_format(path.name)
+    rejects_path = Path(args.rejects or f"{path}.rejects.csv")
+    total = max(count_lines(path) - (1 if fmt == "csv" else 0), 0)
+    with tqdm(total=total, unit="row", unit_scale=True, file=sys.stderr, disable=args.quiet) as bar, \
+            open_text(path) as stream, rejects_path.open("w", encoding="utf-8", newline="") as rejects:
+        summary = asyncio.run(run_import(stream, fmt, mapping, import_principal(args.source), file_sha256(path),
+                                         rejects, args.chunk, bar.update))
+    for line in summary.lines():
+        print(line)
+    print(f"rejects: {rejects_path}" if summary.rows_rejected else "rejects: none")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from app.demo import load_demo
 
@@ -182,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scheduler", help="run the periodic jobs in the foreground")
     sc.add_argument("--seconds", type=float, default=0, help="stop after this long (0: forever)")
     sc.set_defaults(func=lambda ns: asyncio.run(_scheduler(ns)))
+
+    im = sub.add_parser("import", help="import a CSV, NDJSON or JSON export (idempotent)")
+    im.add_argument("file")
+    im.add_argument("--source", required=True, help="source name (crm, shop, pos…)")
+    im.add_argument("--mapping", help="YAML mapping of columns to identifiers, traits and properties")
+    im.add_argument("--format", choices=["csv", "ndjson", "json"])
+    im.add_argument("--rejects", help="where to write rejected rows (default FILE.rejects.csv)")
+    im.add_argument("--chunk", type=int, default=1000, help="rows per transaction")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
+    im.set_defaults(func=_import)
 
     dm = sub.add_parser("demo", help="load synthetic demo customers and print a key per role")
     dm.add_argument("action", choices=["load"])

@@ -159,6 +159,7 @@ async def ingest_messages(
     gpc: bool = False,
     expected_type: str | None = None,
     received_at: datetime | None = None,
+    require_ids: bool = True,
 ) -> BatchResult:
     """Store a batch of Spec messages from ``principal``'s source; invalid ones are reported by index."""
     source = principal.source or principal.name
@@ -168,14 +169,19 @@ async def ingest_messages(
     result = BatchResult()
     prepared: list[Prepared] = []
     for i, raw in enumerate(raw_messages):
-        checked = validate(raw, i, now, defaults, expected_type)
+        checked = validate(raw, i, now, defaults, expected_type, require_ids)
         if isinstance(checked, Rejection):
             result.rejected.append(checked)
             continue
         try:
-            prepared.append(_prepare(ctx, checked))
+            ready = _prepare(ctx, checked)
         except InvalidField as exc:
             result.rejected.append(Rejection(i, exc.field or "", exc.detail))
+            continue
+        if not ready.idents:
+            result.rejected.append(Rejection(i, "userId", "no identifier: give a user id, email, phone or external id"))
+            continue
+        prepared.append(ready)
 
     seen: set[str] = set()
     unique = []

@@ -102,8 +102,13 @@ def validate(
     received_at: datetime,
     defaults: dict[str, Any] | None = None,
     expected_type: str | None = None,
+    require_ids: bool = True,
 ) -> Message | Rejection:
-    """Check one message against the Spec; ``defaults`` are the batch's context/sentAt."""
+    """Check one message against the Spec; ``defaults`` are the batch's context/sentAt.
+
+    Imports pass ``require_ids=False``: their rows are identified by email, phone or
+    external ids instead of a userId/anonymousId.
+    """
     try:
         if not isinstance(raw, dict):
             raise Invalid("", "each message must be an object")
@@ -117,7 +122,7 @@ def validate(
         if expected_type and mtype != expected_type:
             raise Invalid("type", f"must be '{expected_type}' on this endpoint")
         user_id, anon = _ident(raw.get("userId"), "userId"), _ident(raw.get("anonymousId"), "anonymousId")
-        if user_id is None and anon is None:
+        if user_id is None and anon is None and require_ids:
             raise Invalid("userId", "userId or anonymousId is required")
         message_id = _ident(raw.get("messageId"), "messageId") or f"auto-{uuid.uuid4()}"
         context = {**_object(defaults, "context"), **_object(raw, "context")}

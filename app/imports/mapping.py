@@ -1,0 +1,159 @@
+"""Mapping files: which column of an export is which identifier, trait or event property.
+
+```yaml
+kind: customers            # customers: one identify per row; events: one track per row
+event: Order Completed     # events: the event name (or event_column: a column holding it)
+id_column: order_line_id   # a stable row id for de-duplication (default: file hash + line)
+timestamp_column: created_at
+identifiers: {customer_id: "external:crm_id", email: email, mobile: phone, member: user_id}
+traits: {first_name: firstName, tier: loyalty_tier, birthday: {trait: birthday, type: date}}
+properties: {sku: sku, price: {property: price, type: float}, qty: {property: quantity, type: int}}
+```
+Without a mapping, a customers file is read by column name: ``email``, ``phone``,
+``user_id``/``userId``, ``crm_id``… as identifiers, everything else as string traits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from app.errors import InvalidField
+from app.vault.normalize import normalize_date
+
+TYPES = ("string", "int", "float", "bool", "date", "datetime")
+IDENTIFIER_KINDS = ("user_id", "anonymous_id", "email", "phone", "device_id", "wechat_openid", "wechat_unionid")
+AUTO_IDENTIFIERS = {
+    "user_id": "user_id", "userid": "user_id", "customer_id": "external:customer_id", "crm_id": "external:crm_id",
+    "email": "email", "e-mail": "email", "邮箱": "email", "phone": "phone", "mobile": "phone", "手机": "phone",
+    "手机号": "phone", "phone_number": "phone", "unionid": "wechat_unionid", "openid": "wechat_openid",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    target: str
+    type: str = "string"
+
+
+@dataclass
+class Mapping:
+    kind: str = "customers"
+    event: str | None = None
+    event_column: str | None = None
+    id_column: str | None = None
+    timestamp_column: str | None = None
+    identifiers: list[Column] = field(default_factory=list)
+    traits: list[Column] = field(default_factory=list)
+    properties: list[Column] = field(default_factory=list)
+    auto: bool = False
+
+
+def _columns(spec: Any, key: str, section: str) -> list[Column]:
+    cols = []
+    for column, target in (spec or {}).items():
+        if isinstance(target, dict):
+            ctype = target.get("type", "string")
+            if ctype not in TYPES:
+                raise InvalidField(f"type must be one of {', '.join(TYPES)}", field=f"{section}.{column}.type")
+            cols.append(Column(str(column), str(target.get(key, column)), ctype))
+        else:
+            cols.append(Column(str(column), str(target)))
+    return cols
+
+
+def load_mapping(path: Path | None = None, text: str | None = None) -> Mapping:
+    """Parse a mapping file (or text); None for both gives the by-column-name default."""
+    if path is None and text is None:
+        return Mapping(auto=True)
+    raw = yaml.safe_load(text if text is not None else path.read_text(encoding="utf-8")) or {}  # type: ignore[union-attr]
+    if not isinstance(raw, dict):
+        raise InvalidField("must be a YAML mapping", field="mapping")
+    m = Mapping(
+        kind=raw.get("kind", "customers"), event=raw.get("event"), event_column=raw.get("event_column"),
+        id_column=raw.get("id_column"), timestamp_column=raw.get("timestamp_column"),
+        identifiers=_columns(raw.get("identifiers"), "kind", "identifiers"),
+        traits=_columns(raw.get("traits"), "trait", "traits"),
+        properties=_columns(raw.get("properties"), "property", "properties"),
+    )
+    if m.kind not in ("customers", "events"):
+        raise InvalidField("must be customers or events", field="kind")
+    if m.kind == "events" and not (m.event or m.event_column):
+        raise InvalidField("events need 'event' or 'event_column'", field="event")
+    for col in m.identifiers:
+        if col.target not in IDENTIFIER_KINDS and not col.target.startswith("external:"):
+            raise InvalidField(f"unknown identifier kind '{col.target}'", field=f"identifiers.{col.name}")
+    return m
+
+
+def convert(value: Any, ctype: str, column: str) -> Any:
+    """A cell converted to its declared type; empty cells are None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        if ctype == "int":
+            return int(str(value).strip().replace(",", ""))
+        if ctype == "float":
+            return float(str(value).strip().replace(",", ""))
+        if ctype == "bool":
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "y", "是"):
+                return True
+            if text in ("0", "false", "no", "n", "否"):
+                return False
+            raise ValueError
+        if ctype == "date":
+            return normalize_date(value, column)
+        if ctype == "datetime":
+            from datetime import datetime
+
+            return datetime.fromisoformat(str(value).strip().replace("Z", "+00:00")).isoformat()
+    except ValueError as exc:
+        raise InvalidField(f"is not a valid {ctype}", field=column) from exc
+    return str(value).strip() if isinstance(value, str) else value
+
+
+def row_to_message(m: Mapping, row: dict[str, Any], row_id: str) -> dict[str, Any]:
+    """One Spec message for a row (identify for customers, track for events)."""
+    identifiers = m.identifiers
+    traits_cols, props_cols = m.traits, m.properties
+    if m.auto:
+        identifiers = [Column(c, AUTO_IDENTIFIERS[c.lower()]) for c in row if c and c.lower() in AUTO_IDENTIFIERS]
+        taken = {c.name for c in identifiers}
+        traits_cols = [Column(c, c) for c in row if c and c not in taken]
+    msg: dict[str, Any] = {"type": "identify" if m.kind == "customers" else "track", "messageId": f"import:{row_id}"}
+    traits: dict[str, Any] = {}
+    context: dict[str, Any] = {}
+    for col in identifiers:
+        value = convert(row.get(col.name), "string", col.name)
+        if value is None:
+            continue
+        if col.target == "user_id":
+            msg["userId"] = value
+        elif col.target == "anonymous_id":
+            msg["anonymousId"] = value
+        elif col.target in ("email", "phone") or col.target in ("wechat_openid", "wechat_unionid"):
+            traits[col.target] = value
+        elif col.target == "device_id":
+            context["device"] = {"id": value}
+        else:
+            context.setdefault("externalIds", []).append({"type": col.target.split(":", 1)[1], "id": value})
+    for col in traits_cols:
+        value = convert(row.get(col.name), col.type, col.name)
+        if value is not None:
+            traits[col.target] = value
+    if m.timestamp_column and row.get(m.timestamp_column):
+        msg["timestamp"] = convert(row[m.timestamp_column], "datetime", m.timestamp_column)
+    if m.kind == "customers":
+        msg["traits"] = traits
+    else:
+        msg["event"] = row.get(m.event_column) if m.event_column else m.event
+        msg["properties"] = {c.target: convert(row.get(c.name), c.type, c.name) for c in props_cols}
+        context["traits"] = traits  # email/phone on an order still identify the customer
+    if context:
+        msg["context"] = context
+    return msg
