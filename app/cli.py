@@ -159,10 +159,16 @@ def _import(args: argparse.Namespace) -> int:
     fmt = args.format or detect_format(path.name)
     rejects_path = Path(args.rejects or f"{path}.rejects.csv")
     total = max(count_lines(path) - (1 if fmt == "csv" else 0), 0)
-    with tqdm(total=total, unit="row", unit_scale=True, file=sys.stderr, disable=args.quiet) as bar, \
-            open_text(path) as stream, rejects_path.open("w", encoding="utf-8", newline="") as rejects:
-        summary = asyncio.run(run_import(stream, fmt, mapping, import_principal(args.source), file_sha256(path),
-                                         rejects, args.chunk, bar.update))
+    with (
+        tqdm(total=total, unit="row", unit_scale=True, file=sys.stderr, disable=args.quiet) as bar,
+        open_text(path) as stream,
+        rejects_path.open("w", encoding="utf-8", newline="") as rejects,
+    ):
+        summary = asyncio.run(
+            run_import(
+                stream, fmt, mapping, import_principal(args.source), file_sha256(path), rejects, args.chunk, bar.update
+            )
+        )
     for line in summary.lines():
         print(line)
     print(f"rejects: {rejects_path}" if summary.rows_rejected else "rejects: none")

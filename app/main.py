@@ -17,6 +17,7 @@ from app.access.guards import require_role
 from app.access.routes import ApiKeyController
 from app.db import dispose_engines, unit_of_work
 from app.deps import provide_principal, provide_session
+from app.imports.routes import ImportController
 from app.ingest.routes import EventController
 from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
@@ -73,7 +74,15 @@ def create_app() -> Litestar:
         security=[{"apiKey": []}, {"writeKey": []}],
     )
     return Litestar(
-        route_handlers=[health, ProfileController, EventController, ApiKeyController, AuditController, JobController],
+        route_handlers=[
+            health,
+            ProfileController,
+            EventController,
+            ImportController,
+            ApiKeyController,
+            AuditController,
+            JobController,
+        ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

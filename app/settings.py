@@ -41,6 +41,8 @@ class Settings:
     scheduler_enabled: bool = field(default_factory=lambda: _env_bool("SCHEDULER", True))
     """Run periodic jobs inside this process (exactly once across processes)."""
     checkpoint_interval_s: int = field(default_factory=lambda: int(_env("CHECKPOINT_INTERVAL", "600")))
+    import_dir: Path = field(default_factory=lambda: Path(_env("IMPORT_DIR", "./data/imports")))
+    """Where uploaded import files wait, encrypted, until they are processed."""
     audit_origin: str = field(default_factory=lambda: _env("AUDIT_ORIGIN", "consentry"))
     """Name of this ledger, signed into every checkpoint."""
 

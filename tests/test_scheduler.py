@@ -27,6 +27,7 @@ def test_two_processes_run_each_due_slot_exactly_once(env: Env) -> None:
     with sync_db() as conn:
         rows = conn.execute(text("SELECT slot, pid FROM scheduler_probe")).all()
         runs = conn.execute(text("SELECT count(*) FROM job_run WHERE job_id = 'test.probe' AND status = 'ok'")).scalar()
+        conn.execute(text("DROP TABLE scheduler_probe"))
     slots = [r.slot for r in rows]
     # both processes were alive and fired for (nearly) every slot, competing for each one
     assert all(c["fired"] >= 5 for c in counts), counts

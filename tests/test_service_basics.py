@@ -76,3 +76,11 @@ def test_unknown_route_is_a_problem_document(env: Env) -> None:
         assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
         assert c.get("/health").json() == {"status": "ok", "database": "ok"}
         assert c.get("/docs/openapi.json").json()["info"]["title"] == "Consentry"
+
+
+def test_migrations_match_the_models(env: Env) -> None:
+    from alembic import command
+
+    from app.migrate import alembic_config
+
+    command.check(alembic_config())  # raises if a model changed without a migration

@@ -27,9 +27,20 @@ from app.vault.normalize import normalize_date
 TYPES = ("string", "int", "float", "bool", "date", "datetime")
 IDENTIFIER_KINDS = ("user_id", "anonymous_id", "email", "phone", "device_id", "wechat_openid", "wechat_unionid")
 AUTO_IDENTIFIERS = {
-    "user_id": "user_id", "userid": "user_id", "customer_id": "external:customer_id", "crm_id": "external:crm_id",
-    "email": "email", "e-mail": "email", "邮箱": "email", "phone": "phone", "mobile": "phone", "手机": "phone",
-    "手机号": "phone", "phone_number": "phone", "unionid": "wechat_unionid", "openid": "wechat_openid",
+    "user_id": "user_id",
+    "userid": "user_id",
+    "customer_id": "external:customer_id",
+    "crm_id": "external:crm_id",
+    "email": "email",
+    "e-mail": "email",
+    "邮箱": "email",
+    "phone": "phone",
+    "mobile": "phone",
+    "手机": "phone",
+    "手机号": "phone",
+    "phone_number": "phone",
+    "unionid": "wechat_unionid",
+    "openid": "wechat_openid",
 }
 
 
@@ -74,8 +85,11 @@ def load_mapping(path: Path | None = None, text: str | None = None) -> Mapping:
     if not isinstance(raw, dict):
         raise InvalidField("must be a YAML mapping", field="mapping")
     m = Mapping(
-        kind=raw.get("kind", "customers"), event=raw.get("event"), event_column=raw.get("event_column"),
-        id_column=raw.get("id_column"), timestamp_column=raw.get("timestamp_column"),
+        kind=raw.get("kind", "customers"),
+        event=raw.get("event"),
+        event_column=raw.get("event_column"),
+        id_column=raw.get("id_column"),
+        timestamp_column=raw.get("timestamp_column"),
         identifiers=_columns(raw.get("identifiers"), "kind", "identifiers"),
         traits=_columns(raw.get("traits"), "trait", "traits"),
         properties=_columns(raw.get("properties"), "property", "properties"),

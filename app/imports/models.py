@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import Text
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -24,7 +25,16 @@ class ImportJob(SQLModel, table=True):
     events_stored: int = 0
     duplicates: int = 0
     rows_rejected: int = 0
-    rejects_path: str | None = Field(default=None, max_length=500)
+    rejects_csv: str | None = Field(default=None, sa_type=Text)
+    """Rejected rows as CSV: line, field, reason (never the values)."""
     error: str | None = Field(default=None, max_length=1000)
+    format: str = Field(default="csv", max_length=8)
+    mapping: str | None = Field(default=None, sa_type=Text)
+    """The YAML mapping sent with the upload (column names only)."""
+    actor_key_id: str = Field(max_length=64)
+    wrapped_key: bytes | None = None
+    """The upload's file key, wrapped under the master key (the upload is stored encrypted)."""
+    master_version: int | None = None
     created_at: datetime = Field(sa_type=UtcDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -97,9 +98,12 @@ async def run_import(
     file_id: str,
     rejects: IO[str] | None = None,
     chunk_size: int = 1000,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> ImportSummary:
-    """Import every row; rejected rows go to ``rejects`` as CSV (line, field, reason)."""
+    """Import every row; rejected rows go to ``rejects`` as CSV (line, field, reason).
+
+    ``progress`` is called (and awaited, if async) with the rows done after each chunk.
+    """
     ctx = VaultContext.from_settings()
     summary = ImportSummary()
     writer = csv.writer(rejects) if rejects is not None else None
@@ -108,6 +112,7 @@ async def run_import(
     for chunk in _chunks(read_rows(stream, fmt), chunk_size):
         messages: list[dict[str, Any]] = []
         lines: list[int] = []
+        rejected: list[tuple[int, str, str]] = []
         for line, row in chunk:
             summary.rows_read += 1
             try:
@@ -117,21 +122,21 @@ async def run_import(
                 messages.append(row_to_message(mapping, row, row_id or f"{file_id[:16]}:{line}"))
                 lines.append(line)
             except InvalidField as exc:
-                summary.rows_rejected += 1
-                if writer is not None:
-                    writer.writerow([line, exc.field or "", exc.detail])
+                rejected.append((line, exc.field or "", exc.detail))
         async with unit_of_work() as session:
             result = await ingest_messages(session, ctx, principal, messages, require_ids=False)
         summary.events_stored += result.accepted
         summary.duplicates += result.duplicates
         summary.profiles_created += result.profiles_created
         summary.profiles_updated += result.profiles_updated
-        summary.rows_rejected += len(result.rejected)
+        rejected += [(lines[r.index], r.field, r.reason) for r in result.rejected]
+        summary.rows_rejected += len(rejected)
         if writer is not None:
-            for r in result.rejected:
-                writer.writerow([lines[r.index], r.field, r.reason])
+            writer.writerows(sorted(rejected))
         if progress is not None:
-            progress(len(chunk))
+            outcome = progress(len(chunk))
+            if inspect.isawaitable(outcome):
+                await outcome
     return summary
 
 

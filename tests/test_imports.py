@@ -1,0 +1,236 @@
+"""Batch imports: CLI and HTTP, mapping files, rejects, idempotent re-runs, a crash mid-way."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from app.db import unit_of_work
+from app.errors import IntegrityFailure
+from app.imports.jobs import resume_imports, upload_path
+from app.imports.models import ImportJob
+from app.imports.upload import EncryptedWriter, open_decrypted_text
+from app.settings import get_settings
+from app.vault.cipher import new_data_key, wrap_key
+from app.vault.keyring import key_material
+from tests.conftest import Env, run
+from tests.helpers import auth, client, make_keys, sync_db
+
+CUSTOMERS_MAP = """
+kind: customers
+identifiers: {customer_id: "external:crm_id", email: email, mobile: phone}
+traits: {first_name: firstName, tier: loyalty_tier, birthday: {trait: birthday, type: date}}
+"""
+ORDERS_MAP = """
+kind: events
+event: Order Completed
+id_column: order_id
+timestamp_column: ordered_at
+identifiers: {phone: phone}
+properties: {sku: sku, price: {property: price, type: float}, qty: {property: quantity, type: int}}
+"""
+
+
+def _cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app", "import", *args],
+        env={**env.environ(), "CONSENTRY_DEFAULT_REGION": "CN"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _count(sql: str) -> int:
+    with sync_db() as conn:
+        return int(conn.execute(text(sql)).scalar() or 0)
+
+
+def test_cli_imports_customers_and_orders_with_rejects_and_reruns_store_nothing_twice(env: Env) -> None:
+    customers = env.tmp / "customers.csv"
+    customers.write_text(
+        "customer_id,email,mobile,first_name,tier,birthday\n"
+        "C1,li.na@example.cn,138 0013 8000,李娜,gold,1991-04-05\n"
+        "C2,tom@example.com,+86 139-0013-9000,Tom,silver,someday\n"
+        "C3,,,,bronze,\n"
+        "C4,bad-email,,Eve,gold,\n",
+        encoding="utf-8",
+    )
+    orders = env.tmp / "orders.csv"
+    orders.write_text(
+        "order_id,phone,sku,price,qty,ordered_at\n"
+        "O-1,+8613800138000,BB-23,899.00,1,2026-11-01T10:00:00+08:00\n"
+        "O-2,13800138000,SOCK-1,29.5,three,2026-11-02T10:00:00+08:00\n",
+        encoding="utf-8",
+    )
+    (env.tmp / "c.yaml").write_text(CUSTOMERS_MAP)
+    (env.tmp / "o.yaml").write_text(ORDERS_MAP)
+
+    out = _cli(env, str(customers), "--source", "crm", "--mapping", str(env.tmp / "c.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "rows read: 4" in out.stdout and "events stored: 2" in out.stdout and "rows rejected: 2" in out.stdout
+    assert "row/s" in out.stderr  # the progress bar
+    rejects = list(csv.reader((env.tmp / "customers.csv.rejects.csv").open()))
+    assert rejects[0] == ["line", "field", "reason"]
+    assert {(r[0], r[1]) for r in rejects[1:]} == {("3", "birthday"), ("5", "traits.email")}
+    assert "bad-email" not in (env.tmp / "customers.csv.rejects.csv").read_text()
+
+    out = _cli(env, str(orders), "--source", "shop", "--mapping", str(env.tmp / "o.yaml"))
+    assert out.returncode == 0 and "events stored: 1" in out.stdout and "rows rejected: 1" in out.stdout
+
+    again = _cli(env, str(customers), "--source", "crm", "--mapping", str(env.tmp / "c.yaml"))
+    assert "events stored: 0" in again.stdout and "duplicates: 2" in again.stdout
+    assert _count("SELECT count(*) FROM event") == 3
+    assert _count("SELECT count(*) FROM profile WHERE merged_into IS NULL") == 2  # C1 (with order O-1) and C3
+
+    keys = make_keys()
+    with client() as c:
+        found = c.post("/v1/profiles/lookup", json={"phone": "+86 138 0013 8000"}, headers=auth(keys["compliance"]))
+        (profile,) = found.json()["profiles"]
+        view = c.get(f"/v1/profiles/{profile['id']}", headers=auth(keys["compliance"])).json()
+    assert view["traits"]["firstName"] == "李娜" and view["traits"]["birthday"] == "1991-04-05"
+    order = next(e for e in view["recent_events"] if e["type"] == "track")
+    assert order["properties"] == {"sku": "BB-23", "price": 899.0, "quantity": 1}
+    assert order["timestamp"].startswith("2026-11-01T02:00:00")
+
+
+def _big_csv(path: Path, rows: int, people: int) -> None:
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["email", "first_name", "tier"])
+        for i in range(rows):
+            w.writerow([f"person{i % people}@example.com", f"P{i % people}", ["gold", "silver"][i % 2]])
+
+
+def test_killing_an_import_midway_and_rerunning_gives_exactly_one_clean_run(env: Env) -> None:
+    data = env.tmp / "big.csv"
+    rows, people = 3000, 700
+    _big_csv(data, rows, people)
+    args = [sys.executable, "-m", "app", "import", str(data), "--source", "crm", "--chunk", "100", "--quiet"]
+    proc = subprocess.Popen(args, env=env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _count("SELECT count(*) FROM ingested_message") < 500:
+        assert proc.poll() is None and time.monotonic() < deadline, "import ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = _count("SELECT count(*) FROM event")
+    assert 0 < partial < rows
+    assert partial == _count("SELECT count(*) FROM ingested_message")  # each chunk committed whole or not at all
+
+    rerun = subprocess.run(args, env=env.environ(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"duplicates: {partial}" in rerun.stdout
+    assert _count("SELECT count(*) FROM event") == rows
+    assert _count("SELECT count(DISTINCT message_id) FROM event") == rows
+    assert _count("SELECT count(*) FROM profile WHERE merged_into IS NULL") == people
+    assert _count("SELECT count(*) FROM identifier WHERE kind = 'email'") == people
+
+
+def test_http_upload_is_stored_encrypted_imported_in_the_background_and_pollable(env: Env) -> None:
+    keys = make_keys()
+    body = (
+        "\n".join(
+            [
+                '{"user_id": "n1", "email": "nina@example.com", "plan": "pro"}',
+                '{"user_id": "n2", "email": "nope"}',
+                "not json at all",
+                '{"user_id": "n3", "phone": "+1 415 555 0199"}',
+            ]
+        )
+        + "\n"
+    )
+    with client() as c:
+        r = c.post(
+            "/v1/imports",
+            files={"file": ("people.ndjson", body.encode(), "application/x-ndjson")},
+            auth=(keys["ingest"], ""),
+        )
+        assert r.status_code == 202, r.text
+        job = r.json()
+        for _ in range(100):
+            job = c.get(f"/v1/imports/{job['id']}", auth=(keys["ingest"], "")).json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "done", job
+        assert (job["rows_read"], job["events_stored"], job["rows_rejected"]) == (4, 2, 2)
+        rejects = c.get(f"/v1/imports/{job['id']}/rejects", auth=(keys["ingest"], "")).text
+        assert rejects.splitlines()[1:] == [
+            "2,traits.email,is not a valid email address",
+            "3,row,the row could not be parsed",
+        ]
+        assert not upload_path(job["id"]).exists()  # the upload is gone once imported
+        assert (
+            c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": "n3"}, headers=auth(keys["admin"])).json()[
+                "profiles"
+            ][0]["traits"]["phone"]
+            == "+14155550199"
+        )
+        bad = c.post(
+            "/v1/imports",
+            files={"file": ("x.csv", b"a,b\n1,2\n")},
+            data={"mapping": "kind: nonsense"},
+            auth=(keys["ingest"], ""),
+        )
+        assert bad.status_code == 422 and bad.json()["invalid-params"][0]["name"] == "kind"
+
+
+def test_encrypted_upload_hides_plaintext_and_detects_tampering(env: Env) -> None:
+    key, upload_id = new_data_key(), "u-1"
+    path = env.tmp / "u.enc"
+    writer = EncryptedWriter(path, key, upload_id)
+    content = ("email\n" + "".join(f"secret{i}@example.com\n" for i in range(60_000))).encode()
+    for i in range(0, len(content), 70_000):
+        writer.write(content[i : i + 70_000])
+    writer.close()
+    assert b"secret1@example.com" not in path.read_bytes()
+    with open_decrypted_text(path, key, upload_id) as fh:
+        assert fh.read().encode() == content
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # truncated: the last chunk is missing
+    with pytest.raises(IntegrityFailure), open_decrypted_text(path, key, upload_id) as fh:
+        fh.read()
+
+
+def test_resume_job_finishes_an_import_whose_runner_died(env: Env) -> None:
+    job_id = str(uuid.uuid4())
+    ring = key_material(get_settings()).master
+    mv, master = ring.current()
+    file_key = new_data_key()
+    writer = EncryptedWriter(upload_path(job_id), file_key, job_id)
+    writer.write(b"email,tier\nrae@example.com,gold\n")
+    writer.close()
+
+    async def stale_job() -> None:
+        async with unit_of_work() as session:
+            session.add(
+                ImportJob(
+                    id=job_id,
+                    source="crm",
+                    filename="x.csv",
+                    file_sha256="0" * 64,
+                    status="running",
+                    format="csv",
+                    actor_key_id="k",
+                    wrapped_key=wrap_key(master, mv, f"import:{job_id}", 1, file_key),
+                    master_version=mv,
+                    created_at=datetime.now(UTC),
+                    heartbeat_at=datetime.now(UTC) - timedelta(hours=1),
+                )
+            )
+
+    run(stale_job())
+    assert run(resume_imports()) == {"imports": {job_id: "done"}}
+    assert run(resume_imports()) == {"imports": {}}
+    assert _count("SELECT count(*) FROM event") == 1
