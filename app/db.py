@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, Engine, Table, TypeDecorator, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -104,6 +104,12 @@ async def dispose_engines() -> None:
         await engine.dispose()
     _async_engines.clear()
     _makers.clear()
+
+
+def table_of(model: Any) -> Table:
+    """The Core table of a SQLModel class, for bulk inserts without ORM objects."""
+    table: Table = model.__table__
+    return table
 
 
 class UtcDateTime(TypeDecorator[datetime]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,11 +55,10 @@ class Entry:
     entry_hash: str = ""
 
     def hashed_payload(self) -> dict[str, Any]:
-        data = asdict(self)
-        return {k: data[k] for k in HASHED_FIELDS}
+        return {k: getattr(self, k) for k in HASHED_FIELDS}
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.hashed_payload(), "entry_hash": self.entry_hash}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:

@@ -270,3 +270,39 @@ def test_consent_signals_arriving_with_events_are_kept(env: Env) -> None:
     assert kinds["gpc"] == {"Sec-GPC": "1"}
     assert kinds["segment.consent"]["categoryPreferences"]["Advertising"] is False
     assert kinds["rudderstack.consent"]["deniedConsentIds"] == ["marketing"]
+
+
+def test_concurrent_batches_introducing_the_same_person_make_one_profile(env: Env) -> None:
+    import asyncio
+
+    from app.access.service import Principal
+    from app.db import unit_of_work
+    from app.ingest.service import ingest_messages
+    from app.profiles.service import VaultContext
+    from tests.conftest import run
+
+    principal = Principal("k", "ingest", "web", "web")
+
+    async def send(n: int) -> None:
+        batch = [
+            {"type": "identify", "userId": "same-person", "traits": {"email": "same@example.com"}},
+            {"type": "track", "userId": f"other-{n}", "event": "Viewed"},  # an event without traits
+            {
+                "type": "track",
+                "anonymousId": "same-anon",
+                "event": "Viewed",
+                "context": {"traits": {"email": "same@example.com"}},
+            },
+        ]
+        async with unit_of_work() as session:
+            await ingest_messages(session, VaultContext.from_settings(), principal, batch)
+
+    async def both() -> None:
+        await asyncio.gather(*(send(n) for n in range(4)))
+
+    run(both())
+    with sync_db() as conn:
+        rows = conn.execute(text("SELECT kind, count(DISTINCT profile_id) FROM identifier GROUP BY kind")).all()
+        live = conn.execute(text("SELECT count(*) FROM profile WHERE merged_into IS NULL")).scalar()
+    assert dict(rows) == {"user_id": 5, "email": 1, "anonymous_id": 1}
+    assert live == 5  # same-person (with same-anon) plus four others

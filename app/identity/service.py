@@ -12,13 +12,15 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.access.service import Principal
 from app.consent.policy import IdentityPolicy
+from app.db import table_of
 from app.identity.models import Identifier, ProfileMerge
 from app.identity.precedence import takes_precedence
 from app.ingest.models import ConsentSignal, Event
@@ -26,7 +28,8 @@ from app.ledger.service import record
 from app.profiles.models import Profile, ProfileField
 from app.vault.cipher import open_field, seal_field
 from app.vault.keyring import MasterKeyring
-from app.vault.service import DataKey, create_subject_key, shred_subject_key, subject_keys
+from app.vault.models import SubjectKey
+from app.vault.service import DataKey, new_subject_key, shred_subject_key, subject_keys
 
 Key = tuple[str, str]
 """(kind, digest)"""
@@ -71,19 +74,30 @@ class Resolver:
     keys: dict[str, DataKey] = field(default_factory=dict)
     redirect: dict[str, str] = field(default_factory=dict)
     new_profiles: list[str] = field(default_factory=list)
-    pending: list[Identifier] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending_profiles: list[dict[str, Any]] = field(default_factory=list)
+    pending_keys: list[dict[str, Any]] = field(default_factory=list)
     blocked: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     merges: int = 0
 
+    async def lock(self, idents: list[Ident]) -> None:
+        """Serialise concurrent batches that share identifiers (PostgreSQL advisory locks,
+        taken in sorted order so two batches never deadlock). SQLite serialises writers anyway."""
+        bind = self.session.bind
+        if bind is None or bind.dialect.name != "postgresql" or not idents:
+            return
+        ids = sorted({int(i.digest[:15], 16) for i in idents})
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
+        )
+
     async def preload(self, idents: list[Ident]) -> None:
-        """Load who owns these identifiers, everything those profiles hold, and their keys."""
-        by_kind: dict[str, set[str]] = defaultdict(set)
-        for i in idents:
-            by_kind[i.kind].add(i.digest)
+        """Load who owns these identifiers (call ``lock`` first), what those profiles hold, and their keys."""
+        keys = sorted({i.key for i in idents})
         pids: set[str] = set()
-        for kind, digests in by_kind.items():
+        for start in range(0, len(keys), 500):
             q = select(col(Identifier.profile_id)).where(
-                col(Identifier.kind) == kind, col(Identifier.digest).in_(list(digests))
+                tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys[start : start + 500])
             )
             pids.update((await self.session.execute(q)).scalars())
         await self._load_profiles(pids)
@@ -190,8 +204,11 @@ class Resolver:
     async def _create(self, at: datetime) -> str:
         pid = str(uuid.uuid4())
         now = datetime.now(UTC)
-        self.session.add(Profile(id=pid, created_at=now, updated_at=now, traits={}, trait_sources={}))
-        self.keys[pid] = await create_subject_key(self.session, self.ring, pid)
+        self.pending_profiles.append(
+            {"id": pid, "created_at": now, "updated_at": now, "traits": {}, "trait_sources": {}, "merged_into": None}
+        )
+        self.keys[pid], key_row = new_subject_key(self.ring, pid)
+        self.pending_keys.append(key_row)
         self.held[pid] = defaultdict(set)
         self.created_at[pid] = now
         self.new_profiles.append(pid)
@@ -200,25 +217,29 @@ class Resolver:
     def _link(self, pid: str, i: Ident, at: datetime) -> None:
         dk = self.keys[pid]
         self.pending.append(
-            Identifier(
-                profile_id=pid,
-                kind=i.kind,
-                digest=i.digest,
-                first_seen=at,
-                source=self.source,
-                key_version=dk.version,
-                sealed=seal_field(dk.key, pid, identifier_aad_name(i.kind), dk.version, i.value),
-            )
+            {
+                "profile_id": pid,
+                "kind": i.kind,
+                "digest": i.digest,
+                "first_seen": at,
+                "source": self.source,
+                "key_version": dk.version,
+                "sealed": seal_field(dk.key, pid, identifier_aad_name(i.kind), dk.version, i.value),
+            }
         )
         self.held[pid][i.kind].add(i.digest)
         self.owners[i.key].add(pid)
 
     async def flush(self) -> None:
-        """Write pending identifier links."""
-        if self.pending:
-            self.session.add_all(self.pending)
-            self.pending = []
-            await self.session.flush()
+        """Write new profiles, their keys and pending identifier links (bulk inserts)."""
+        for model, rows in (
+            (Profile, self.pending_profiles),
+            (SubjectKey, self.pending_keys),
+            (Identifier, self.pending),
+        ):
+            if rows:
+                await self.session.execute(insert(table_of(model)), rows)
+        self.pending_profiles, self.pending_keys, self.pending = [], [], []
 
     async def merge(self, a: str, b: str, via: str, rule: str) -> str:
         """Fold the younger of two profiles into the older; returns the survivor."""

@@ -10,13 +10,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam, delete, insert, tuple_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
+from sqlmodel import col
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
+from app.db import table_of
 from app.errors import InvalidField
 from app.identity.precedence import takes_precedence
 from app.identity.service import Ident, Resolver
@@ -27,6 +29,7 @@ from app.profiles.models import Profile, ProfileField
 from app.profiles.service import VaultContext, normalize_trait
 from app.vault.blind_index import blind_index
 from app.vault.cipher import seal_field
+from app.vault.service import DataKey
 
 EXTERNAL_ID_TRAITS = ("crm_id", "shop_id", "loyalty_id", "pos_customer_id")
 
@@ -191,18 +194,19 @@ async def ingest_messages(
         else:
             seen.add(p.msg.message_id)
             unique.append(p)
+    resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
+    alias_idents = []
+    for p in unique:
+        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
+            alias_idents += [_ident(ctx, "user_id", p.msg.previous_id), _ident(ctx, "anonymous_id", p.msg.previous_id)]
+    all_idents = [i for p in unique for i in p.idents] + alias_idents
+    await resolver.lock(all_idents)
     fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
     todo = [p for p in unique if p.msg.message_id in fresh]
     result.duplicates += len(unique) - len(todo)
     if not todo:
         return result
-
-    resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
-    alias_idents = []
-    for p in todo:
-        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
-            alias_idents += [_ident(ctx, "user_id", p.msg.previous_id), _ident(ctx, "anonymous_id", p.msg.previous_id)]
-    await resolver.preload([i for p in todo for i in p.idents] + alias_idents)
+    await resolver.preload(all_idents)
 
     resolved: list[tuple[Prepared, str]] = []
     for p in todo:
@@ -217,8 +221,9 @@ async def ingest_messages(
     await resolver.flush()
 
     final = [(p, resolver.final(pid)) for p, pid in resolved]
-    await _apply_traits(session, ctx, source, final)
-    events, signals = [], []
+    await _apply_traits(session, ctx, source, final, resolver.keys)
+    events: list[dict[str, Any]] = []
+    signals: list[dict[str, Any]] = []
     gpc_done: set[str] = set()
     for p, pid in final:
         dk = resolver.keys[pid]
@@ -233,50 +238,50 @@ async def ingest_messages(
             "traits": {k: v for k, (_r, v) in p.personal.items()},
         }
         events.append(
-            Event(
-                id=str(uuid.uuid4()),
-                profile_id=pid,
-                source=source,
-                message_id=m.message_id,
-                type=m.type,
-                name=m.name,
-                occurred_at=m.occurred_at,
-                received_at=now,
-                properties=p.plain_props,
-                traits=p.plain_traits,
-                key_version=dk.version,
-                sealed=seal_field(dk.key, pid, "event", dk.version, sealed),
-            )
+            {
+                "id": str(uuid.uuid4()),
+                "profile_id": pid,
+                "source": source,
+                "message_id": m.message_id,
+                "type": m.type,
+                "name": m.name,
+                "occurred_at": m.occurred_at,
+                "received_at": now,
+                "properties": p.plain_props,
+                "traits": p.plain_traits,
+                "key_version": dk.version,
+                "sealed": seal_field(dk.key, pid, "event", dk.version, sealed),
+            }
         )
         if gpc and pid not in gpc_done:
             gpc_done.add(pid)
             signals.append(
-                ConsentSignal(
-                    id=str(uuid.uuid4()),
-                    profile_id=pid,
-                    source=source,
-                    kind="gpc",
-                    payload={"Sec-GPC": "1"},
-                    message_id=m.message_id,
-                    received_at=now,
-                )
+                {
+                    "id": str(uuid.uuid4()),
+                    "profile_id": pid,
+                    "source": source,
+                    "kind": "gpc",
+                    "payload": {"Sec-GPC": "1"},
+                    "message_id": m.message_id,
+                    "received_at": now,
+                }
             )
         for kind, key in (("segment.consent", "consent"), ("rudderstack.consent", "consentManagement")):
             if isinstance(m.context.get(key), dict):
                 signals.append(
-                    ConsentSignal(
-                        id=str(uuid.uuid4()),
-                        profile_id=pid,
-                        source=source,
-                        kind=kind,
-                        payload=m.context[key],
-                        message_id=m.message_id,
-                        received_at=now,
-                    )
+                    {
+                        "id": str(uuid.uuid4()),
+                        "profile_id": pid,
+                        "source": source,
+                        "kind": kind,
+                        "payload": m.context[key],
+                        "message_id": m.message_id,
+                        "received_at": now,
+                    }
                 )
-    session.add_all(events)
-    session.add_all(signals)
-    await session.flush()
+    await session.execute(insert(table_of(Event)), events)
+    if signals:
+        await session.execute(insert(table_of(ConsentSignal)), signals)
 
     live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
     touched = Counter(pid for _p, pid in final)
@@ -302,47 +307,65 @@ async def ingest_messages(
 
 
 async def _apply_traits(
-    session: AsyncSession, ctx: VaultContext, source: str, final: list[tuple[Prepared, str]]
+    session: AsyncSession,
+    ctx: VaultContext,
+    source: str,
+    final: list[tuple[Prepared, str]],
+    keys: dict[str, DataKey],
 ) -> None:
     """Set identify traits on profiles by precedence (recency, unless an authoritative source holds it)."""
     pids = sorted({pid for p, pid in final if p.personal or p.plain_traits})
     if not pids:
         return
-    from app.vault.service import subject_keys
-
-    profiles = {p.id: p for p in (await session.execute(select(Profile).where(col(Profile.id).in_(pids)))).scalars()}
-    fields: dict[tuple[str, str], ProfileField] = {
-        (f.profile_id, f.name): f
-        for f in (await session.execute(select(ProfileField).where(col(ProfileField.profile_id).in_(pids)))).scalars()
+    profiles = {
+        pid: (dict(traits), dict(sources))
+        for pid, traits, sources in (
+            await session.execute(
+                sa_select(col(Profile.id), col(Profile.traits), col(Profile.trait_sources)).where(
+                    col(Profile.id).in_(pids)
+                )
+            )
+        ).all()
     }
-    keys = await subject_keys(session, ctx.keys.master, pids)
+    meta: dict[tuple[str, str], tuple[str | None, datetime]] = {
+        (pid, name): (src, observed or updated)
+        for pid, name, src, observed, updated in (
+            await session.execute(
+                sa_select(
+                    col(ProfileField.profile_id),
+                    col(ProfileField.name),
+                    col(ProfileField.source),
+                    col(ProfileField.observed_at),
+                    col(ProfileField.updated_at),
+                ).where(col(ProfileField.profile_id).in_(pids))
+            )
+        ).all()
+    }
     authority = ctx.policies.identity.trait_authority
     now = datetime.now(UTC)
+    fields: dict[tuple[str, str], dict[str, Any]] = {}
+    changed: set[str] = set()
     for p, pid in final:
-        at = p.msg.occurred_at
-        profile = profiles[pid]
-        dk = keys[pid]
+        if not (p.personal or p.plain_traits):
+            continue
+        at, dk = p.msg.occurred_at, keys[pid]
         for name, (rule, value) in p.personal.items():
-            old = fields.get((pid, name))
-            if old is not None and not takes_precedence(
-                name, source, at, old.source, old.observed_at or old.updated_at, authority
-            ):
+            old = meta.get((pid, name))
+            if old is not None and not takes_precedence(name, source, at, old[0], old[1], authority):
                 continue
-            if old is None:
-                old = ProfileField(
-                    profile_id=pid,
-                    name=name,
-                    category=rule.category,
-                    key_version=dk.version,
-                    ciphertext=b"",
-                    updated_at=now,
-                )
-                session.add(old)
-                fields[(pid, name)] = old
-            old.ciphertext = seal_field(dk.key, pid, name, dk.version, value)
-            old.key_version, old.source, old.observed_at, old.updated_at = dk.version, source, at, now
+            meta[(pid, name)] = (source, at)
+            fields[(pid, name)] = {
+                "profile_id": pid,
+                "name": name,
+                "category": rule.category,
+                "key_version": dk.version,
+                "ciphertext": seal_field(dk.key, pid, name, dk.version, value),
+                "updated_at": now,
+                "source": source,
+                "observed_at": at,
+            }
         if p.plain_traits and p.msg.type == "identify":
-            traits, sources = dict(profile.traits), dict(profile.trait_sources)
+            traits, sources = profiles[pid]
             for name, value in p.plain_traits.items():
                 prev = sources.get(name) or {}
                 prev_at = datetime.fromisoformat(prev["at"]) if prev.get("at") else None
@@ -350,4 +373,19 @@ async def _apply_traits(
                     continue
                 traits[name] = value
                 sources[name] = {"source": source, "at": at.isoformat()}
-            profile.traits, profile.trait_sources, profile.updated_at = traits, sources, now
+                changed.add(pid)
+    if fields:
+        await session.execute(
+            delete(ProfileField)
+            .where(tuple_(col(ProfileField.profile_id), col(ProfileField.name)).in_(list(fields)))
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(insert(table_of(ProfileField)), list(fields.values()))
+    if changed:
+        table = table_of(Profile)
+        await session.execute(
+            update(table)
+            .where(table.c.id == bindparam("pid"))
+            .values(traits=bindparam("t"), trait_sources=bindparam("s"), updated_at=bindparam("u")),
+            [{"pid": pid, "t": profiles[pid][0], "s": profiles[pid][1], "u": now} for pid in sorted(changed)],
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,20 +22,25 @@ class DataKey:
     key: bytes
 
 
-async def create_subject_key(session: AsyncSession, ring: MasterKeyring, profile_id: str) -> DataKey:
-    """A fresh data key for a new subject, wrapped with the active master key."""
+def new_subject_key(ring: MasterKeyring, profile_id: str) -> tuple[DataKey, dict[str, Any]]:
+    """A fresh data key for a new subject and its ``subject_key`` row (wrapped with the active master key)."""
     mv, master = ring.current()
     dk = new_data_key()
-    session.add(
-        SubjectKey(
-            profile_id=profile_id,
-            key_version=1,
-            master_version=mv,
-            wrapped_key=wrap_key(master, mv, profile_id, 1, dk),
-            created_at=datetime.now(UTC),
-        )
-    )
-    return DataKey(profile_id, 1, dk)
+    row = {
+        "profile_id": profile_id,
+        "key_version": 1,
+        "master_version": mv,
+        "wrapped_key": wrap_key(master, mv, profile_id, 1, dk),
+        "created_at": datetime.now(UTC),
+    }
+    return DataKey(profile_id, 1, dk), row
+
+
+async def create_subject_key(session: AsyncSession, ring: MasterKeyring, profile_id: str) -> DataKey:
+    """A fresh data key for a new subject, stored with the session."""
+    dk, row = new_subject_key(ring, profile_id)
+    session.add(SubjectKey(**row))
+    return dk
 
 
 def _unwrap(ring: MasterKeyring, row: SubjectKey) -> DataKey:
