@@ -11,8 +11,9 @@ from faker import Faker
 from sqlalchemy import func, select
 
 from app.access.models import ROLES
-from app.access.service import SYSTEM, authenticate, create_api_key
+from app.access.service import SYSTEM, Principal, authenticate, create_api_key
 from app.db import unit_of_work
+from app.ingest.service import ingest_messages
 from app.profiles.models import Profile
 from app.profiles.service import VaultContext, write_profile
 
@@ -51,6 +52,26 @@ def demo_customers(count: int, seed: int = 7) -> list[dict[str, object]]:
     return people
 
 
+def demo_events(i: int, email: str, profile_id: str) -> list[dict[str, object]]:
+    """A short browsing and buying history for demo customer ``i``."""
+    rng = random.Random(i)
+    category = rng.choice(CATEGORIES)
+    anon = f"demo-anon-{i:03d}"
+    events: list[dict[str, object]] = [
+        {"type": "page", "anonymousId": anon, "name": "Home", "messageId": f"demo-{i}-1",
+         "properties": {"path": "/"}},
+        {"type": "track", "anonymousId": anon, "event": "Product Viewed", "messageId": f"demo-{i}-2",
+         "properties": {"category": category, "sku": f"SKU-{rng.randrange(100, 999)}"}},
+        {"type": "identify", "anonymousId": anon, "userId": f"demo-user-{i:03d}", "messageId": f"demo-{i}-3",
+         "traits": {"email": email}},
+    ]
+    if rng.random() < 0.6:
+        events.append({"type": "track", "userId": f"demo-user-{i:03d}", "event": "Order Completed",
+                       "messageId": f"demo-{i}-4",
+                       "properties": {"category": category, "revenue": rng.choice([59, 89, 129, 199])}})
+    return events
+
+
 async def _ensure_keys(keys_file: Path | None) -> dict[str, str]:
     if keys_file and keys_file.exists():
         saved: dict[str, str] = json.loads(keys_file.read_text())
@@ -77,6 +98,8 @@ async def load_demo(count: int = 40, keys_file: Path | None = None) -> dict[str,
         existing = (await session.execute(select(func.count()).select_from(Profile))).scalar_one()
         if not existing:
             ctx = VaultContext.from_settings()
-            for traits in demo_customers(count):
-                await write_profile(session, ctx, SYSTEM, traits)
+            web = Principal(key_id="demo", role="ingest", name="demo-web", source="demo-web")
+            for i, traits in enumerate(demo_customers(count)):
+                written = await write_profile(session, ctx, SYSTEM, traits)
+                await ingest_messages(session, ctx, web, demo_events(i, str(traits["email"]), written.id))
     return await _ensure_keys(keys_file)
