@@ -58,17 +58,32 @@ def demo_events(i: int, email: str, profile_id: str) -> list[dict[str, object]]:
     category = rng.choice(CATEGORIES)
     anon = f"demo-anon-{i:03d}"
     events: list[dict[str, object]] = [
-        {"type": "page", "anonymousId": anon, "name": "Home", "messageId": f"demo-{i}-1",
-         "properties": {"path": "/"}},
-        {"type": "track", "anonymousId": anon, "event": "Product Viewed", "messageId": f"demo-{i}-2",
-         "properties": {"category": category, "sku": f"SKU-{rng.randrange(100, 999)}"}},
-        {"type": "identify", "anonymousId": anon, "userId": f"demo-user-{i:03d}", "messageId": f"demo-{i}-3",
-         "traits": {"email": email}},
+        {"type": "page", "anonymousId": anon, "name": "Home", "messageId": f"demo-{i}-1", "properties": {"path": "/"}},
+        {
+            "type": "track",
+            "anonymousId": anon,
+            "event": "Product Viewed",
+            "messageId": f"demo-{i}-2",
+            "properties": {"category": category, "sku": f"SKU-{rng.randrange(100, 999)}"},
+        },
+        {
+            "type": "identify",
+            "anonymousId": anon,
+            "userId": f"demo-user-{i:03d}",
+            "messageId": f"demo-{i}-3",
+            "traits": {"email": email},
+        },
     ]
     if rng.random() < 0.6:
-        events.append({"type": "track", "userId": f"demo-user-{i:03d}", "event": "Order Completed",
-                       "messageId": f"demo-{i}-4",
-                       "properties": {"category": category, "revenue": rng.choice([59, 89, 129, 199])}})
+        events.append(
+            {
+                "type": "track",
+                "userId": f"demo-user-{i:03d}",
+                "event": "Order Completed",
+                "messageId": f"demo-{i}-4",
+                "properties": {"category": category, "revenue": rng.choice([59, 89, 129, 199])},
+            }
+        )
     return events
 
 

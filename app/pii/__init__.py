@@ -1,0 +1,1 @@
+"""Personal data in free text: detection (presidio, English and Chinese), redaction, classification."""
