@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,58 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pii_scan(args: argparse.Namespace) -> int:
+    """Count PII entities per type over a whole export (every string cell of CSV/NDJSON/JSON, or lines of text)."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from app.imports.service import count_lines, detect_format, open_text, read_rows
+    from app.pii.engine import pii_engine
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"no such file: {path}", file=sys.stderr)
+        return 2
+    engine = pii_engine()
+    counts: Counter[str] = Counter()
+    texts_with_pii = total = 0
+    fmt = args.format or ("text" if path.suffix in (".txt", ".log") else detect_format(path.name))
+
+    def texts() -> Iterator[str]:
+        with open_text(path) as stream:
+            if fmt == "text":
+                yield from (line.rstrip("\n") for line in stream if line.strip())
+                return
+            for _line, row in read_rows(stream, fmt):
+                for value in (row or {}).values():
+                    if isinstance(value, str) and value.strip():
+                        yield value
+
+    with tqdm(total=count_lines(path), unit="line", file=sys.stderr, disable=args.quiet) as bar:
+        batch: list[str] = []
+        for t in texts():
+            batch.append(t)
+            if len(batch) >= 256:
+                found = engine.analyze_many(batch)
+                counts.update(f.entity_type for fs in found for f in fs)
+                texts_with_pii += sum(1 for fs in found if fs)
+                total += len(batch)
+                bar.update(len(batch) if fmt == "text" else 0)
+                batch = []
+        if batch:
+            found = engine.analyze_many(batch)
+            counts.update(f.entity_type for fs in found for f in fs)
+            texts_with_pii += sum(1 for fs in found if fs)
+            total += len(batch)
+        bar.update(bar.total - bar.n)
+    print(f"model: {engine.model}")
+    print(f"values scanned: {total}, with personal data: {texts_with_pii}")
+    for entity, n in counts.most_common():
+        print(f"{entity:<16} {n}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from app.demo import load_demo
 
@@ -229,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--chunk", type=int, default=1000, help="rows per transaction")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
     im.set_defaults(func=_import)
+
+    pii = sub.add_parser("pii", help="personal data in free text")
+    pii.add_argument("action", choices=["scan"])
+    pii.add_argument("file")
+    pii.add_argument("--format", choices=["csv", "ndjson", "json", "text"])
+    pii.add_argument("--quiet", action="store_true")
+    pii.set_defaults(func=_pii_scan)
 
     dm = sub.add_parser("demo", help="load synthetic demo customers and print a key per role")
     dm.add_argument("action", choices=["load"])

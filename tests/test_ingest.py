@@ -306,3 +306,22 @@ def test_concurrent_batches_introducing_the_same_person_make_one_profile(env: En
         live = conn.execute(text("SELECT count(*) FROM profile WHERE merged_into IS NULL")).scalar()
     assert dict(rows) == {"user_id": 5, "email": 1, "anonymous_id": 1}
     assert live == 5  # same-person (with same-anon) plus four others
+
+
+def test_undeclared_pii_in_event_properties_is_sealed_and_flagged(env: Env) -> None:
+    keys = make_keys()
+    event = {"userId": "p1", "event": "Support Requested", "properties": {
+        "contact_email": "pat@example.com", "ref": "13812345678", "sku": "BB-23", "name": "Air Zoom", "qty": 2}}
+    with client() as c:
+        assert c.post("/v1/track", json=event, auth=(keys["ingest"], "")).status_code == 200
+        pid = _lookup(c, keys["admin"], kind="user_id", value="p1")[0]["id"]
+        marketer_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["marketer"])).json()["events"][0]
+        compliance_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["compliance"])).json()["events"][0]
+        entry = c.get("/v1/audit/entries", params={"action": "ingest.events", "subject": pid},
+                      headers=auth(keys["auditor"])).json()["entries"][0]
+    assert marketer_view["properties"] == {"sku": "BB-23", "name": "Air Zoom", "qty": 2}
+    assert compliance_view["properties"]["contact_email"] == "pat@example.com"
+    assert entry["details"]["undeclared_pii"] == ["contact_email", "ref"]
+    with sync_db() as conn:
+        stored = str(conn.execute(text("SELECT properties FROM event")).scalar())
+    assert "pat@example.com" not in stored and "13812345678" not in stored

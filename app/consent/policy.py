@@ -61,6 +61,11 @@ class PolicySet:
     identity: IdentityPolicy
     text_channels: dict[str, bool]
     """Free-text channel → may identifiers found in its texts be linked to the author?"""
+    properties_not_personal: frozenset[str] = frozenset()
+
+    def personal_property(self, name: str) -> bool:
+        """Is an event property of this name declared personal data?"""
+        return name not in self.properties_not_personal and self.trait(name) is not None
 
     def trait(self, name: str) -> TraitRule | None:
         """The rule for a trait name or one of its aliases (None: not personal data)."""
@@ -113,4 +118,5 @@ def load_policies(policy_dir: Path) -> PolicySet:
     )
     t = _load_yaml(policy_dir / "text_channels.yaml")
     channels = {name: bool(spec.get("link_identifiers")) for name, spec in t["channels"].items()}
-    return PolicySet(purposes, defaults, traits, aliases, identity, channels)
+    exempt = frozenset(c.get("properties_not_personal") or [])
+    return PolicySet(purposes, defaults, traits, aliases, identity, channels, exempt)

@@ -25,6 +25,7 @@ from app.identity.service import Ident, Resolver
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
+from app.pii.classify import classify_property
 from app.profiles.models import Profile, ProfileField
 from app.profiles.service import VaultContext, normalize_trait
 from app.vault.blind_index import blind_index
@@ -54,7 +55,8 @@ class Prepared:
     plain_traits: dict[str, Any]
     plain_props: dict[str, Any]
     personal_props: dict[str, Any]
-    alias_user: Ident | None = None
+    undeclared: list[str] = field(default_factory=list)
+    """Property names that were not declared personal data but look like it."""
 
 
 def _blocked(ctx: VaultContext, value: str | None) -> bool:
@@ -124,13 +126,21 @@ def _prepare(ctx: VaultContext, msg: Message) -> Prepared:
                     link_only[name] = (rule, normalize_trait(rule, ctx_traits[name], ctx.region, name))
     props_plain: dict[str, Any] = {}
     props_personal: dict[str, Any] = {}
+    flagged: list[str] = []
     for name, value in msg.properties.items():
-        (props_personal if ctx.policies.trait(name) else props_plain)[name] = value
+        if ctx.policies.personal_property(name):
+            props_personal[name] = value
+        elif name not in ctx.policies.properties_not_personal and classify_property(name, value):
+            # undeclared personal data: sealed like declared, and flagged in the ledger
+            props_personal[name] = value
+            flagged.append(name)
+        else:
+            props_plain[name] = value
     idents = extract_identifiers(ctx, msg, {**link_only, **personal})
     if msg.type != "identify":
         personal = {}  # only identify sets profile traits
         plain = plain if msg.type == "group" else {}
-    return Prepared(msg, idents, personal, plain, props_plain, props_personal)
+    return Prepared(msg, idents, personal, plain, props_plain, props_personal, flagged)
 
 
 def _insert(session: AsyncSession, table: Table) -> Any:
@@ -290,14 +300,23 @@ async def ingest_messages(
     result.profiles_updated = len([pid for pid in touched if pid not in live_new])
     result.merges = resolver.merges
     types: dict[str, Counter[str]] = defaultdict(Counter)
+    undeclared: dict[str, set[str]] = defaultdict(set)
     for p, pid in final:
         types[pid][p.msg.type] += 1
+        undeclared[pid].update(p.undeclared)
     decision = decide(principal, None)
+
+    def details(pid: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": source, "events": dict(types[pid])}
+        if undeclared[pid]:
+            d["undeclared_pii"] = sorted(undeclared[pid])
+        return d
+
     await record_each(
         session,
         principal,
         "ingest.events",
-        [(pid, {"source": source, "events": dict(types[pid])}) for pid in touched],
+        [(pid, details(pid)) for pid in touched],
         purpose=decision.purpose,
         legal_basis=decision.legal_basis,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 from app.pii.checksums import luhn_valid, resident_id_valid
@@ -60,8 +61,24 @@ def classify_field(name: str, samples: Sequence[Any] = ()) -> str | None:
         best, n = max(votes.items(), key=lambda kv: kv[1])
         if n * 2 >= len(samples):
             return best
+    return _name_category(name)
+
+
+@lru_cache(maxsize=4096)
+def _name_category(name: str) -> str | None:
     lowered = name.lower()
     for pattern, category in NAME_RULES:
         if re.search(pattern, lowered):
             return category
     return None
+
+
+def classify_property(name: str, value: Any) -> str | None:
+    """Fast check for one event property: is it undeclared personal data?
+
+    A bare ``name`` is left alone (Segment's e-commerce spec uses it for products).
+    """
+    category = None if name.lower() in ("name", "title") else _name_category(name)
+    if category is None and isinstance(value, str) and ("@" in value or any(c.isdigit() for c in value)):
+        category = _value_category(value)
+    return category
