@@ -310,15 +310,25 @@ def test_concurrent_batches_introducing_the_same_person_make_one_profile(env: En
 
 def test_undeclared_pii_in_event_properties_is_sealed_and_flagged(env: Env) -> None:
     keys = make_keys()
-    event = {"userId": "p1", "event": "Support Requested", "properties": {
-        "contact_email": "pat@example.com", "ref": "13812345678", "sku": "BB-23", "name": "Air Zoom", "qty": 2}}
+    event = {
+        "userId": "p1",
+        "event": "Support Requested",
+        "properties": {
+            "contact_email": "pat@example.com",
+            "ref": "13812345678",
+            "sku": "BB-23",
+            "name": "Air Zoom",
+            "qty": 2,
+        },
+    }
     with client() as c:
         assert c.post("/v1/track", json=event, auth=(keys["ingest"], "")).status_code == 200
         pid = _lookup(c, keys["admin"], kind="user_id", value="p1")[0]["id"]
         marketer_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["marketer"])).json()["events"][0]
         compliance_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["compliance"])).json()["events"][0]
-        entry = c.get("/v1/audit/entries", params={"action": "ingest.events", "subject": pid},
-                      headers=auth(keys["auditor"])).json()["entries"][0]
+        entry = c.get(
+            "/v1/audit/entries", params={"action": "ingest.events", "subject": pid}, headers=auth(keys["auditor"])
+        ).json()["entries"][0]
     assert marketer_view["properties"] == {"sku": "BB-23", "name": "Air Zoom", "qty": 2}
     assert compliance_view["properties"]["contact_email"] == "pat@example.com"
     assert entry["details"]["undeclared_pii"] == ["contact_email", "ref"]

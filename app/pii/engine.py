@@ -33,7 +33,7 @@ from presidio_analyzer.predefined_recognizers import (
     UsSsnRecognizer,
 )
 
-from app.pii.recognizers import RegexRecognizer, chinese_recognizers, english_recognizers
+from app.pii.recognizers import NameGazetteerRecognizer, RegexRecognizer, chinese_recognizers, english_recognizers
 
 log = structlog.get_logger("consentry.pii")
 logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)  # unmapped spaCy labels are dropped by us
@@ -128,7 +128,7 @@ class PiiEngine:
             *english_recognizers("en"),
         ]
         if self.has_ner:
-            en.append(SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]))
+            en += [SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]), NameGazetteerRecognizer("en")]
         zh: list[EntityRecognizer] = [
             RegexRecognizer("EMAIL_ADDRESS", EMAIL_IN_CJK, 1.0, "zh", name="EmailRecognizer:zh"),
             CreditCardRecognizer(supported_language="zh"),

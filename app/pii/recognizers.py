@@ -174,14 +174,20 @@ def english_recognizers(language: str) -> list[EntityRecognizer]:
             name="StreetAddressRecognizer",
         ),
         InternationalPhoneRecognizer(language),
+        payment_card_recognizer(language),
     ]
 
 
 class InternationalPhoneRecognizer(EntityRecognizer):
-    """Phone numbers anywhere in the world (libphonenumber), in the common written formats."""
+    """Phone numbers in the common written formats, checked with libphonenumber.
 
-    REGIONS = ("US", "GB", "CN", "DE", "FR", "IN", "CA", "AU", "JP", "SG", "HK", "TW", "BR", "ES", "IT", "NL", "IE")
-    CANDIDATE = re.compile(r"(?<![\w+])(?:\+|00)?\(?\d[\d\s().-]{6,18}\d(?![\w])")
+    Numbers written with ``+``/``00`` are checked against their own country; others only
+    against a few home regions, so that order numbers, postcodes and SSNs stay out.
+    """
+
+    REGIONS = ("US", "GB", "CN", "IN")
+    CANDIDATE = re.compile(r"(?<![\w+.:-])(?:\+|00)?\(?\d[\d\s().-]{5,18}\d(?![\w:]|\.\d)")
+    NOT_PHONE = re.compile(r"\d{4}-\d{2}-\d{2}.*|(?:\d{1,3}\.){3}\d{1,3}|\d{3}-\d{2}-\d{4}|\d+\.\d+")
 
     def __init__(self, language: str) -> None:
         super().__init__(
@@ -196,16 +202,146 @@ class InternationalPhoneRecognizer(EntityRecognizer):
     ) -> list[RecognizerResult]:
         out = []
         for m in self.CANDIDATE.finditer(text):
-            raw = m.group(0).strip()
+            raw = m.group(0).rstrip()
             digits = _digits(raw)
-            if not 7 <= len(digits) <= 15 or re.fullmatch(r"\d{4}-\d{2}-\d{2}|(?:\d{1,3}\.){3}\d{1,3}", raw):
-                continue  # dates and IPv4 addresses are not phone numbers
-            for region in self.REGIONS:
+            if not 7 <= len(digits) <= 15 or self.NOT_PHONE.fullmatch(raw):
+                continue  # dates, IPv4 addresses, SSNs and decimals are not phone numbers
+            international = raw.startswith(("+", "00"))
+            candidate = "+" + raw[2:] if raw.startswith("00") else raw
+            for region in (None,) if international else self.REGIONS:
                 try:
-                    number = phonenumbers.parse(raw.replace("00", "+", 1) if raw.startswith("00") else raw, region)
+                    number = phonenumbers.parse(candidate, region)
                 except phonenumbers.NumberParseException:
                     continue
                 if phonenumbers.is_valid_number(number):
-                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.start() + len(m.group(0).rstrip()), 0.75))
+                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.start() + len(raw), 0.75))
                     break
+        return out
+
+
+CARD = r"(?<![\d-])[2-6]\d{3}(?:[ -]?\d{4}){2}(?:[ -]?\d{1,7})(?![\d-])"
+
+
+def _card(value: str) -> bool:
+    digits = _digits(value)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def payment_card_recognizer(language: str) -> EntityRecognizer:
+    """Luhn-valid card numbers of every network (presidio's pattern misses 2-series and 19-digit ones)."""
+    return RegexRecognizer(
+        "CREDIT_CARD",
+        CARD,
+        0.6,
+        language,
+        validator=_card,
+        context=("card", "credit", "debit", "visa", "mastercard", "amex", "卡"),
+        name=f"PaymentCard:{language}",
+    )
+
+
+class NameGazetteerRecognizer(EntityRecognizer):
+    """Given name followed by a family name, from Faker's name lists for many locales
+    (catches lower-case and foreign names a small NER model misses)."""
+
+    LOCALES = (
+        "en_US",
+        "en_GB",
+        "de_DE",
+        "fr_FR",
+        "it_IT",
+        "es_ES",
+        "da_DK",
+        "nl_NL",
+        "pl_PL",
+        "sv_SE",
+        "no_NO",
+        "cs_CZ",
+        "hu_HU",
+        "fi_FI",
+        "pt_PT",
+        "en_IN",
+        "is_IS",
+        "et_EE",
+    )
+    WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+    STOP = frozenset(
+        {
+            "will",
+            "may",
+            "june",
+            "april",
+            "august",
+            "grant",
+            "bill",
+            "mark",
+            "rose",
+            "summer",
+            "star",
+            "the",
+            "and",
+            "my",
+            "is",
+            "in",
+            "on",
+            "at",
+            "to",
+            "of",
+            "a",
+            "an",
+            "by",
+            "for",
+            "new",
+            "long",
+            "young",
+            "king",
+            "street",
+            "road",
+            "lane",
+            "park",
+            "hill",
+        }
+    )
+
+    def __init__(self, language: str) -> None:
+        from faker import Faker
+
+        first: set[str] = set()
+        last: set[str] = set()
+        for loc in self.LOCALES:
+            provider = next(p for p in Faker(loc).providers if "person" in type(p).__module__)
+            first |= {n.lower() for n in getattr(provider, "first_names", ())}
+            last |= {n.lower() for n in getattr(provider, "last_names", ())}
+        self.first, self.last = first - self.STOP, last - self.STOP
+        super().__init__(supported_entities=["PERSON"], supported_language=language, name=f"NameGazetteer:{language}")
+
+    def load(self) -> None:
+        return None
+
+    CUES = re.compile(
+        r"(?:my name is|name:|calls? me|i'm|i am|hi|hello|dear|tell|told|said|asked|named|thanks,?)\s+$", re.IGNORECASE
+    )
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        words = list(self.WORD.finditer(text))
+        out = []
+        for i, a in enumerate(words):
+            first = a.group(0)
+            if first.lower() not in self.first:
+                continue
+            j = i + 1
+            if j < len(words) and len(words[j].group(0)) == 1 and text[words[j].end() : words[j].end() + 1] in ". ":
+                j += 1  # a middle initial
+            b = words[j] if j < len(words) else None
+            if b is not None and not text[a.end() : b.start()].strip(" .") and "\\" not in text[a.end() : b.start()]:
+                last = b.group(0)
+                known = last.lower() in self.last
+                capitalised = first[0].isupper() and last[0].isupper() and last.lower() not in self.STOP
+                if known or capitalised:
+                    out.append(RecognizerResult("PERSON", a.start(), b.end(), 0.75 if known else 0.6))
+                    continue
+            if first[0].isupper() and self.CUES.search(text[max(0, a.start() - 16) : a.start()]):
+                out.append(RecognizerResult("PERSON", a.start(), a.end(), 0.6))
         return out
