@@ -23,6 +23,7 @@ from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
 from app.ledger.routes import AuditController
 from app.logs import configure_logging
+from app.pii.engine import resolve_ner_model
 from app.problems import EXCEPTION_HANDLERS
 from app.profiles.routes import ProfileController
 from app.request_context import request_id_middleware
@@ -45,6 +46,8 @@ async def health() -> dict[str, str]:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings = get_settings()
     key_material(settings)  # fail fast on bad key configuration; create dev keys once
+    model, has_ner = resolve_ner_model(settings.ner_model, settings.nlp_dir)
+    log.info("pii_ner_model", model=model if has_ner else None, names_and_places=has_ner)
     scheduler = build_scheduler(product_jobs()) if settings.scheduler_enabled else None
     if scheduler is not None:
         scheduler.start()

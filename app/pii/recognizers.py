@@ -187,6 +187,8 @@ class InternationalPhoneRecognizer(EntityRecognizer):
 
     REGIONS = ("US", "GB", "CN", "IN")
     CANDIDATE = re.compile(r"(?<![\w+.:-])(?:\+|00)?\(?\d[\d\s().-]{5,18}\d(?![\w:]|\.\d)")
+    EXTENSION = re.compile(r"\s*(?:x|ext\.?|#)\s*\d{1,5}\b", re.IGNORECASE)
+    CONTEXT = ("phone", "tel", "call", "mobile", "cell", "fax", "office", "home", "number", "text me", "电话", "手机")
     NOT_PHONE = re.compile(r"\d{4}-\d{2}-\d{2}.*|(?:\d{1,3}\.){3}\d{1,3}|\d{3}-\d{2}-\d{4}|\d+\.\d+")
 
     def __init__(self, language: str) -> None:
@@ -208,13 +210,23 @@ class InternationalPhoneRecognizer(EntityRecognizer):
                 continue  # dates, IPv4 addresses, SSNs and decimals are not phone numbers
             international = raw.startswith(("+", "00"))
             candidate = "+" + raw[2:] if raw.startswith("00") else raw
+            end = m.start() + len(raw)
+            ext = self.EXTENSION.match(text, end)
+            if ext:
+                end = ext.end()
+            near = text[max(0, m.start() - 24) : end + 12].lower()
+            has_context = any(w in near for w in self.CONTEXT)
             for region in (None,) if international else self.REGIONS:
                 try:
                     number = phonenumbers.parse(candidate, region)
                 except phonenumbers.NumberParseException:
                     continue
                 if phonenumbers.is_valid_number(number):
-                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), m.start() + len(raw), 0.75))
+                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), end, 0.75))
+                    break
+                if has_context and phonenumbers.is_possible_number(number):
+                    # a local or unassigned number, but labelled as a phone by the words around it
+                    out.append(RecognizerResult("PHONE_NUMBER", m.start(), end, 0.6))
                     break
         return out
 
