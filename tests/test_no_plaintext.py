@@ -83,6 +83,25 @@ def test_plaintext_appears_nowhere_in_the_database_or_the_logs(env: Env, monkeyp
             "customer %s called from %s", "li.lei@mail.example.org", "+86 139 1234 5678"
         )
 
+        # events (traits, context with IP and user agent) and free text carry personal data too
+        batch = [
+            {
+                "type": "identify",
+                "userId": "np-1",
+                "traits": {"email": "events.only@example.org", "name": "Theodora Quist"},
+                "context": {"ip": "198.51.100.77", "userAgent": "Mozilla/5.0 (QuistPhone)"},
+            },
+            {
+                "type": "track",
+                "userId": "np-1",
+                "event": "Viewed",
+                "properties": {"contact_email": "prop.mail@example.org"},
+            },
+        ]
+        assert c.post("/v1/batch", json={"batch": batch}, auth=(keys["ingest"], "")).json()["accepted"] == 2
+        text_body = {"text": "我是赵敏，电话13700001111，my mail is chat.mail@example.org", "channel": "chat"}
+        assert c.post("/v1/texts", json=text_body, auth=(keys["ingest"], "")).status_code == 201
+
     # sanity: the values really were stored (decrypted read works) and logs were written
     stored = _database_bytes(env)
     assert b"gold" in stored

@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from app.consent.gate import authorize
 from app.deps import Caller, Db
 from app.errors import InvalidField
 from app.ledger.service import record
@@ -86,6 +87,7 @@ class TextController(Controller):
         texts = ([data.text] if data.text is not None else []) + (data.texts or [])
         if not texts or len(texts) > 500:
             raise InvalidField("send text or 1 to 500 texts", field="text")
+        await authorize(db, principal, "pii.scan", [], purpose="legal.compliance.dsr")  # refusals are recorded
         engine = pii_engine()
         results = await asyncio.to_thread(engine.analyze_many, texts)
         await record(
