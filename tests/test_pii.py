@@ -170,3 +170,32 @@ def test_texts_are_stored_redacted_restored_for_compliance_and_gone_after_shredd
         assert gone.status_code == 410
         still = c.get(f"/v1/texts/{en['id']}", headers=auth(keys["compliance"]))
         assert still.json()["text"] == EN_CHAT
+
+
+def test_texts_follow_their_author_through_a_merge(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        w = (keys["ingest"], "")
+        c.post("/v1/identify", json={"userId": "acct-9", "traits": {"email": "nine@example.com"}}, auth=w)
+        t = c.post(
+            "/v1/texts",
+            json={
+                "text": "my card 4111 1111 1111 1111 is blocked",
+                "channel": "ticket",
+                "author": {"anonymous_id": "chat-visitor-9"},
+            },
+            auth=w,
+        ).json()[0]
+        # the visitor turns out to be the account holder: the younger (visitor) profile merges into the account
+        c.post("/v1/alias", json={"previousId": "chat-visitor-9", "userId": "acct-9"}, auth=w)
+        survivor = c.post(
+            "/v1/profiles/lookup", json={"kind": "user_id", "value": "acct-9"}, headers=auth(keys["admin"])
+        ).json()["profiles"][0]["id"]
+        assert survivor != t["profile_id"]
+        read = c.get(f"/v1/texts/{t['id']}", headers=auth(keys["compliance"]))
+        assert read.status_code == 200, read.text
+        assert read.json()["profile_id"] == survivor
+        assert read.json()["text"] == "my card 4111 1111 1111 1111 is blocked"
+    with sync_db() as conn:
+        left = conn.execute(text("SELECT count(*) FROM text_vault WHERE profile_id = :p"), {"p": t["profile_id"]})
+        assert left.scalar() == 0

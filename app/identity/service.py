@@ -26,6 +26,7 @@ from app.identity.precedence import takes_precedence
 from app.ingest.models import ConsentSignal, Event
 from app.ledger.service import record
 from app.profiles.models import Profile, ProfileField
+from app.texts.rekey import move_texts
 from app.vault.cipher import open_field, seal_field
 from app.vault.keyring import MasterKeyring
 from app.vault.models import SubjectKey
@@ -321,6 +322,7 @@ async def merge_profiles(
         delete(Identifier).where(col(Identifier.profile_id) == loser).execution_options(synchronize_session=False)
     )
 
+    await move_texts(session, lkey, wkey)
     for ev in (await session.execute(select(Event).where(col(Event.profile_id) == loser))).scalars():
         payload = open_field(lkey.key, loser, "event", ev.key_version, ev.sealed)
         ev.sealed = seal_field(wkey.key, winner, "event", wkey.version, payload)

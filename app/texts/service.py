@@ -25,6 +25,7 @@ from app.pii.engine import Finding, pii_engine
 from app.pii.redact import redact, restore
 from app.profiles.service import VaultContext, resolve_merged
 from app.texts.models import TextRecord, TextVaultEntry
+from app.texts.rekey import vault_field
 from app.vault.cipher import open_field, seal_field
 from app.vault.normalize import normalize_email, normalize_phone
 from app.vault.service import subject_keys
@@ -142,7 +143,7 @@ async def ingest_texts(
                 "placeholder": v.placeholder,
                 "entity_type": v.entity_type,
                 "key_version": dk.version,
-                "sealed": seal_field(dk.key, pid, f"text:{text_id}:{v.placeholder}", dk.version, v.value),
+                "sealed": seal_field(dk.key, pid, vault_field(text_id, v.placeholder), dk.version, v.value),
             }
             for v in values
         ]
@@ -195,7 +196,9 @@ async def read_text(
             await session.execute(select(TextVaultEntry).where(col(TextVaultEntry.text_id) == text_id))
         ).scalars()
         values = {
-            e.placeholder: open_field(dk.key, e.profile_id, f"text:{text_id}:{e.placeholder}", e.key_version, e.sealed)
+            e.placeholder: open_field(
+                dk.key, e.profile_id, vault_field(text_id, e.placeholder), e.key_version, e.sealed
+            )
             for e in entries
         }
         out["text"] = restore(row.redacted, values)
