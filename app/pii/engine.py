@@ -28,7 +28,6 @@ from presidio_analyzer.predefined_recognizers import (
     EmailRecognizer,
     IbanRecognizer,
     IpRecognizer,
-    PhoneRecognizer,
     SpacyRecognizer,
     UsSsnRecognizer,
 )
@@ -124,7 +123,6 @@ class PiiEngine:
             IbanRecognizer(),
             IpRecognizer(),
             UsSsnRecognizer(),
-            PhoneRecognizer(supported_regions=("US", "GB", "CA", "AU", "IN", "DE", "FR", "IE", "SG")),
             *english_recognizers("en"),
         ]
         if self.has_ner:
@@ -162,11 +160,13 @@ class PiiEngine:
             # cheap pre-filter: without digits, '@' or capitals an English text has nothing we can find
             needs_nlp = [i for i in idx if lang == "zh" or _worth_nlp(texts[i])]
             pipeline = self.nlp.nlp[lang]  # type: ignore[index]
-            docs = pipeline.pipe([texts[i] for i in needs_nlp], batch_size=batch_size)
+            # escaped line breaks (exports, logs) read as real ones; same length, so offsets hold
+            plain = {i: texts[i].replace("\\n", "\n ").replace("\\t", "\t ") for i in needs_nlp}
+            docs = pipeline.pipe([plain[i] for i in needs_nlp], batch_size=batch_size)
             for i, doc in zip(needs_nlp, docs, strict=True):
                 artifacts = self.nlp._doc_to_nlp_artifact(doc, lang)
                 results = self.analyzer.analyze(
-                    texts[i], language=lang, entities=list(ENTITIES), nlp_artifacts=artifacts, score_threshold=THRESHOLD
+                    plain[i], language=lang, entities=list(ENTITIES), nlp_artifacts=artifacts, score_threshold=THRESHOLD
                 )
                 out[i] = resolve_overlaps(texts[i], results)
         return out

@@ -178,6 +178,10 @@ def english_recognizers(language: str) -> list[EntityRecognizer]:
     ]
 
 
+POSSIBLE = phonenumbers.ValidationResult.IS_POSSIBLE
+POSSIBLE_LOCAL = phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY
+
+
 class InternationalPhoneRecognizer(EntityRecognizer):
     """Phone numbers in the common written formats, checked with libphonenumber.
 
@@ -185,10 +189,33 @@ class InternationalPhoneRecognizer(EntityRecognizer):
     against a few home regions, so that order numbers, postcodes and SSNs stay out.
     """
 
-    REGIONS = ("US", "GB", "CN", "IN")
+    REGIONS = ("US", "GB", "CN", "IN", "DE", "FR", "FI", "BE", "AU")
     CANDIDATE = re.compile(r"(?<![\w+.:-])(?:\+|00)?\(?\d[\d\s().-]{5,18}\d(?![\w:]|\.\d)")
     EXTENSION = re.compile(r"\s*(?:x|ext\.?|#)\s*\d{1,5}\b", re.IGNORECASE)
-    CONTEXT = ("phone", "tel", "call", "mobile", "cell", "fax", "office", "home", "number", "text me", "电话", "手机")
+    CONTEXT = (
+        "phone",
+        "tel",
+        "call",
+        "mobile",
+        "cell",
+        "fax",
+        "office",
+        "home",
+        "number",
+        "text me",
+        "sms",
+        "whatsapp",
+        "registered",
+        "messages to",
+        "reach me",
+        "answering",
+        "电话",
+        "手机",
+    )
+    NOT_CONTEXT = re.compile(r"address|apt\.?|suite|card|\bcc\b|iban|account|zip|postcode|postal", re.IGNORECASE)
+    STREET_AFTER = re.compile(
+        rf"\s+(?:{STREET_SUFFIX}|Rue|Via|Calle|Rua|Strasse|Straße|Gade|Vej|Boulevard)\b", re.IGNORECASE
+    )
     NOT_PHONE = re.compile(r"\d{4}-\d{2}-\d{2}.*|(?:\d{1,3}\.){3}\d{1,3}|\d{3}-\d{2}-\d{4}|\d+\.\d+")
 
     def __init__(self, language: str) -> None:
@@ -215,6 +242,8 @@ class InternationalPhoneRecognizer(EntityRecognizer):
             if ext:
                 end = ext.end()
             near = text[max(0, m.start() - 24) : end + 12].lower()
+            if self.NOT_CONTEXT.search(text[max(0, m.start() - 24) : m.start()]) or self.STREET_AFTER.match(text, end):
+                continue  # house numbers and postcodes in addresses, card numbers
             has_context = any(w in near for w in self.CONTEXT)
             for region in (None,) if international else self.REGIONS:
                 try:
@@ -224,7 +253,8 @@ class InternationalPhoneRecognizer(EntityRecognizer):
                 if phonenumbers.is_valid_number(number):
                     out.append(RecognizerResult("PHONE_NUMBER", m.start(), end, 0.75))
                     break
-                if has_context and phonenumbers.is_possible_number(number):
+                reason = phonenumbers.is_possible_number_with_reason(number)
+                if has_context and reason in (POSSIBLE, POSSIBLE_LOCAL):
                     # a local or unassigned number, but labelled as a phone by the words around it
                     out.append(RecognizerResult("PHONE_NUMBER", m.start(), end, 0.6))
                     break
