@@ -59,11 +59,11 @@ class Prepared:
     """Property names that were not declared personal data but look like it."""
 
 
-def _blocked(ctx: VaultContext, value: str | None) -> bool:
+def is_blocked_value(ctx: VaultContext, value: str | None) -> bool:
     return value is None or value.strip().lower() in ctx.policies.identity.blocked_values
 
 
-def _ident(ctx: VaultContext, kind: str, value: str) -> Ident:
+def make_ident(ctx: VaultContext, kind: str, value: str) -> Ident:
     return Ident(kind, value, blind_index(ctx.keys.index_key, kind, value))
 
 
@@ -75,8 +75,8 @@ def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tup
         if value is None or isinstance(value, dict | list):
             return
         text = str(value).strip()
-        if not _blocked(ctx, text):
-            out.append(_ident(ctx, kind, text))
+        if not is_blocked_value(ctx, text):
+            out.append(make_ident(ctx, kind, text))
 
     add("user_id", msg.user_id)
     add("anonymous_id", msg.anonymous_id)
@@ -207,8 +207,11 @@ async def ingest_messages(
     resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
     alias_idents = []
     for p in unique:
-        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
-            alias_idents += [_ident(ctx, "user_id", p.msg.previous_id), _ident(ctx, "anonymous_id", p.msg.previous_id)]
+        if p.msg.previous_id and not is_blocked_value(ctx, p.msg.previous_id):
+            alias_idents += [
+                make_ident(ctx, "user_id", p.msg.previous_id),
+                make_ident(ctx, "anonymous_id", p.msg.previous_id),
+            ]
     all_idents = [i for p in unique for i in p.idents] + alias_idents
     await resolver.lock(all_idents)
     fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
@@ -221,10 +224,10 @@ async def ingest_messages(
     resolved: list[tuple[Prepared, str]] = []
     for p in todo:
         idents = list(p.idents)
-        if p.msg.previous_id and not _blocked(ctx, p.msg.previous_id):
-            as_user = _ident(ctx, "user_id", p.msg.previous_id)
+        if p.msg.previous_id and not is_blocked_value(ctx, p.msg.previous_id):
+            as_user = make_ident(ctx, "user_id", p.msg.previous_id)
             idents.append(
-                as_user if resolver.owners.get(as_user.key) else _ident(ctx, "anonymous_id", p.msg.previous_id)
+                as_user if resolver.owners.get(as_user.key) else make_ident(ctx, "anonymous_id", p.msg.previous_id)
             )
         res = await resolver.resolve(idents, p.msg.occurred_at)
         resolved.append((p, res.profile_id))

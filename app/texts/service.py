@@ -19,7 +19,7 @@ from app.consent.gate import authorize, decide
 from app.db import table_of
 from app.errors import InvalidField, NotFound
 from app.identity.service import Ident, Resolver
-from app.ingest.service import _blocked, _ident
+from app.ingest.service import is_blocked_value, make_ident
 from app.ledger.service import record_each
 from app.pii.engine import Finding, pii_engine
 from app.pii.redact import redact, restore
@@ -56,18 +56,18 @@ class StoredText:
 def _author_idents(ctx: VaultContext, author: dict[str, str]) -> list[Ident]:
     idents = []
     for kind, value in author.items():
-        if value is None or _blocked(ctx, str(value)):
+        if value is None or is_blocked_value(ctx, str(value)):
             continue
         if kind == "email":
-            idents.append(_ident(ctx, "email", normalize_email(value, "author.email")))
+            idents.append(make_ident(ctx, "email", normalize_email(value, "author.email")))
         elif kind == "phone":
-            idents.append(_ident(ctx, "phone", normalize_phone(value, ctx.region, "author.phone")))
+            idents.append(make_ident(ctx, "phone", normalize_phone(value, ctx.region, "author.phone")))
         else:
             try:
                 ctx.policies.identity.rule(kind)
             except KeyError as exc:
                 raise InvalidField("is not an identifier kind", field=f"author.{kind}") from exc
-            idents.append(_ident(ctx, kind, str(value).strip()))
+            idents.append(make_ident(ctx, kind, str(value).strip()))
     return idents
 
 
@@ -77,10 +77,12 @@ def _found_idents(ctx: VaultContext, findings: list[Finding]) -> list[Ident]:
         kind = LINKABLE.get(f.entity_type)
         try:
             if kind == "email":
-                out.append(_ident(ctx, "email", normalize_email(f.text)))
+                out.append(make_ident(ctx, "email", normalize_email(f.text)))
             elif kind == "phone":
                 out.append(
-                    _ident(ctx, "phone", normalize_phone(f.text, "CN" if f.entity_type == "CN_MOBILE" else ctx.region))
+                    make_ident(
+                        ctx, "phone", normalize_phone(f.text, "CN" if f.entity_type == "CN_MOBILE" else ctx.region)
+                    )
                 )
         except InvalidField:
             continue
