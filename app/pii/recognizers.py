@@ -261,12 +261,12 @@ class InternationalPhoneRecognizer(EntityRecognizer):
         return out
 
 
-CARD = r"(?<![\d-])[2-6]\d{3}(?:[ -]?\d{4}){2}(?:[ -]?\d{1,7})(?![\d-])"
+CARD = r"(?<![\d-])[2-6]\d{3}(?:[ -]?\d{4}){2}(?:[ -]?\d{0,7})(?![\d-])"
 
 
 def _card(value: str) -> bool:
     digits = _digits(value)
-    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+    return 12 <= len(digits) <= 19 and luhn_valid(digits)
 
 
 def payment_card_recognizer(language: str) -> EntityRecognizer:
