@@ -190,7 +190,7 @@ class InternationalPhoneRecognizer(EntityRecognizer):
     """
 
     REGIONS = ("US", "GB", "CN", "IN", "DE", "FR", "FI", "BE", "AU")
-    CANDIDATE = re.compile(r"(?<![\w+.:-])(?:\+|00)?\(?\d[\d\s().-]{5,18}\d(?![\w:]|\.\d)")
+    CANDIDATE = re.compile(r"(?<![\w+.:-])(?:\+|00)?\(?\d[\d \t().-]{5,18}\d(?![\w:]|\.\d)")
     EXTENSION = re.compile(r"\s*(?:x|ext\.?|#)\s*\d{1,5}\b", re.IGNORECASE)
     CONTEXT = (
         "phone",
@@ -360,6 +360,50 @@ class NameGazetteerRecognizer(EntityRecognizer):
     def load(self) -> None:
         return None
 
+    COMMON = frozenset(
+        {
+            "grace",
+            "hope",
+            "faith",
+            "joy",
+            "iris",
+            "amber",
+            "ruby",
+            "pearl",
+            "dawn",
+            "sky",
+            "river",
+            "china",
+            "paris",
+            "london",
+            "jersey",
+            "georgia",
+            "virginia",
+            "carolina",
+            "austin",
+            "dallas",
+            "lincoln",
+            "jordan",
+            "chase",
+            "hunter",
+            "miles",
+            "price",
+            "page",
+            "guy",
+            "sunday",
+            "monday",
+            "friday",
+            "january",
+            "march",
+            "sale",
+            "thank",
+            "thanks",
+            "please",
+            "hello",
+            "what",
+            "when",
+        }
+    )
     CUES = re.compile(
         r"(?:my name is|name:|calls? me|i'm|i am|hi|hello|dear|tell|told|said|asked|named|thanks,?)\s+$", re.IGNORECASE
     )
@@ -386,4 +430,6 @@ class NameGazetteerRecognizer(EntityRecognizer):
                     continue
             if first[0].isupper() and self.CUES.search(text[max(0, a.start() - 16) : a.start()]):
                 out.append(RecognizerResult("PERSON", a.start(), a.end(), 0.6))
+            elif first[0].isupper() and len(first) > 3 and first.lower() not in self.COMMON:
+                out.append(RecognizerResult("PERSON", a.start(), a.end(), 0.45))  # a known given name alone
         return out
