@@ -38,3 +38,8 @@ class ProfileMerge(SQLModel, table=True):
     rule: str = Field(max_length=200)
     source: str | None = Field(default=None, max_length=128)
     merged_at: datetime = Field(sa_type=UtcDateTime)
+
+
+def identifier_aad_name(kind: str) -> str:
+    """The associated-data name an identifier's sealed value is bound to."""
+    return f"identifier:{kind}"

@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from app.access.service import Principal
 from app.consent.policy import IdentityPolicy
 from app.db import table_of
-from app.identity.models import Identifier, ProfileMerge
+from app.identity.models import Identifier, ProfileMerge, identifier_aad_name
 from app.identity.precedence import takes_precedence
 from app.ingest.models import ConsentSignal, Event
 from app.ledger.service import record
@@ -47,10 +47,6 @@ class Ident:
     @property
     def key(self) -> Key:
         return (self.kind, self.digest)
-
-
-def identifier_aad_name(kind: str) -> str:
-    return f"identifier:{kind}"
 
 
 @dataclass

@@ -15,7 +15,7 @@ from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies
 from app.errors import IntegrityFailure, InvalidField, NotFound
-from app.identity.models import Identifier
+from app.identity.models import Identifier, identifier_aad_name
 from app.ledger.service import record
 from app.profiles.masking import mask_value
 from app.profiles.models import Profile, ProfileField
@@ -139,7 +139,7 @@ async def _store_personal(
         )
         if rule.index:
             digest = blind_index(ctx.keys.index_key, rule.index, value)
-            sealed = seal_field(dk.key, pid, f"identifier:{rule.index}", dk.version, value)
+            sealed = seal_field(dk.key, pid, identifier_aad_name(rule.index), dk.version, value)
             session.add(
                 Identifier(
                     profile_id=pid,
@@ -294,7 +294,7 @@ async def profile_identities(
     for row in rows:
         value: Any = None
         if row.sealed is not None and dk is not None and reveal != "none":
-            value = open_field(dk.key, profile_id, f"identifier:{row.kind}", row.key_version or 1, row.sealed)
+            value = open_field(dk.key, profile_id, identifier_aad_name(row.kind), row.key_version or 1, row.sealed)
             if reveal != "plain":
                 category = {"email": "user.contact.email", "phone": "user.contact.phone_number"}.get(row.kind, "")
                 value = mask_value(category, value) if category else (str(value)[:3] + "***")
