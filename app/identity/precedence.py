@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 
 def takes_precedence(
@@ -27,3 +28,8 @@ def takes_precedence(
     if new_auth and not old_auth:
         return True
     return old_at is None or new_at >= old_at
+
+
+def recorded_at(entry: Mapping[str, Any] | None) -> datetime | None:
+    """The time in a ``trait_sources`` entry (``{"source": …, "at": ISO time}``), if any."""
+    return datetime.fromisoformat(entry["at"]) if entry and entry.get("at") else None

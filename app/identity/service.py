@@ -22,7 +22,7 @@ from app.access.service import Principal
 from app.consent.policy import IdentityPolicy
 from app.db import table_of
 from app.identity.models import Identifier, ProfileMerge, identifier_aad_name
-from app.identity.precedence import takes_precedence
+from app.identity.precedence import recorded_at, takes_precedence
 from app.ingest.models import ConsentSignal, Event
 from app.ledger.service import record
 from app.profiles.models import Profile, ProfileField
@@ -357,8 +357,8 @@ async def merge_profiles(
     traits, sources = dict(wp.traits), dict(wp.trait_sources)
     for name, value in lp.traits.items():
         ls, ws = lp.trait_sources.get(name, {}), sources.get(name)
-        l_at = datetime.fromisoformat(ls["at"]) if ls.get("at") else lp.updated_at
-        w_at = datetime.fromisoformat(ws["at"]) if ws and ws.get("at") else None
+        l_at = recorded_at(ls) or lp.updated_at
+        w_at = recorded_at(ws)
         if name not in traits or takes_precedence(
             name, ls.get("source"), l_at, (ws or {}).get("source"), w_at, policy.trait_authority
         ):

@@ -20,7 +20,7 @@ from app.access.service import Principal
 from app.consent.gate import authorize, decide
 from app.db import table_of
 from app.errors import InvalidField
-from app.identity.precedence import takes_precedence
+from app.identity.precedence import recorded_at, takes_precedence
 from app.identity.service import Ident, Resolver
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
@@ -390,7 +390,7 @@ async def _apply_traits(
             traits, sources = profiles[pid]
             for name, value in p.plain_traits.items():
                 prev = sources.get(name) or {}
-                prev_at = datetime.fromisoformat(prev["at"]) if prev.get("at") else None
+                prev_at = recorded_at(prev)
                 if name in traits and not takes_precedence(name, source, at, prev.get("source"), prev_at, authority):
                     continue
                 traits[name] = value
