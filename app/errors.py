@@ -24,6 +24,22 @@ class InvalidField(DomainError):
     type_slug = "invalid-field"
 
 
+class UnreadableBody(DomainError):
+    """The request body as a whole cannot be read: not UTF-8, or nested too deep."""
+
+    status = 400
+    title = "Unreadable body"
+    type_slug = "unreadable-body"
+
+
+class TooLarge(DomainError):
+    """A body, file or field exceeds its size limit."""
+
+    status = 413
+    title = "Payload too large"
+    type_slug = "payload-too-large"
+
+
 class NotFound(DomainError):
     status = 404
     title = "Not found"

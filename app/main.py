@@ -19,6 +19,7 @@ from app.db import dispose_engines, unit_of_work
 from app.deps import provide_principal, provide_session
 from app.imports.routes import ImportController
 from app.ingest.routes import EventController
+from app.inputs import input_checks_middleware
 from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
 from app.ledger.routes import AuditController
@@ -91,7 +92,7 @@ def create_app() -> Litestar:
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, input_checks_middleware],
         openapi_config=openapi,
         lifespan=[lifespan],
         request_max_body_size=1024 * 1024,

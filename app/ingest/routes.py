@@ -14,6 +14,7 @@ from app.deps import Caller, Db
 from app.errors import InvalidField
 from app.ingest.service import BatchResult, ingest_messages
 from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from app.inputs import check_json_body
 from app.profiles.service import VaultContext
 
 INGEST = ("ingest", "admin")
@@ -47,6 +48,7 @@ async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
             raise InvalidField("is not valid gzip", field="body") from exc
     if len(body) > limit:
         raise PayloadTooLarge(detail=f"the body is larger than {limit // 1024} KB")
+    check_json_body(body)  # 400 for a body that is not UTF-8 or nests too deep
     try:
         return msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
@@ -78,7 +80,7 @@ async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, ki
 class EventController(Controller):
     path = "/v1"
     tags = ["events"]
-    opt = {"roles": INGEST}
+    opt = {"roles": INGEST, "checks_own_body": True}
 
     @post("/batch", operation_id="batch", status_code=200)
     async def batch(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:

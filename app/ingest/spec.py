@@ -6,9 +6,10 @@ reason; values are never echoed back.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -18,6 +19,63 @@ MAX_EVENT_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
 MAX_ID_LEN = 256
+MAX_MESSAGE_ID_LEN = 128
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays in a request body (a batch's events sit at depth 3)."""
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+"""Events dated before this are refused (a device clock or a typo, never a real event)."""
+MAX_AHEAD = timedelta(days=1)
+"""How far past the receipt time an event may be dated after skew correction."""
+SPEC_FIELDS = frozenset(
+    {
+        *("type", "userId", "anonymousId", "messageId", "event", "name", "properties", "traits", "context"),
+        *("timestamp", "originalTimestamp", "sentAt", "receivedAt", "groupId", "previousId", "integrations"),
+        *("category", "channel", "version"),
+    }
+)
+"""Top-level fields a rejection may name (a client's own keys are never echoed)."""
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep objects and arrays nest in a JSON text (strings ignored); stops counting past ``limit``.
+
+    Works on the raw bytes, before decoding, so a hostile body costs no recursion.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return min(limit, body.count(b"[") + body.count(b"{"))
+    brackets = _STRINGS.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for b in brackets:
+        if b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        else:
+            depth -= 1
+    return deepest
+
+
+def _has_nul(value: Any) -> bool:
+    """True if a string or key anywhere inside ``value`` holds a NUL character (iterative)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and "\x00" in k:
+                    return True
+                stack.append(v)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
 
 
 @dataclass
@@ -52,15 +110,30 @@ class Invalid(Exception):
 
 
 def parse_time(value: Any, name: str) -> datetime | None:
+    """An ISO 8601 time in UTC; a time that cannot be expressed in UTC is refused by name."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise Invalid(name, "must be an ISO 8601 string")
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise Invalid(name, "is not an ISO 8601 time") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise Invalid(name, "is not an ISO 8601 time between years 1 and 9999") from exc
+
+
+def event_time(timestamp: datetime | None, sent_at: datetime | None, received_at: datetime) -> datetime:
+    """The event's time, corrected for the device clock (receivedAt - (sentAt - timestamp)),
+    within the accepted window: from 2000-01-01 to one day past receipt."""
+    occurred = timestamp or received_at
+    if timestamp and sent_at:
+        try:
+            occurred = received_at - (sent_at - timestamp)
+        except OverflowError as exc:
+            raise Invalid("timestamp", "with sentAt, gives a time outside the accepted window") from exc
+    if occurred < EARLIEST or occurred > received_at + MAX_AHEAD:
+        raise Invalid("timestamp", "must be between 2000-01-01 and one day in the future (after clock correction)")
+    return occurred
 
 
 def _ident(value: Any, name: str) -> str | None:
@@ -112,9 +185,19 @@ def validate(
     try:
         if not isinstance(raw, dict):
             raise Invalid("", "each message must be an object")
-        size = len(msgspec.json.encode(raw))
+        try:
+            encoded = msgspec.json.encode(raw)
+        except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:  # lone surrogates, odd numbers
+            raise Invalid("", "the message holds text or numbers JSON cannot carry") from exc
+        size = len(encoded)
         if size > MAX_EVENT_BYTES:
             raise Invalid("", f"message is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+        if json_depth(encoded) > MAX_JSON_DEPTH:
+            raise Invalid("", f"is nested deeper than {MAX_JSON_DEPTH} levels")
+        if b"\\u0000" in encoded:  # NUL cannot be stored (PostgreSQL refuses it): name the field it is in
+            for name, value in raw.items():
+                if _has_nul(name) or _has_nul(value):
+                    raise Invalid(name if name in SPEC_FIELDS else "", "contains a NUL character")
         defaults = defaults or {}
         mtype = raw.get("type") or expected_type
         if mtype not in TYPES:
@@ -125,12 +208,14 @@ def validate(
         if user_id is None and anon is None and require_ids:
             raise Invalid("userId", "userId or anonymousId is required")
         message_id = _ident(raw.get("messageId"), "messageId") or f"auto-{uuid.uuid4()}"
+        if len(message_id) > MAX_MESSAGE_ID_LEN:
+            raise Invalid("messageId", f"is longer than {MAX_MESSAGE_ID_LEN} characters")
+        if "context" in defaults and _has_nul(defaults["context"]):
+            raise Invalid("context", "contains a NUL character")
         context = {**_object(defaults, "context"), **_object(raw, "context")}
         timestamp = parse_time(raw.get("timestamp") or raw.get("originalTimestamp"), "timestamp")
         sent_at = parse_time(raw.get("sentAt") or defaults.get("sentAt"), "sentAt")
-        occurred = timestamp or received_at
-        if timestamp and sent_at:  # correct the device clock: receivedAt - (sentAt - timestamp)
-            occurred = received_at - (sent_at - timestamp)
+        occurred = event_time(timestamp, sent_at, received_at)
         msg = Message(index, mtype, message_id, user_id, anon, occurred, context=context)
         if mtype == "track":
             msg.name = _text(raw, "event", required=True)
