@@ -46,9 +46,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _ensure_sqlite_dir(url: str) -> None:
+    """The database's folder (0700) and file (0600) exist and are private before SQLite opens
+    them; SQLite gives its WAL and shared-memory files the database file's mode."""
     db = make_url(url).database
-    if db and db != ":memory:":
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+    if db and db != ":memory:" and not db.startswith("file:"):
+        path = Path(db)
+        private_path(path.parent, directory=True)
+        path.touch(mode=0o600, exist_ok=True)
+        for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            private_path(f)
+
+
+def private_path(path: Path, directory: bool = False) -> None:
+    """Make ``path`` readable by this user only: 0700 folders (created if missing), 0600 files."""
+    if directory:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = 0o700 if directory else 0o600
+    try:
+        if path.exists() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except PermissionError:  # not ours: leave it to its owner
+        pass
 
 
 def get_engine(url: str | None = None) -> AsyncEngine:

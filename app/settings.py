@@ -53,5 +53,9 @@ class Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings of this process (read once; tests call ``get_settings.cache_clear()``)."""
+    """Settings of this process (read once; tests call ``get_settings.cache_clear()``).
+
+    Also makes every file this process creates private to its user (umask 077): the
+    database, its WAL, keys, uploads and logs hold personal data or secrets."""
+    os.umask(os.umask(0o077) | 0o077)
     return Settings()

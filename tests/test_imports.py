@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -24,7 +27,7 @@ from app.settings import get_settings
 from app.vault.cipher import new_data_key, wrap_key
 from app.vault.keyring import key_material
 from tests.conftest import Env, run
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import auth, client, live_server, make_keys, sync_db
 
 CUSTOMERS_MAP = """
 kind: customers
@@ -234,3 +237,231 @@ def test_resume_job_finishes_an_import_whose_runner_died(env: Env) -> None:
     assert run(resume_imports()) == {"imports": {job_id: "done"}}
     assert run(resume_imports()) == {"imports": {}}
     assert _count("SELECT count(*) FROM event") == 1
+
+
+def _wait(c: Any, key: str, import_id: str) -> dict[str, Any]:
+    job: dict[str, Any] = {}
+    for _ in range(200):
+        job = c.get(f"/v1/imports/{import_id}", auth=(key, "")).json()
+        if job.get("status") in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    return job
+
+
+def _source(c: Any, admin: str, name: str) -> str:
+    r = c.post("/v1/keys", json={"role": "ingest", "name": name}, headers=auth(admin))
+    assert r.status_code == 201, r.text
+    return str(r.json()["key"])
+
+
+def test_malformed_or_oversized_mappings_are_422_naming_the_problem_and_parsed_off_the_event_loop(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = make_keys()
+    csv_file = ("x.csv", b"email\na@example.com\n", "text/csv")
+    cases = {
+        "kind: [unclosed": "mapping",
+        "- just\n- a list": "mapping",
+        "identifiers: [email, phone]": "identifiers",
+        "traits: 42": "traits",
+        "identifiers: {email: [1, 2]}": "identifiers.email",
+        "traits: {first: {trait: [x], type: string}}": "traits.first.trait",
+        "kind: events\nevent: {a: 1}": "event",
+        "id_column: [a]": "id_column",
+        "a: &x [1]\nb: *x": "mapping",  # aliases are refused (no billion laughs)
+        "x: " + "y" * 70_000: "mapping",  # over 64 KB
+        "\x00": "mapping",
+    }
+    on_loop: list[bool] = []  # for each YAML parse: was an event loop running on that thread?
+    import asyncio
+
+    import yaml
+
+    real = yaml.SafeLoader.__init__
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(yaml.SafeLoader, "__init__", spy)
+    with client() as c:
+        for mapping, field in cases.items():
+            r = c.post("/v1/imports", files={"file": csv_file}, data={"mapping": mapping}, auth=(keys["ingest"], ""))
+            assert r.status_code in (413, 422), (mapping[:40], r.status_code, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert r.json()["invalid-params"][0]["name"] == field, (mapping[:40], r.json())
+        good = {"mapping": "kind: customers"}
+        ok = c.post("/v1/imports", files={"file": csv_file}, data=good, auth=(keys["ingest"], ""))
+        assert ok.status_code == 202, ok.text
+    assert on_loop and not any(on_loop)  # parsed, and never on the event loop's thread
+    assert not list(get_settings().import_dir.glob("*.enc")) or _count("SELECT count(*) FROM import_job") == 1
+
+
+def test_rejects_escape_cells_a_spreadsheet_would_run_as_formulas(env: Env) -> None:
+    keys = make_keys()
+    formula = '=HYPERLINK("http://evil.example/","click")'
+    mapping = "kind: customers\nidentifiers: {email: email}\ntraits:\n" + "\n".join(
+        f"  '{name}': {{trait: t{i}, type: int}}" for i, name in enumerate([formula, "+1+1", "-2", "@SUM(A1)"])
+    )
+    header = ",".join(['"=HYPERLINK(""http://evil.example/"",""click"")"', "+1+1", "-2", "@SUM(A1)", "email"])
+    body = f"{header}\nnot-a-number,x,y,z,a@example.com\n".encode()
+    with client() as c:
+        r = c.post("/v1/imports", files={"file": ("f.csv", body)}, data={"mapping": mapping}, auth=(keys["ingest"], ""))
+        assert r.status_code == 202, r.text
+        job = _wait(c, keys["ingest"], r.json()["id"])
+        assert job["status"] == "done" and job["rows_rejected"] == 1, job
+        text_ = c.get(f"/v1/imports/{job['id']}/rejects", auth=(keys["ingest"], "")).text
+    rows = list(csv.reader(text_.splitlines()))
+    assert rows[0] == ["line", "field", "reason"]
+    for row in rows[1:]:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@")), cell
+    assert rows[1][1] == "'" + formula
+
+
+def test_import_status_and_rejects_belong_to_the_source_that_made_them(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        shop = _source(c, keys["admin"], "shop")
+        crm = _source(c, keys["admin"], "crm")
+        r = c.post("/v1/imports", files={"file": ("p.csv", b"email\nnope\n")}, auth=(shop, ""))
+        assert r.status_code == 202, r.text
+        job = _wait(c, shop, r.json()["id"])
+        assert job["status"] == "done"
+        for path in (f"/v1/imports/{job['id']}", f"/v1/imports/{job['id']}/rejects"):
+            assert c.get(path, auth=(shop, "")).status_code == 200
+            other = c.get(path, auth=(crm, ""))
+            assert other.status_code == 404 and other.headers["content-type"].startswith("application/problem+json")
+            assert c.get(path, headers=auth(keys["admin"])).status_code == 200
+
+
+def test_ingest_keys_never_learn_whether_a_person_already_existed(env: Env) -> None:
+    keys = make_keys()
+    body = b"email,plan\nknown@example.com,pro\n"
+    with client() as c:
+        first = c.post("/v1/imports", files={"file": ("a.csv", body)}, auth=(keys["ingest"], ""))
+        assert first.status_code == 202
+        assert "profiles_created" not in first.json() and "profiles_updated" not in first.json()
+        job = _wait(c, keys["ingest"], first.json()["id"])
+        assert job["status"] == "done" and job["events_stored"] == 1
+        assert "profiles_created" not in job and "profiles_updated" not in job
+        admin_view = c.get(f"/v1/imports/{job['id']}", headers=auth(keys["admin"])).json()
+        assert admin_view["profiles_created"] == 1 and admin_view["profiles_updated"] == 0
+
+
+def test_json_imports_are_streamed_rows_before_a_break_are_kept(env: Env) -> None:
+    keys = make_keys()
+    rows = [{"user_id": f"j{i}", "email": f"j{i}@example.com"} for i in range(5)]
+    whole = json.dumps({"data": rows}).encode()
+    broken = json.dumps(rows).encode()[:-40]  # cut inside the last row
+    deep = json.dumps([rows[0], {"user_id": "deep", "x": json.loads("[" * 200 + "]" * 200)}]).encode()
+    with client() as c:
+        for name, content, stored, rejected in (
+            ("whole.json", whole, 5, 0),
+            ("broken.json", broken, 4, 1),
+            ("deep.json", deep, 1, 1),  # another file: j0's row is a new message
+        ):
+            r = c.post("/v1/imports", files={"file": (name, content)}, auth=(keys["ingest"], ""))
+            assert r.status_code == 202, r.text
+            job = _wait(c, keys["ingest"], r.json()["id"])
+            assert job["status"] == "done", job
+            assert (job["events_stored"], job["rows_rejected"]) == (stored, rejected), (name, job)
+
+
+def _open_files_under(folder: Path) -> list[bytes]:
+    """What this process holds open under ``folder`` (including unlinked temp files)."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            try:
+                found.append(Path(f"/proc/self/fd/{fd.name}").read_bytes())
+            except OSError:
+                found.append(target.encode())
+    return found
+
+
+def test_uploads_never_reach_the_temp_folder_in_plaintext(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from app.imports import upload
+
+    tmp = env.tmp / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    marker = b"plain-marker-4711"
+    # ~1.5 MB (over any in-memory spooling threshold); rows without identifiers are rejected cheaply
+    content = b"note\n" + b"".join(b"%d-" % i + marker + b"\n" for i in range(70_000))
+    seen: list[bytes] = []
+    real_write = upload.EncryptedWriter.write
+
+    def watching_write(self: Any, data: bytes) -> None:  # while the upload arrives, look at the temp folder
+        seen.extend(_open_files_under(tmp))
+        seen.extend(p.read_bytes() for p in tmp.rglob("*") if p.is_file())
+        real_write(self, data)
+
+    monkeypatch.setattr(upload.EncryptedWriter, "write", watching_write)
+    keys = make_keys()
+    with client() as c:
+        r = c.post("/v1/imports", files={"file": ("big.csv", content, "text/csv")}, auth=(keys["ingest"], ""))
+        assert r.status_code == 202, r.text
+        job = _wait(c, keys["ingest"], r.json()["id"])
+    assert job["status"] == "done" and job["rows_read"] == 70_000, job
+    assert not any(marker in blob for blob in seen)
+    assert not any(marker in p.read_bytes() for p in tmp.rglob("*") if p.is_file())
+
+
+def test_data_files_and_folders_are_private_to_the_service_user(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    environ = {
+        **os.environ,
+        "CONSENTRY_DATABASE_URL": f"sqlite:///{data}/consentry.db",
+        "CONSENTRY_KEY_DIR": str(data / "keys"),
+        "CONSENTRY_IMPORT_DIR": str(data / "imports"),
+        "CONSENTRY_SCHEDULER": "0",
+    }
+    environ.pop("CONSENTRY_LOG_FILE", None)
+    old = os.umask(0o022)  # a typical login umask: the service must not depend on it
+    try:
+        upgrade = [sys.executable, "-m", "app", "db", "upgrade"]
+        up = subprocess.run(upgrade, env=environ, capture_output=True, timeout=120)
+        assert up.returncode == 0, up.stderr
+        made = subprocess.run(
+            [sys.executable, "-m", "app", "keys", "create", "--role", "ingest", "--name", "perm"],
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        with live_server(environ) as base:
+            import httpx
+
+            r = httpx.post(f"{base}/v1/imports", files={"file": ("p.csv", b"email\np@example.com\n")}, auth=(key, ""))
+            assert r.status_code == 202, r.text
+            for _ in range(100):
+                if httpx.get(f"{base}/v1/imports/{r.json()['id']}", auth=(key, "")).json()["status"] == "done":
+                    break
+                time.sleep(0.05)
+            # while the service runs: its folders, database, WAL and shared memory, keys
+            for folder in (data, data / "keys", data / "imports"):
+                assert folder.is_dir() and stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+            files = [p for p in data.rglob("*") if p.is_file()]
+            assert {"consentry.db", "consentry.db-wal", "consentry.db-shm"} <= {p.name for p in files}
+            for f in files:
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    finally:
+        os.umask(old)
+    writer = EncryptedWriter(data / "imports" / "x.enc", new_data_key(), "x")
+    writer.close()
+    assert stat.S_IMODE((data / "imports" / "x.enc").stat().st_mode) == 0o600

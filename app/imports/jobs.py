@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from app.access.service import Principal
 from app.db import unit_of_work
-from app.imports.mapping import load_mapping
+from app.imports.mapping import load_mapping_async
 from app.imports.models import ImportJob
 from app.imports.service import run_import
 from app.imports.upload import open_decrypted_text
@@ -71,11 +71,12 @@ async def process_import(import_id: str) -> str:
 
     status, error = "done", None
     try:
+        mapping = await load_mapping_async(job.mapping or None)
         with open_decrypted_text(upload_path(job.id), file_key, job.id) as stream:
             summary = await run_import(
                 stream,
                 job.format,
-                load_mapping(text=job.mapping) if job.mapping else load_mapping(),
+                mapping,
                 principal,
                 job.file_sha256,
                 rejects,

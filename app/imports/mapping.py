@@ -15,14 +15,21 @@ Without a mapping, a customers file is read by column name: ``email``, ``phone``
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import Composer
+from yaml.events import AliasEvent
 
-from app.errors import InvalidField
+from app.errors import InvalidField, TooLarge
 from app.vault.normalize import normalize_date
+
+MAX_MAPPING_BYTES = 64 * 1024
+"""A mapping names columns: a few KB. Larger texts are refused before they are parsed."""
+MAX_NAME_LEN = 255
 
 TYPES = ("string", "int", "float", "bool", "date", "datetime")
 IDENTIFIER_KINDS = ("user_id", "anonymous_id", "email", "phone", "device_id", "wechat_openid", "wechat_unionid")
@@ -64,44 +71,98 @@ class Mapping:
     auto: bool = False
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: a mapping never needs them, and they make
+    small texts expand into huge structures."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(AliasEvent):
+            raise InvalidField("YAML aliases are not allowed", field="mapping")
+        return Composer.compose_node(self, parent, index)
+
+
+def _name(value: Any, field: str) -> str:
+    """A column, trait or property name: a short string (numbers are read as their text)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidField("must be a string", field=field)
+    text = str(value)
+    if not text.strip() or len(text) > MAX_NAME_LEN or "\x00" in text:
+        raise InvalidField(f"must be 1 to {MAX_NAME_LEN} characters", field=field)
+    return text
+
+
+def _optional_name(raw: dict[str, Any], key: str) -> str | None:
+    return None if raw.get(key) is None else _name(raw[key], key)
+
+
 def _columns(spec: Any, key: str, section: str) -> list[Column]:
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        raise InvalidField("must map column names to targets", field=section)
     cols = []
-    for column, target in (spec or {}).items():
+    for column, target in spec.items():
+        name = _name(column, section)
+        where = f"{section}.{name}" if len(name) <= 64 and name.isprintable() else section
         if isinstance(target, dict):
             ctype = target.get("type", "string")
             if ctype not in TYPES:
-                raise InvalidField(f"type must be one of {', '.join(TYPES)}", field=f"{section}.{column}.type")
-            cols.append(Column(str(column), str(target.get(key, column)), ctype))
+                raise InvalidField(f"type must be one of {', '.join(TYPES)}", field=f"{where}.type")
+            cols.append(Column(name, _name(target.get(key, column), f"{where}.{key}"), ctype))
         else:
-            cols.append(Column(str(column), str(target)))
+            cols.append(Column(name, _name(target, where)))
     return cols
+
+
+def parse_mapping_text(text: str) -> Any:
+    """The YAML document of a mapping, refused by name when too large or malformed."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_MAPPING_BYTES:
+        raise TooLarge(f"the mapping is larger than {MAX_MAPPING_BYTES // 1024} KB", field="mapping")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidField(f"is not valid YAML{where}", field="mapping") from exc
+    except RecursionError as exc:
+        raise InvalidField("is nested too deeply", field="mapping") from exc
 
 
 def load_mapping(path: Path | None = None, text: str | None = None) -> Mapping:
     """Parse a mapping file (or text); None for both gives the by-column-name default."""
     if path is None and text is None:
         return Mapping(auto=True)
-    raw = yaml.safe_load(text if text is not None else path.read_text(encoding="utf-8")) or {}  # type: ignore[union-attr]
+    raw = parse_mapping_text(text if text is not None else path.read_text(encoding="utf-8")) or {}  # type: ignore[union-attr]
     if not isinstance(raw, dict):
         raise InvalidField("must be a YAML mapping", field="mapping")
+    kind = raw.get("kind", "customers")
+    if kind not in ("customers", "events"):
+        raise InvalidField("must be customers or events", field="kind")
     m = Mapping(
-        kind=raw.get("kind", "customers"),
-        event=raw.get("event"),
-        event_column=raw.get("event_column"),
-        id_column=raw.get("id_column"),
-        timestamp_column=raw.get("timestamp_column"),
+        kind=kind,
+        event=_optional_name(raw, "event"),
+        event_column=_optional_name(raw, "event_column"),
+        id_column=_optional_name(raw, "id_column"),
+        timestamp_column=_optional_name(raw, "timestamp_column"),
         identifiers=_columns(raw.get("identifiers"), "kind", "identifiers"),
         traits=_columns(raw.get("traits"), "trait", "traits"),
         properties=_columns(raw.get("properties"), "property", "properties"),
     )
-    if m.kind not in ("customers", "events"):
-        raise InvalidField("must be customers or events", field="kind")
     if m.kind == "events" and not (m.event or m.event_column):
         raise InvalidField("events need 'event' or 'event_column'", field="event")
     for col in m.identifiers:
         if col.target not in IDENTIFIER_KINDS and not col.target.startswith("external:"):
-            raise InvalidField(f"unknown identifier kind '{col.target}'", field=f"identifiers.{col.name}")
+            raise InvalidField("is not a known identifier kind", field=f"identifiers.{col.name}"[:128])
     return m
+
+
+async def load_mapping_async(text: str | None) -> Mapping:
+    """:func:`load_mapping` off the event loop (YAML parsing is CPU work), size-capped first."""
+    if text is None:
+        return load_mapping()
+    if len(text) > MAX_MAPPING_BYTES:  # refuse before handing megabytes to a thread
+        raise TooLarge(f"the mapping is larger than {MAX_MAPPING_BYTES // 1024} KB", field="mapping")
+    return await asyncio.to_thread(load_mapping, None, text)
 
 
 def convert(value: Any, ctype: str, column: str) -> Any:

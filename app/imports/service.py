@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import ijson
+
 from app.access.service import Principal
 from app.db import unit_of_work
 from app.errors import InvalidField
@@ -25,6 +27,12 @@ from app.ingest.service import ingest_messages
 from app.profiles.service import VaultContext
 
 FORMATS = ("csv", "ndjson", "json")
+MAX_ROW_CHARS = 1024 * 1024
+"""An NDJSON line or JSON record larger than this is rejected as a row, not read into memory whole."""
+MAX_ROW_DEPTH = 32
+JSON_ROW_PREFIXES = ("item", "data.item", "records.item")
+"""Rows of a JSON import: a top-level array, or the array under ``data`` or ``records``."""
+FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass
@@ -49,26 +57,106 @@ def detect_format(name: str) -> str:
     return "csv"
 
 
+def spreadsheet_safe(cell: Any) -> Any:
+    """A CSV cell a spreadsheet will show as text: formula-leading text gets a ``'`` prefix."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_LEAD) else cell
+
+
+def _bounded_lines(stream: IO[str], limit: int) -> Iterator[str | None]:
+    """Lines of ``stream``; a line longer than ``limit`` is skipped and comes as None."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith("\n"):
+            while (rest := stream.readline(limit)) and not rest.endswith("\n"):
+                pass
+            yield None
+            continue
+        yield line
+
+
+class _Utf8Bytes:
+    """A text stream read as UTF-8 bytes (ijson parses bytes)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def read(self, size: int = 65536) -> bytes:
+        if size == 0:  # ijson probes the type of the stream with an empty read
+            return b""
+        return self._stream.read(max(1, size // 4)).encode("utf-8", "surrogatepass")
+
+
+def _json_rows(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any] | None]]:
+    """Records of a JSON document, one at a time (the document is never loaded whole).
+
+    A record nested deeper than ``MAX_ROW_DEPTH`` or with more than ``MAX_ROW_CHARS`` parse
+    events comes as None; a document broken part-way ends with one None after the good records.
+    """
+    n = 0
+    builder: Any = None
+    depth = events = 0
+    oversized = False
+    taken: str | None = None  # "data" or "records" under a top-level object: the first one seen
+    try:
+        for prefix, event, value in ijson.parse(_Utf8Bytes(stream), use_float=True):
+            if builder is None and not oversized:
+                if prefix not in JSON_ROW_PREFIXES or event in ("end_map", "end_array", "map_key"):
+                    continue
+                if prefix != "item":
+                    if taken is None:
+                        taken = prefix
+                    elif prefix != taken:
+                        continue
+                n += 1
+                if event not in ("start_map", "start_array"):
+                    yield n, None  # a scalar is not a record
+                    continue
+                builder, depth, events = ijson.ObjectBuilder(), 0, 0
+            if event in ("start_map", "start_array"):
+                depth += 1
+            elif event in ("end_map", "end_array"):
+                depth -= 1
+            if not oversized:
+                events += 1
+                if depth > MAX_ROW_DEPTH or events > MAX_ROW_CHARS // 8:
+                    oversized, builder = True, None
+                else:
+                    builder.event(event, value)
+            if depth == 0:
+                if oversized:
+                    yield n, None
+                else:
+                    row = builder.value
+                    yield n, row if isinstance(row, dict) else None
+                builder, oversized = None, False
+    except (ijson.JSONError, UnicodeDecodeError, ValueError):
+        yield n + 1, None  # the document breaks here: what came before is imported
+
+
 def read_rows(stream: IO[str], fmt: str) -> Iterator[tuple[int, dict[str, Any] | None]]:
     """(line number, row) pairs; a row that cannot be parsed comes as None."""
     if fmt == "csv":
         reader = csv.DictReader(stream)
-        for row in reader:
-            yield reader.line_num, dict(row)
+        try:
+            for row in reader:
+                yield reader.line_num, dict(row)
+        except csv.Error:
+            yield reader.line_num + 1, None  # e.g. a field over the size limit: the rest is unreadable
     elif fmt == "ndjson":
-        for n, line in enumerate(stream, 1):
-            if line.strip():
+        for n, line in enumerate(_bounded_lines(stream, MAX_ROW_CHARS), 1):
+            if line is None:
+                yield n, None
+            elif line.strip():
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     yield n, None
                     continue
                 yield n, obj if isinstance(obj, dict) else None
     else:
-        data = json.load(stream)
-        items: Any = data.get("data", data.get("records", [])) if isinstance(data, dict) else data
-        for n, obj in enumerate(items or [], 1):
-            yield n, obj if isinstance(obj, dict) else None
+        yield from _json_rows(stream)
 
 
 def file_sha256(path: Path) -> str:
@@ -132,7 +220,7 @@ async def run_import(
         rejected += [(lines[r.index], r.field, r.reason) for r in result.rejected]
         summary.rows_rejected += len(rejected)
         if writer is not None:
-            writer.writerows(sorted(rejected))
+            writer.writerows([[line, spreadsheet_safe(f), spreadsheet_safe(r)] for line, f, r in sorted(rejected)])
         if progress is not None:
             outcome = progress(len(chunk))
             if inspect.isawaitable(outcome):

@@ -7,6 +7,7 @@ last, so chunks cannot be reordered, dropped or truncated without detection.
 from __future__ import annotations
 
 import io
+import os
 import secrets
 import struct
 from collections.abc import Iterator
@@ -28,8 +29,10 @@ class EncryptedWriter:
     """Write plaintext in; encrypted chunks go to ``path``."""
 
     def __init__(self, path: Path, key: bytes, upload_id: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = path.open("wb")
+        private_dir(path.parent)
+        self._path = path
+        self._fh = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        os.chmod(path, 0o600)  # also when the file was there before
         self._aead, self._id, self._index, self._buf = AESGCM(key), upload_id, 0, bytearray()
 
     def _emit(self, data: bytes, last: bool) -> None:
@@ -47,6 +50,23 @@ class EncryptedWriter:
     def close(self) -> None:
         self._emit(bytes(self._buf), last=True)
         self._fh.close()
+
+    def discard(self) -> None:
+        """Drop an upload that will not be imported (bad request, client gone)."""
+        self._buf.clear()
+        if not self._fh.closed:
+            self._fh.close()
+        self._path.unlink(missing_ok=True)
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by this user only (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+    except PermissionError:  # not ours: leave it to its owner
+        pass
 
 
 def decrypted_chunks(path: Path, key: bytes, upload_id: str) -> Iterator[bytes]:
