@@ -36,14 +36,18 @@ def _db(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _keys_create(role: str, name: str, source: str | None) -> str:
-    from app.access.service import SYSTEM, create_api_key
+async def _keys_create(role: str, name: str, source: str | None, trust: str | None) -> str:
+    from app.access.service import SYSTEM, create_api_key, identity_secret
     from app.db import unit_of_work
     from app.ledger.service import record
+    from app.vault.keyring import key_material
 
     async with unit_of_work() as session:
-        key, token = await create_api_key(session, role, name, source)
-        await record(session, SYSTEM, "api_key.create", details={"key_id": key.id, "role": role})
+        key, token = await create_api_key(session, role, name, source, trust)
+        await record(session, SYSTEM, "api_key.create", details={"key_id": key.id, "role": role, "trust": key.trust})
+    if role == "ingest":
+        secret = identity_secret(key_material(get_settings()).index_key, key.id)
+        print(f"trust: {key.trust}; identity-verification secret (for context.userHash): {secret}", file=sys.stderr)
     return token
 
 
@@ -71,7 +75,7 @@ async def _keys_rotate() -> int:
 
 def _keys(args: argparse.Namespace) -> int:
     if args.action == "create":
-        print(asyncio.run(_keys_create(args.role, args.name, args.source)))
+        print(asyncio.run(_keys_create(args.role, args.name, args.source, args.trust)))
         return 0
     if args.action == "rotate":
         return asyncio.run(_keys_rotate())
@@ -89,7 +93,8 @@ async def _keys_list_or_revoke(args: argparse.Namespace) -> int:
             return 0
         for k in await list_api_keys(session):
             state = "revoked" if k.revoked_at else "active"
-            print(f"{k.id}\t{k.role}\t{k.name}\t{k.source or '-'}\t{state}")
+            trust = k.trust if k.role == "ingest" else "-"
+            print(f"{k.id}\t{k.role}\t{k.name}\t{k.source or '-'}\t{trust}\t{state}")
     return 0
 
 
@@ -97,32 +102,67 @@ async def _audit(args: argparse.Namespace) -> int:
     import base64
 
     from app.db import unit_of_work
+    from app.ledger.heads import make_tree_head
     from app.vault.keyring import key_material
     from audit import store
+    from audit.__main__ import InputError, read_heads_file
     from audit.checkpoint import public_key_bytes
     from audit.verify import verify_ledger
+    from audit.witness import WitnessError, read_witness
 
     s = get_settings()
     signing = key_material(s).signing_key
-    async with unit_of_work() as session:
-        if args.action == "public-key":
-            print(base64.b64encode(public_key_bytes(signing.public_key())).decode())
-            return 0
-        if args.action == "checkpoint":
-            cp = await store.create_checkpoint(session, signing, s.audit_origin)
-            print(json.dumps(cp.to_json()))
-            return 0
-        if args.action == "export":
+    if args.action == "public-key":
+        print(base64.b64encode(public_key_bytes(signing.public_key())).decode())
+        return 0
+    if args.action in ("checkpoint", "tree-head"):
+        async with unit_of_work() as session:
+            head = await make_tree_head(session)
+        print(json.dumps(head.to_json()))
+        return 0
+    if args.action == "export":
+        async with unit_of_work() as session:
             out = open(args.file, "w", encoding="utf-8") if args.file else sys.stdout  # noqa: SIM115
+            size = 0
             async for e in store.stream_entries(session):
+                size = e.seq
                 out.write(json.dumps({"kind": "entry", **e.to_json()}, ensure_ascii=False) + "\n")
-            for cp in await store.list_checkpoints(session):
-                out.write(json.dumps({"kind": "checkpoint", **cp.to_json()}) + "\n")
+            for head in await store.list_checkpoints(session, max_size=size):
+                kind = "tree_head" if head.is_tree_head else "checkpoint"
+                out.write(json.dumps({"kind": kind, **head.to_json()}) + "\n")
             if out is not sys.stdout:
                 out.close()
-            return 0
+        return 0
+    # verify: the witness file first, then the heads, then the entries (each covers the one before)
+    witness_path = Path(args.witness) if args.witness else s.audit_witness
+    witness = None
+    note = "witness file not read (--no-witness)" if args.no_witness else None
+    try:
+        if not args.no_witness:
+            if witness_path.exists():
+                witness = read_witness(witness_path)
+            elif args.witness:
+                raise InputError(f"witness file {witness_path} does not exist")
+            else:
+                note = f"no witness file at {witness_path}: heads kept outside the database were not checked"
+        trusted = [h for f in args.trusted_head or () for h in read_heads_file(Path(f))]
+    except (InputError, WitnessError, OSError) as exc:
+        print(f"FAILED: {exc}")
+        return 1
+    async with unit_of_work() as session:
+        heads = await store.list_checkpoints(session)
         entries = [e async for e in store.stream_entries(session)]
-        report = verify_ledger(entries, await store.list_checkpoints(session), signing.public_key())
+    report = verify_ledger(
+        entries,
+        heads,
+        signing.public_key(),
+        witness=witness,
+        trusted=trusted,
+        require_signed_tail=args.require_signed_tail,
+        source="database",
+    )
+    for warning in ([note] if note else []) + report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(report.summary())
     return 0 if report.ok else 1
 
@@ -258,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--role", required=True)
     kc.add_argument("--name", required=True)
     kc.add_argument("--source", help="source name for ingest keys (default: the name)")
+    kc.add_argument(
+        "--trust",
+        choices=("client", "server"),
+        help="ingest keys: client (default; a public write key in a page or app) or server (a backend's secret key)",
+    )
     ks.add_parser("list")
     kr = ks.add_parser("revoke")
     kr.add_argument("key_id")
@@ -265,8 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=_keys)
 
     a = sub.add_parser("audit", help="the audit ledger")
-    a.add_argument("action", choices=["verify", "export", "checkpoint", "public-key"])
+    a.add_argument("action", choices=["verify", "export", "tree-head", "checkpoint", "public-key"])
     a.add_argument("--file", help="export: write here instead of stdout")
+    a.add_argument("--witness", help="verify: witness file (default: CONSENTRY_AUDIT_WITNESS)")
+    a.add_argument("--no-witness", action="store_true", help="verify: do not read the witness file")
+    a.add_argument("--trusted-head", action="append", help="verify: a tree head kept earlier (repeatable)")
+    a.add_argument("--require-signed-tail", action="store_true", help="verify: fail on entries after the newest head")
     a.set_defaults(func=lambda ns: asyncio.run(_audit(ns)))
 
     sc = sub.add_parser("scheduler", help="run the periodic jobs in the foreground")

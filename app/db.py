@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Engine, Table, TypeDecorator, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.settings import get_settings
 
+T = TypeVar("T")
 _async_engines: dict[str, AsyncEngine] = {}
 _makers: dict[str, async_sessionmaker[AsyncSession]] = {}
 
@@ -145,3 +149,37 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value
+
+
+RETRYABLE = frozenset({"40P01", "40001"})
+"""PostgreSQL's deadlock_detected and serialization_failure: the work can simply run again."""
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE code of a database error, whichever driver raised it."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if code:
+            return str(code)
+    return None
+
+
+async def retry_conflicts(session: AsyncSession, work: Callable[[], Awaitable[T]], attempts: int = 8) -> T:
+    """Run ``work`` in a savepoint, again when it loses a deadlock or serialization conflict.
+
+    On PostgreSQL a rolled-back savepoint releases the locks taken inside it, so the
+    other transaction proceeds and the retry sees its result. SQLite has one writer at a
+    time and needs no retry."""
+    bind = session.bind
+    if bind is None or bind.dialect.name != "postgresql":
+        return await work()
+    for attempt in range(attempts):
+        try:
+            async with session.begin_nested():
+                return await work()
+        except DBAPIError as exc:
+            if sqlstate(exc) not in RETRYABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+    raise AssertionError("unreachable")

@@ -14,8 +14,9 @@ from app.access.models import ROLES
 from app.access.service import SYSTEM, Principal, authenticate, create_api_key
 from app.db import unit_of_work
 from app.ingest.service import ingest_messages
+from app.people.service import write_profile
 from app.profiles.models import Profile
-from app.profiles.service import VaultContext, write_profile
+from app.profiles.service import VaultContext
 
 CATEGORIES = ["basketball shoes", "running shoes", "outdoor jackets", "yoga wear", "kids' sneakers"]
 

@@ -24,9 +24,10 @@ from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
 from app.ledger.routes import AuditController
 from app.logs import configure_logging
+from app.people.routes import ProfileController
 from app.pii.engine import resolve_ner_model
 from app.problems import EXCEPTION_HANDLERS
-from app.profiles.routes import ProfileController
+from app.ratelimit import STORE_NAME, rate_limit_middleware, rate_limit_store
 from app.request_context import request_id_middleware
 from app.settings import get_settings
 from app.texts.routes import TextController
@@ -92,7 +93,8 @@ def create_app() -> Litestar:
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_id_middleware, input_checks_middleware],
+        stores={STORE_NAME: rate_limit_store(get_settings())},
+        middleware=[request_id_middleware, *rate_limit_middleware(get_settings()), input_checks_middleware],
         openapi_config=openapi,
         lifespan=[lifespan],
         request_max_body_size=1024 * 1024,

@@ -19,13 +19,18 @@ async def _make_keys() -> dict[str, str]:
     keys = {}
     async with unit_of_work() as session:
         for role in ROLES:
-            _, token = await create_api_key(session, role, f"test-{role}", "test-source" if role == "ingest" else None)
+            ingest = role == "ingest"
+            _, token = await create_api_key(
+                session, role, f"test-{role}", "test-source" if ingest else None, "server" if ingest else None
+            )
             keys[role] = token
+        _, keys["client"] = await create_api_key(session, "ingest", "test-web", "test-web", "client")
     return keys
 
 
 def make_keys() -> dict[str, str]:
-    """One API key per role in the current test database."""
+    """One API key per role in the current test database. ``ingest`` is a backend source
+    (trust ``server``); ``client`` is a public write key of a web page (trust ``client``)."""
     return run(_make_keys())
 
 

@@ -15,8 +15,8 @@ from tests.conftest import Env
 from tests.helpers import auth, client, make_keys, sync_db
 
 
-def _source_key(c: TestClient[Any], admin: str, source: str) -> tuple[str, str]:
-    r = c.post("/v1/keys", json={"role": "ingest", "name": source}, headers=auth(admin))
+def _source_key(c: TestClient[Any], admin: str, source: str, trust: str = "server") -> tuple[str, str]:
+    r = c.post("/v1/keys", json={"role": "ingest", "name": source, "trust": trust}, headers=auth(admin))
     assert r.status_code == 201
     return (r.json()["key"], "")
 
@@ -143,7 +143,7 @@ def test_crm_rows_and_shop_order_with_one_phone_in_three_formats_are_one_profile
         assert conn.execute(text("SELECT count(*) FROM profile WHERE merged_into IS NULL")).scalar() == 1
 
 
-def test_shared_device_over_the_cap_fuses_nobody_and_the_ledger_says_why(env: Env) -> None:
+def test_shared_device_fuses_nobody_and_the_ledger_says_why(env: Env) -> None:
     keys = make_keys()
     people = [
         {
@@ -163,7 +163,7 @@ def test_shared_device_over_the_cap_fuses_nobody_and_the_ledger_says_why(env: En
             "/v1/audit/entries", params={"action": "identity.merge_blocked"}, headers=auth(keys["auditor"])
         ).json()["entries"]
     assert len(entries) == 4
-    assert all(e["details"]["via"] == "device_id" and e["details"]["rule"] == "cap:user_id=1" for e in entries)
+    assert all(e["details"]["via"] == "device_id" and e["details"]["rule"] == "shared_device" for e in entries)
     with sync_db() as conn:
         assert conn.execute(text("SELECT count(*) FROM profile_merge")).scalar() == 0
 
@@ -196,11 +196,12 @@ def test_two_known_profiles_sharing_an_email_merge_with_audit_and_history(env: E
             "rule": "shared email",
             "source": "test-source",
         }
-    with sync_db() as conn:  # the merged-away subject's key is gone: nothing of it remains readable
-        assert (
-            conn.execute(text("SELECT count(*) FROM subject_key WHERE profile_id = :p"), {"p": younger}).scalar() == 0
-        )
-        assert conn.execute(text("SELECT count(*) FROM event WHERE profile_id = :p"), {"p": younger}).scalar() == 0
+    with sync_db() as conn:  # every row now belongs to the survivor and remembers where it came from
+        for table in ("event", "identifier", "profile_field"):
+            q = f"SELECT count(*) FROM {table} WHERE profile_id = :p"
+            assert conn.execute(text(q), {"p": younger}).scalar() == 0
+            q = f"SELECT count(*) FROM {table} WHERE origin_id = :p AND profile_id = :o"
+            assert conn.execute(text(q), {"p": younger, "o": older}).scalar() >= 1
 
 
 def test_authoritative_source_wins_over_more_recent_ones(env: Env) -> None:

@@ -60,7 +60,7 @@ def test_plaintext_appears_nowhere_in_the_database_or_the_logs(env: Env, monkeyp
     with client() as c:
         ids = []
         for traits in PEOPLE:
-            r = c.post("/v1/profiles", json={"traits": {**traits, "plan": "gold"}}, headers=auth(keys["ingest"]))
+            r = c.post("/v1/profiles", json={"traits": {**traits, "plan": "gold"}}, headers=auth(keys["admin"]))
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
         # reads, lookups and a rejected write all pass through the logs

@@ -127,18 +127,16 @@ def test_texts_are_stored_redacted_restored_for_compliance_and_gone_after_shredd
         assert r.status_code == 201, r.text
         zh, en = r.json()
         assert "<CN_RESIDENT_ID_1>" in zh["redacted"] and RESIDENT_ID not in zh["redacted"]
-        assert zh["linked"] == ["email", "phone"]  # chat: typed identifiers join the author's profile
-        assert en["linked"] == []  # social: kept in the vault only
-        found = c.post("/v1/profiles/lookup", json={"phone": "+86 138 1234 5678"}, headers=auth(keys["admin"]))
-        assert [p["id"] for p in found.json()["profiles"]] == [zh["profile_id"]]
-        assert (
-            c.post(
-                "/v1/profiles/lookup", json={"email": "sarah.connor@example.co.uk"}, headers=auth(keys["admin"])
-            ).json()["profiles"]
-            == []
+        assert "profile_id" not in zh  # the ingest key learns nobody's profile
+        for mentioned in ({"phone": "+86 138 1234 5678"}, {"email": "sarah.connor@example.co.uk"}):
+            # identifiers a text mentions stay in its vault: they link nobody
+            assert c.post("/v1/profiles/lookup", json=mentioned, headers=auth(keys["admin"])).json()["profiles"] == []
+        author = c.post(
+            "/v1/profiles/lookup", json={"kind": "user_id", "value": "wx-user-1"}, headers=auth(keys["admin"])
         )
-
         plain = c.get(f"/v1/texts/{zh['id']}", headers=auth(keys["compliance"])).json()
+        zh["profile_id"] = plain["profile_id"]
+        assert [p["id"] for p in author.json()["profiles"]] == [zh["profile_id"]]
         assert plain["text"] == ZH_CHAT and plain["reveal"] == "plain"
         masked = c.get(f"/v1/texts/{zh['id']}", headers=auth(keys["marketer"])).json()
         assert masked["text"] == zh["redacted"] and "13812345678" not in masked["text"]
@@ -186,6 +184,7 @@ def test_texts_follow_their_author_through_a_merge(env: Env) -> None:
             },
             auth=w,
         ).json()[0]
+        t["profile_id"] = c.get(f"/v1/texts/{t['id']}", headers=auth(keys["compliance"])).json()["profile_id"]
         # the visitor turns out to be the account holder: the younger (visitor) profile merges into the account
         c.post("/v1/alias", json={"previousId": "chat-visitor-9", "userId": "acct-9"}, auth=w)
         survivor = c.post(

@@ -13,7 +13,7 @@ ALICE = {"email": " Alice.Smith@Example.COM ", "phone": "(212) 555-0142", "first
 def test_create_then_read_plain_for_compliance_and_masked_for_marketer(env: Env) -> None:
     keys = make_keys()
     with client() as c:
-        r = c.post("/v1/profiles", json={"traits": ALICE}, headers=auth(keys["ingest"]))
+        r = c.post("/v1/profiles", json={"traits": ALICE}, headers=auth(keys["compliance"]))
         assert r.status_code == 201, r.text
         pid = r.json()["id"]
         assert "alice" not in r.text.lower()  # a write never echoes personal data

@@ -17,8 +17,9 @@ ADMIN = {"admin"}
 INGEST = {"ingest", "admin"}
 EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/health"): PUBLIC,
-    ("POST", "/v1/profiles"): {"admin", "ingest", "compliance"},
-    ("PATCH", "/v1/profiles/{profile_id:str}"): {"admin", "ingest", "compliance"},
+    ("POST", "/v1/profiles"): {"admin", "compliance"},
+    ("PATCH", "/v1/profiles/{profile_id:str}"): {"admin", "compliance"},
+    ("POST", "/v1/profiles/{profile_id:str}/unmerge"): ADMIN,
     ("GET", "/v1/profiles/{profile_id:str}"): {"admin", "compliance", "marketer"},
     ("POST", "/v1/profiles/lookup"): {"admin", "compliance", "marketer"},
     ("GET", "/v1/profiles/{profile_id:str}/events"): {"admin", "compliance", "marketer"},
@@ -91,9 +92,9 @@ def test_role_by_endpoint_matrix(env: Env) -> None:
 def test_write_key_works_as_basic_auth_user_name(env: Env) -> None:
     keys = make_keys()
     with client() as c:
-        r = c.post("/v1/profiles", json={"traits": {"plan": "x"}}, auth=(keys["ingest"], ""))
-        assert r.status_code == 201
-        assert c.post("/v1/profiles", json={"traits": {}}, auth=("wrong", "")).status_code == 401
+        r = c.post("/v1/track", json={"userId": "u1", "event": "Viewed"}, auth=(keys["ingest"], ""))
+        assert r.status_code == 200 and r.json()["accepted"] == 1
+        assert c.post("/v1/track", json={"userId": "u1", "event": "Viewed"}, auth=("wrong", "")).status_code == 401
 
 
 def test_cli_prints_a_new_key_as_the_only_line_on_stdout(env: Env) -> None:

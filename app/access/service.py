@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from app.access.models import ROLES, ApiKey
+from app.access.models import ROLES, TRUST_LEVELS, ApiKey
 from app.errors import InvalidField, NotFound
 
 PREFIX = "csk"
@@ -25,20 +25,34 @@ class Principal:
     role: str
     name: str
     source: str | None = None
+    trust: str = "server"
+    """``client`` for a public write key: identity rules treat what it claims as unverified."""
 
 
 SYSTEM = Principal(key_id="system", role="admin", name="consentry")
 """The actor for scheduled jobs and CLI maintenance."""
 
 
+def identity_secret(index_key: bytes, key_id: str) -> str:
+    """The secret a source's backend signs user ids with (identity verification), derived
+    from the index key so nothing more is stored; shown once when the key is made."""
+    return hmac.new(index_key, b"consentry:identity-verification:" + key_id.encode(), hashlib.sha256).hexdigest()
+
+
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-async def create_api_key(session: AsyncSession, role: str, name: str, source: str | None = None) -> tuple[ApiKey, str]:
-    """Store a new key and return it with its one-time plaintext token."""
+async def create_api_key(
+    session: AsyncSession, role: str, name: str, source: str | None = None, trust: str | None = None
+) -> tuple[ApiKey, str]:
+    """Store a new key and return it with its one-time plaintext token.
+
+    Ingest keys are ``client`` (public write keys) unless ``trust="server"`` is asked for."""
     if role not in ROLES:
         raise InvalidField(f"must be one of {', '.join(ROLES)}", field="role")
+    if trust is not None and (trust not in TRUST_LEVELS or role != "ingest"):
+        raise InvalidField(f"ingest keys only, one of {', '.join(TRUST_LEVELS)}", field="trust")
     if not name.strip():
         raise InvalidField("must not be empty", field="name")
     key_id = secrets.token_hex(6)
@@ -48,6 +62,7 @@ async def create_api_key(session: AsyncSession, role: str, name: str, source: st
         name=name.strip(),
         role=role,
         source=(source or name.strip()) if role == "ingest" else source,
+        trust=(trust or "client") if role == "ingest" else "server",
         secret_hash=_hash(secret),
         created_at=datetime.now(UTC),
     )
@@ -66,7 +81,7 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
         return None
     if not hmac.compare_digest(record.secret_hash, _hash(parts[2])):
         return None
-    return Principal(key_id=record.id, role=record.role, name=record.name, source=record.source)
+    return Principal(key_id=record.id, role=record.role, name=record.name, source=record.source, trust=record.trust)
 
 
 async def list_api_keys(session: AsyncSession) -> list[ApiKey]:

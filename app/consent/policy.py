@@ -38,6 +38,9 @@ class IdentifierRule:
     priority: int
     cap: int
     merge: bool
+    stitch_only: bool = False
+    """A device-level id (anonymous id, device id): it may join an anonymous profile to a
+    known one, never two known profiles (a shared device)."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,8 @@ class PolicySet:
     traits: dict[str, TraitRule]
     aliases: dict[str, str]
     identity: IdentityPolicy
-    text_channels: dict[str, bool]
-    """Free-text channel → may identifiers found in its texts be linked to the author?"""
+    text_channels: tuple[str, ...]
+    """Free-text channels texts may come from."""
     properties_not_personal: frozenset[str] = frozenset()
 
     def personal_property(self, name: str) -> bool:
@@ -108,7 +111,9 @@ def load_policies(policy_dir: Path) -> PolicySet:
             raise ValueError(f"alias {alias} points to unknown trait {target}")
     i = _load_yaml(policy_dir / "identity.yaml")
     rules = {
-        kind: IdentifierRule(kind, n, int(spec["cap"]), bool(spec.get("merge", True)))
+        kind: IdentifierRule(
+            kind, n, int(spec["cap"]), bool(spec.get("merge", True)), bool(spec.get("stitch_only", False))
+        )
         for n, (kind, spec) in enumerate(i["identifiers"].items())
     }
     identity = IdentityPolicy(
@@ -117,6 +122,6 @@ def load_policies(policy_dir: Path) -> PolicySet:
         {t: frozenset(srcs) for t, srcs in (i.get("trait_authority") or {}).items()},
     )
     t = _load_yaml(policy_dir / "text_channels.yaml")
-    channels = {name: bool(spec.get("link_identifiers")) for name, spec in t["channels"].items()}
+    channels = tuple(t["channels"])
     exempt = frozenset(c.get("properties_not_personal") or [])
     return PolicySet(purposes, defaults, traits, aliases, identity, channels, exempt)

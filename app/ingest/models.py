@@ -20,6 +20,8 @@ class Event(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     profile_id: str = Field(max_length=36)
+    origin_id: str = Field(max_length=36)
+    """The profile the event was stored for; its key seals ``sealed``."""
     source: str = Field(max_length=128)
     message_id: str = Field(max_length=128)
     type: str = Field(max_length=16)
@@ -49,6 +51,7 @@ class ConsentSignal(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     profile_id: str = Field(index=True, max_length=36)
+    origin_id: str = Field(max_length=36)
     source: str = Field(max_length=128)
     kind: str = Field(max_length=32)
     """``gpc`` (Global Privacy Control header), ``segment.consent`` or ``rudderstack.consent``."""

@@ -10,25 +10,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, insert, tuple_, update
-from sqlalchemy import select as sa_select
+from sqlalchemy import Table, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
-from app.db import table_of
+from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
-from app.identity.precedence import recorded_at, takes_precedence
-from app.identity.service import Ident, Resolver
+from app.identity.resolver import Resolver
+from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
 from app.pii.classify import classify_property
-from app.profiles.models import Profile, ProfileField
-from app.profiles.service import VaultContext, normalize_trait
-from app.vault.blind_index import blind_index
+from app.profiles.precedence import Stamp
+from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
 from app.vault.cipher import seal_field
 from app.vault.service import DataKey
 
@@ -45,6 +42,7 @@ class BatchResult:
     merges: int = 0
     profile_ids: list[str | None] = field(default_factory=list)
     """For each accepted or duplicate message in order, the profile it resolved to (None for duplicates)."""
+    by_message: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,14 +55,8 @@ class Prepared:
     personal_props: dict[str, Any]
     undeclared: list[str] = field(default_factory=list)
     """Property names that were not declared personal data but look like it."""
-
-
-def is_blocked_value(ctx: VaultContext, value: str | None) -> bool:
-    return value is None or value.strip().lower() in ctx.policies.identity.blocked_values
-
-
-def make_ident(ctx: VaultContext, kind: str, value: str) -> Ident:
-    return Ident(kind, value, blind_index(ctx.keys.index_key, kind, value))
+    trusted: bool = False
+    """Did a ``server`` source (or a verified user hash) send it?"""
 
 
 def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tuple[Any, Any]]) -> list[Ident]:
@@ -75,7 +67,7 @@ def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tup
         if value is None or isinstance(value, dict | list):
             return
         text = str(value).strip()
-        if not is_blocked_value(ctx, text):
+        if not is_blocked_value(ctx.policies.identity, text):
             out.append(make_ident(ctx, kind, text))
 
     add("user_id", msg.user_id)
@@ -174,12 +166,41 @@ async def ingest_messages(
     received_at: datetime | None = None,
     require_ids: bool = True,
 ) -> BatchResult:
-    """Store a batch of Spec messages from ``principal``'s source; invalid ones are reported by index."""
-    source = principal.source or principal.name
+    """Store a batch of Spec messages from ``principal``'s source; invalid ones are reported by index.
+
+    On PostgreSQL the database work runs in a savepoint that is retried when it loses a
+    deadlock or a serialization conflict to a concurrent batch (never a 500)."""
     now = received_at or datetime.now(UTC)
     if not decide(principal, None).allowed:
         await authorize(session, principal, "ingest.events", [], None)
     result = BatchResult()
+    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, require_ids, now)
+    seen: set[str] = set()
+    unique = []
+    for p in prepared:
+        if p.msg.message_id in seen:
+            result.duplicates += 1
+        else:
+            seen.add(p.msg.message_id)
+            unique.append(p)
+    stored = await retry_conflicts(session, lambda: _store(session, ctx, principal, unique, now, gpc))
+    stored.duplicates += result.duplicates
+    stored.rejected = result.rejected
+    by_msg = stored.by_message
+    stored.profile_ids = [by_msg.get(p.msg.message_id) for p in prepared]
+    return stored
+
+
+def _validated(
+    ctx: VaultContext,
+    principal: Principal,
+    raw_messages: list[Any],
+    result: BatchResult,
+    defaults: dict[str, Any] | None,
+    expected_type: str | None,
+    require_ids: bool,
+    now: datetime,
+) -> list[Prepared]:
     prepared: list[Prepared] = []
     for i, raw in enumerate(raw_messages):
         checked = validate(raw, i, now, defaults, expected_type, require_ids)
@@ -194,52 +215,85 @@ async def ingest_messages(
         if not ready.idents:
             result.rejected.append(Rejection(i, "userId", "no identifier: give a user id, email, phone or external id"))
             continue
+        ready.trusted = principal.trust == "server" or user_hash_valid(
+            ctx, principal.key_id, checked.user_id, checked.context.get("userHash")
+        )
         prepared.append(ready)
+    return prepared
 
-    seen: set[str] = set()
-    unique = []
-    for p in prepared:
-        if p.msg.message_id in seen:
-            result.duplicates += 1
-        else:
-            seen.add(p.msg.message_id)
-            unique.append(p)
-    resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
-    alias_idents = []
-    for p in unique:
-        if p.msg.previous_id and not is_blocked_value(ctx, p.msg.previous_id):
-            alias_idents += [
-                make_ident(ctx, "user_id", p.msg.previous_id),
-                make_ident(ctx, "anonymous_id", p.msg.previous_id),
-            ]
-    all_idents = [i for p in unique for i in p.idents] + alias_idents
-    await resolver.lock(all_idents)
+
+def _alias_idents(ctx: VaultContext, p: Prepared) -> list[Ident]:
+    if not p.msg.previous_id or is_blocked_value(ctx.policies.identity, p.msg.previous_id):
+        return []
+    return [make_ident(ctx, "user_id", p.msg.previous_id), make_ident(ctx, "anonymous_id", p.msg.previous_id)]
+
+
+async def _store(
+    session: AsyncSession, ctx: VaultContext, principal: Principal, unique: list[Prepared], now: datetime, gpc: bool
+) -> BatchResult:
+    """De-duplicate, resolve, store events and traits, and record the batch in the ledger."""
+    result = BatchResult()
+    source = principal.source or principal.name
+    resolver = Resolver(session, ctx, principal, source)
+    all_idents = [i for p in unique for i in [*p.idents, *_alias_idents(ctx, p)]]
+    await resolver.prepare(all_idents)
     fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
     todo = [p for p in unique if p.msg.message_id in fresh]
-    result.duplicates += len(unique) - len(todo)
+    result.duplicates = len(unique) - len(todo)
     if not todo:
         return result
-    await resolver.preload(all_idents)
-
     resolved: list[tuple[Prepared, str]] = []
     for p in todo:
         idents = list(p.idents)
-        if p.msg.previous_id and not is_blocked_value(ctx, p.msg.previous_id):
-            as_user = make_ident(ctx, "user_id", p.msg.previous_id)
-            idents.append(
-                as_user if resolver.owners.get(as_user.key) else make_ident(ctx, "anonymous_id", p.msg.previous_id)
-            )
-        res = await resolver.resolve(idents, p.msg.occurred_at)
+        alias = _alias_idents(ctx, p)
+        if alias:
+            idents.append(alias[0] if resolver.owners.get(alias[0].key) else alias[1])
+        res = await resolver.resolve(idents, p.msg.occurred_at, p.trusted)
         resolved.append((p, res.profile_id))
-    await resolver.flush()
-
+    await resolver.flush_rows()
     final = [(p, resolver.final(pid)) for p, pid in resolved]
-    await _apply_traits(session, ctx, source, final, resolver.keys)
+    await apply_observations(
+        session, resolver.keys, _observations(source, final), ctx.policies.identity.trait_authority
+    )
+    events, signals = _event_rows(source, final, resolver.keys, now, gpc)
+    await session.execute(insert(table_of(Event)), events)
+    if signals:
+        await session.execute(insert(table_of(ConsentSignal)), signals)
+    await resolver.finish()
+    live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
+    touched = Counter(pid for _p, pid in final)
+    result.accepted = len(final)
+    result.profiles_created = len(live_new)
+    result.profiles_updated = len([pid for pid in touched if pid not in live_new])
+    result.merges = resolver.merges
+    await _record_batch(session, principal, source, final)
+    result.by_message = {p.msg.message_id: pid for p, pid in final}
+    return result
+
+
+def _observations(source: str, final: list[tuple[Prepared, str]]) -> list[Observation]:
+    """Identify traits as observations for the profiles they resolved to."""
+    out = []
+    for p, pid in final:
+        if p.msg.type != "identify":
+            continue
+        stamp = Stamp(source, "server" if p.trusted else "client", p.msg.occurred_at)
+        for name, (rule, value) in p.personal.items():
+            out.append(Observation(pid, name, rule.category, value, stamp))
+        for name, value in p.plain_traits.items():
+            if value is not None:
+                out.append(Observation(pid, name, None, value, stamp))
+    return out
+
+
+def _event_rows(
+    source: str, final: list[tuple[Prepared, str]], keys: dict[str, DataKey], now: datetime, gpc: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     signals: list[dict[str, Any]] = []
     gpc_done: set[str] = set()
     for p, pid in final:
-        dk = resolver.keys[pid]
+        dk = keys[pid]
         m = p.msg
         sealed = {
             "userId": m.user_id,
@@ -254,6 +308,7 @@ async def ingest_messages(
             {
                 "id": str(uuid.uuid4()),
                 "profile_id": pid,
+                "origin_id": pid,
                 "source": source,
                 "message_id": m.message_id,
                 "type": m.type,
@@ -266,48 +321,36 @@ async def ingest_messages(
                 "sealed": seal_field(dk.key, pid, "event", dk.version, sealed),
             }
         )
-        if gpc and pid not in gpc_done:
-            gpc_done.add(pid)
-            signals.append(
-                {
-                    "id": str(uuid.uuid4()),
-                    "profile_id": pid,
-                    "source": source,
-                    "kind": "gpc",
-                    "payload": {"Sec-GPC": "1"},
-                    "message_id": m.message_id,
-                    "received_at": now,
-                }
-            )
+        found = [("gpc", {"Sec-GPC": "1"})] if gpc and pid not in gpc_done else []
+        gpc_done.add(pid)
         for kind, key in (("segment.consent", "consent"), ("rudderstack.consent", "consentManagement")):
             if isinstance(m.context.get(key), dict):
-                signals.append(
-                    {
-                        "id": str(uuid.uuid4()),
-                        "profile_id": pid,
-                        "source": source,
-                        "kind": kind,
-                        "payload": m.context[key],
-                        "message_id": m.message_id,
-                        "received_at": now,
-                    }
-                )
-    await session.execute(insert(table_of(Event)), events)
-    if signals:
-        await session.execute(insert(table_of(ConsentSignal)), signals)
+                found.append((kind, m.context[key]))
+        signals += [
+            {
+                "id": str(uuid.uuid4()),
+                "profile_id": pid,
+                "origin_id": pid,
+                "source": source,
+                "kind": kind,
+                "payload": payload,
+                "message_id": m.message_id,
+                "received_at": now,
+            }
+            for kind, payload in found
+        ]
+    return events, signals
 
-    live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
-    touched = Counter(pid for _p, pid in final)
-    result.accepted = len(final)
-    result.profiles_created = len(live_new)
-    result.profiles_updated = len([pid for pid in touched if pid not in live_new])
-    result.merges = resolver.merges
+
+async def _record_batch(
+    session: AsyncSession, principal: Principal, source: str, final: list[tuple[Prepared, str]]
+) -> None:
+    """One ledger entry per person the batch touched, with its event counts."""
     types: dict[str, Counter[str]] = defaultdict(Counter)
     undeclared: dict[str, set[str]] = defaultdict(set)
     for p, pid in final:
         types[pid][p.msg.type] += 1
         undeclared[pid].update(p.undeclared)
-    decision = decide(principal, None)
 
     def details(pid: str) -> dict[str, Any]:
         d: dict[str, Any] = {"source": source, "events": dict(types[pid])}
@@ -315,99 +358,12 @@ async def ingest_messages(
             d["undeclared_pii"] = sorted(undeclared[pid])
         return d
 
+    decision = decide(principal, None)
     await record_each(
         session,
         principal,
         "ingest.events",
-        [(pid, details(pid)) for pid in touched],
+        [(pid, details(pid)) for pid in types],
         purpose=decision.purpose,
         legal_basis=decision.legal_basis,
     )
-    by_msg = {p.msg.message_id: pid for p, pid in final}
-    result.profile_ids = [by_msg.get(p.msg.message_id) for p in prepared]
-    return result
-
-
-async def _apply_traits(
-    session: AsyncSession,
-    ctx: VaultContext,
-    source: str,
-    final: list[tuple[Prepared, str]],
-    keys: dict[str, DataKey],
-) -> None:
-    """Set identify traits on profiles by precedence (recency, unless an authoritative source holds it)."""
-    pids = sorted({pid for p, pid in final if p.personal or p.plain_traits})
-    if not pids:
-        return
-    profiles = {
-        pid: (dict(traits), dict(sources))
-        for pid, traits, sources in (
-            await session.execute(
-                sa_select(col(Profile.id), col(Profile.traits), col(Profile.trait_sources)).where(
-                    col(Profile.id).in_(pids)
-                )
-            )
-        ).all()
-    }
-    meta: dict[tuple[str, str], tuple[str | None, datetime]] = {
-        (pid, name): (src, observed or updated)
-        for pid, name, src, observed, updated in (
-            await session.execute(
-                sa_select(
-                    col(ProfileField.profile_id),
-                    col(ProfileField.name),
-                    col(ProfileField.source),
-                    col(ProfileField.observed_at),
-                    col(ProfileField.updated_at),
-                ).where(col(ProfileField.profile_id).in_(pids))
-            )
-        ).all()
-    }
-    authority = ctx.policies.identity.trait_authority
-    now = datetime.now(UTC)
-    fields: dict[tuple[str, str], dict[str, Any]] = {}
-    changed: set[str] = set()
-    for p, pid in final:
-        if not (p.personal or p.plain_traits):
-            continue
-        at, dk = p.msg.occurred_at, keys[pid]
-        for name, (rule, value) in p.personal.items():
-            old = meta.get((pid, name))
-            if old is not None and not takes_precedence(name, source, at, old[0], old[1], authority):
-                continue
-            meta[(pid, name)] = (source, at)
-            fields[(pid, name)] = {
-                "profile_id": pid,
-                "name": name,
-                "category": rule.category,
-                "key_version": dk.version,
-                "ciphertext": seal_field(dk.key, pid, name, dk.version, value),
-                "updated_at": now,
-                "source": source,
-                "observed_at": at,
-            }
-        if p.plain_traits and p.msg.type == "identify":
-            traits, sources = profiles[pid]
-            for name, value in p.plain_traits.items():
-                prev = sources.get(name) or {}
-                prev_at = recorded_at(prev)
-                if name in traits and not takes_precedence(name, source, at, prev.get("source"), prev_at, authority):
-                    continue
-                traits[name] = value
-                sources[name] = {"source": source, "at": at.isoformat()}
-                changed.add(pid)
-    if fields:
-        await session.execute(
-            delete(ProfileField)
-            .where(tuple_(col(ProfileField.profile_id), col(ProfileField.name)).in_(list(fields)))
-            .execution_options(synchronize_session=False)
-        )
-        await session.execute(insert(table_of(ProfileField)), list(fields.values()))
-    if changed:
-        table = table_of(Profile)
-        await session.execute(
-            update(table)
-            .where(table.c.id == bindparam("pid"))
-            .values(traits=bindparam("t"), trait_sources=bindparam("s"), updated_at=bindparam("u")),
-            [{"pid": pid, "t": profiles[pid][0], "s": profiles[pid][1], "u": now} for pid in sorted(changed)],
-        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -15,8 +16,15 @@ from app.vault.cipher import open_field
 from app.vault.service import DataKey
 
 
-def event_view(ev: Event, dk: DataKey | None, reveal: str) -> dict[str, Any]:
-    """An event for the API: plain properties always, sealed parts only for ``plain``."""
+def event_view(ev: Event, keys: Mapping[str, DataKey], reveal: str) -> dict[str, Any]:
+    """An event for the API: plain properties always, sealed parts only for ``plain``.
+
+    ``keys`` are the person's data keys by origin profile id."""
+    return open_event(ev, keys.get(ev.origin_id) if reveal == "plain" else None)
+
+
+def open_event(ev: Event, dk: DataKey | None) -> dict[str, Any]:
+    """The event with its sealed parts opened under ``dk`` (its origin's key), if given."""
     out: dict[str, Any] = {
         "id": ev.id,
         "type": ev.type,
@@ -28,8 +36,8 @@ def event_view(ev: Event, dk: DataKey | None, reveal: str) -> dict[str, Any]:
         "properties": dict(ev.properties),
         "traits": dict(ev.traits),
     }
-    if reveal == "plain" and dk is not None:
-        sealed = open_field(dk.key, ev.profile_id, "event", ev.key_version, ev.sealed)
+    if dk is not None:
+        sealed = open_field(dk.key, ev.origin_id, "event", ev.key_version, ev.sealed)
         out["properties"].update(sealed.pop("properties", {}) or {})
         out["traits"].update(sealed.pop("traits", {}) or {})
         out.update({k: v for k, v in sealed.items() if v is not None})

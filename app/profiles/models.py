@@ -30,12 +30,16 @@ class ProfileField(SQLModel, table=True):
 
     __tablename__ = "profile_field"
 
-    profile_id: str = Field(primary_key=True, max_length=36)
+    origin_id: str = Field(primary_key=True, max_length=36)
+    """The profile the value was observed for (its key seals it); survives merges."""
     name: str = Field(primary_key=True, max_length=64)
+    profile_id: str = Field(index=True, max_length=36)
+    """The person the value belongs to now."""
     category: str = Field(max_length=64)
     key_version: int
     ciphertext: bytes
     updated_at: datetime = Field(sa_type=UtcDateTime)
     source: str | None = Field(default=None, max_length=128)
+    trust: str = Field(default="server", max_length=8)
     observed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When the source observed the value (event timestamp); decides trait precedence."""

@@ -1,30 +1,38 @@
-"""Writing and reading profiles: normalise, encrypt, index, authorise, audit."""
+"""Profiles: the person's row and traits. The one writer of ``profile`` and ``profile_field``.
+
+Plain traits live in ``profile.traits`` (JSON); personal ones are ``profile_field`` rows
+sealed under the key of the profile they were observed for (``origin_id``). After merges
+a person may hold several rows for one trait (one per origin); the one shown is chosen by
+``takes_precedence``, the same rule that decides whether a new observation is kept.
+"""
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete, insert, tuple_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies
+from app.db import table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
-from app.identity.models import Identifier, identifier_aad_name
+from app.inventory import Person
 from app.ledger.service import record
 from app.profiles.masking import mask_value
 from app.profiles.models import Profile, ProfileField
+from app.profiles.precedence import Stamp, stamp_entry, stamp_of, takes_precedence
 from app.settings import Settings, get_settings
-from app.vault.blind_index import blind_index
 from app.vault.cipher import open_field, seal_field
 from app.vault.keyring import KeyMaterial, key_material
 from app.vault.normalize import normalize_date, normalize_email, normalize_phone, normalize_text
-from app.vault.service import DataKey, create_subject_key, subject_key, subject_keys
+from app.vault.service import DataKey, subject_key, subject_keys
 
 MAX_TRAITS = 200
 
@@ -54,11 +62,17 @@ class ProfileView:
     """Which source set each trait, and when."""
 
 
-@dataclass
-class WriteResult:
-    id: str
-    created: bool
-    fields: list[str]
+@dataclass(frozen=True)
+class Observation:
+    """One observed trait value for a person: personal (``category`` set) or plain; ``None`` removes."""
+
+    profile_id: str
+    name: str
+    category: str | None
+    value: Any
+    stamp: Stamp
+    correction: bool = False
+    """A staff correction (the profile API): replaces the value whatever precedence says."""
 
 
 def normalize_trait(rule: TraitRule, value: Any, region: str, field_name: str) -> Any:
@@ -89,128 +103,259 @@ def split_traits(ctx: VaultContext, traits: dict[str, Any]) -> tuple[dict[str, t
                 raise InvalidField("trait names are at most 64 characters", field="traits")
             plain[raw_name] = value
             continue
-        name = rule.name
-        personal[name] = (
+        personal[rule.name] = (
             rule,
             None if value is None else normalize_trait(rule, value, ctx.region, f"traits.{raw_name}"),
         )
     return personal, plain
 
 
-async def _store_personal(
-    session: AsyncSession,
-    ctx: VaultContext,
-    dk: DataKey,
-    personal: dict[str, tuple[TraitRule, Any]],
-    now: datetime,
-    replace: bool,
-    source: str,
-) -> None:
-    """Encrypt and index personal traits; with ``replace``, first drop the old values."""
-    pid = dk.profile_id
-    if replace and personal:
-        names = list(personal)
-        kinds = [rule.index for rule, _ in personal.values() if rule.index]
-        await session.execute(
-            delete(ProfileField)
-            .where(col(ProfileField.profile_id) == pid, col(ProfileField.name).in_(names))
-            .execution_options(synchronize_session=False)
-        )
-        if kinds:
-            await session.execute(
-                delete(Identifier)
-                .where(col(Identifier.profile_id) == pid, col(Identifier.kind).in_(kinds))
-                .execution_options(synchronize_session=False)
-            )
-    for name, (rule, value) in personal.items():
-        if value is None:
-            continue
-        session.add(
-            ProfileField(
-                profile_id=pid,
-                name=name,
-                category=rule.category,
-                key_version=dk.version,
-                ciphertext=seal_field(dk.key, pid, name, dk.version, value),
-                updated_at=now,
-                source=source,
-                observed_at=now,
-            )
-        )
-        if rule.index:
-            digest = blind_index(ctx.keys.index_key, rule.index, value)
-            sealed = seal_field(dk.key, pid, identifier_aad_name(rule.index), dk.version, value)
-            session.add(
-                Identifier(
-                    profile_id=pid,
-                    kind=rule.index,
-                    digest=digest,
-                    first_seen=now,
-                    source=source,
-                    key_version=dk.version,
-                    sealed=sealed,
-                )
-            )
+# --- the person's row -------------------------------------------------------------------
 
 
-async def write_profile(
-    session: AsyncSession,
-    ctx: VaultContext,
-    principal: Principal,
-    traits: dict[str, Any],
-    profile_id: str | None = None,
-    purpose: str | None = None,
-) -> WriteResult:
-    """Create a profile (no ``profile_id``) or update one; personal traits are encrypted."""
-    personal, plain = split_traits(ctx, traits)
-    now = datetime.now(UTC)
-    created = profile_id is None
-    if created:
-        profile = Profile(id=str(uuid.uuid4()), created_at=now, updated_at=now, traits={}, trait_sources={})
-    else:
-        assert profile_id is not None
-        found = await session.get(Profile, await resolve_merged(session, profile_id))
-        assert found is not None
-        profile = found
-    names = sorted([*personal, *plain])
-    await authorize(
-        session,
-        principal,
-        "profile.create" if created else "profile.update",
-        [profile.id],
-        purpose,
-        details={"fields": names},
-    )
-    if created:
-        session.add(profile)
-        dk = await create_subject_key(session, ctx.keys.master, profile.id)
-    else:
-        dk = await subject_key(session, ctx.keys.master, profile.id)
-    merged = {**profile.traits, **plain}
-    profile.traits = {k: v for k, v in merged.items() if v is not None}
-    profile.updated_at = now
-    source = principal.source or f"api:{principal.name}"
-    await _store_personal(session, ctx, dk, personal, now, replace=not created, source=source)
-    for name in plain:
-        profile.trait_sources = {**profile.trait_sources, name: {"source": source, "at": now.isoformat()}}
-    await session.flush()
-    return WriteResult(profile.id, created, names)
+def new_profile_row(profile_id: str, now: datetime) -> dict[str, Any]:
+    return {"id": profile_id, "created_at": now, "updated_at": now, "traits": {}, "trait_sources": {}}
 
 
-def _decrypt_fields(dk: DataKey, fields: list[ProfileField]) -> dict[str, tuple[str, Any]]:
-    return {f.name: (f.category, open_field(dk.key, f.profile_id, f.name, f.key_version, f.ciphertext)) for f in fields}
+async def create_profiles(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert new profile rows (from ``new_profile_row``) in one statement."""
+    if rows:
+        await session.execute(insert(table_of(Profile)), rows)
+
+
+async def lock_profiles(session: AsyncSession, profile_ids: Collection[str]) -> dict[str, Profile]:
+    """Lock these profiles' rows (``FOR UPDATE`` in id order, so lockers never deadlock on
+    one batch) and return them as they are once locked."""
+    if not profile_ids:
+        return {}
+    q = select(Profile).where(col(Profile.id).in_(sorted(profile_ids))).order_by(col(Profile.id))
+    q = q.with_for_update().execution_options(populate_existing=True)
+    return {p.id: p for p in (await session.execute(q)).scalars()}
 
 
 async def resolve_merged(session: AsyncSession, profile_id: str) -> str:
     """The surviving profile id for an id that may have been merged away (404 if unknown)."""
-    for _ in range(20):
-        profile = await session.get(Profile, profile_id)
-        if profile is None:
-            raise NotFound("no profile with this id", field="profile_id")
-        if not profile.merged_into:
-            return profile.id
-        profile_id = profile.merged_into
-    raise NotFound("merge chain too long", field="profile_id")
+    row = (await session.execute(sa_select(col(Profile.merged_into)).where(col(Profile.id) == profile_id))).first()
+    if row is None:
+        raise NotFound("no profile with this id", field="profile_id")
+    return row[0] or profile_id
+
+
+async def person_of(session: AsyncSession, root: str) -> Person:
+    """The person whose surviving profile is ``root``: it and every profile merged into it."""
+    q = sa_select(col(Profile.id)).where(col(Profile.merged_into) == root).order_by(col(Profile.id))
+    return Person(root, (root, *(await session.execute(q)).scalars()))
+
+
+async def fold_profile(
+    session: AsyncSession, winner: str, loser: str, authority: Mapping[str, frozenset[str]]
+) -> dict[str, Any]:
+    """Mark ``loser`` (and what was folded into it) as merged into ``winner`` and fold its
+    plain traits in by precedence. The loser's own row keeps its traits (for an unmerge);
+    returns the winner's values the loser's replaced, as ``{name: [value, source entry]}``."""
+    rows = await lock_profiles(session, [winner, loser])
+    wp, lp = rows[winner], rows[loser]
+    traits, sources = dict(wp.traits), dict(wp.trait_sources)
+    displaced: dict[str, Any] = {}
+    for name, value in lp.traits.items():
+        entry = lp.trait_sources.get(name) or {}
+        new = stamp_of(entry) or Stamp(None, "server", lp.updated_at)
+        if name in traits and not takes_precedence(name, new, stamp_of(sources.get(name)), authority):
+            continue
+        if name in traits:
+            displaced[name] = [traits[name], sources.get(name)]
+        traits[name] = value
+        sources[name] = {**stamp_entry(new, loser), "origin": entry.get("origin", loser)}
+    wp.traits, wp.trait_sources, wp.updated_at = traits, sources, datetime.now(UTC)
+    lp.merged_into = winner
+    await session.execute(
+        update(Profile)
+        .where(col(Profile.merged_into) == loser)
+        .values(merged_into=winner)
+        .execution_options(synchronize_session=False)
+    )
+    await session.flush()
+    return displaced
+
+
+async def unfold_profile(
+    session: AsyncSession, root: str, restored: str, origins: Collection[str], displaced: Mapping[str, Any]
+) -> None:
+    """Undo ``fold_profile``: ``restored`` (and the profiles in ``origins``) stand alone again;
+    the root's plain traits that came from them go back to what they displaced."""
+    rows = await lock_profiles(session, [root, restored])
+    rp = rows[root]
+    traits, sources = dict(rp.traits), dict(rp.trait_sources)
+    for name, entry in list(sources.items()):
+        if (entry or {}).get("origin") not in origins:
+            continue
+        if name in displaced:
+            traits[name], sources[name] = displaced[name][0], displaced[name][1]
+        else:
+            traits.pop(name, None)
+            sources.pop(name, None)
+    rp.traits, rp.trait_sources, rp.updated_at = traits, sources, datetime.now(UTC)
+    rows[restored].merged_into = None
+    others = [o for o in origins if o != restored]
+    if others:
+        await session.execute(
+            update(Profile)
+            .where(col(Profile.id).in_(others))
+            .values(merged_into=restored)
+            .execution_options(synchronize_session=False)
+        )
+    await session.flush()
+
+
+# --- observed values --------------------------------------------------------------------
+
+
+def current_fields(
+    rows: Iterable[ProfileField], authority: Mapping[str, frozenset[str]]
+) -> dict[tuple[str, str], ProfileField]:
+    """The row shown for each (person, trait): the one that wins on precedence."""
+    best: dict[tuple[str, str], ProfileField] = {}
+    for f in rows:
+        k = (f.profile_id, f.name)
+        old = best.get(k)
+        if old is None or takes_precedence(f.name, _field_stamp(f), _field_stamp(old), authority):
+            best[k] = f
+    return best
+
+
+def _field_stamp(f: ProfileField) -> Stamp:
+    return Stamp(f.source, f.trust, f.observed_at or f.updated_at)
+
+
+async def apply_observations(
+    session: AsyncSession,
+    keys: Mapping[str, DataKey],
+    observations: list[Observation],
+    authority: Mapping[str, frozenset[str]],
+) -> set[str]:
+    """Keep each observed value that wins on precedence (``takes_precedence``); personal ones
+    sealed under the person's key. Returns the ids of the profiles that changed.
+
+    Used by ingestion, imports and the profile API alike, a few statements per call.
+    """
+    pids = sorted({o.profile_id for o in observations})
+    if not pids:
+        return set()
+    held = await session.execute(select(ProfileField).where(col(ProfileField.profile_id).in_(pids)))
+    current = {k: _field_stamp(f) for k, f in current_fields(held.scalars(), authority).items()}
+    profiles = {
+        pid: (dict(t), dict(s))
+        for pid, t, s in (
+            await session.execute(
+                sa_select(col(Profile.id), col(Profile.traits), col(Profile.trait_sources)).where(
+                    col(Profile.id).in_(pids)
+                )
+            )
+        ).all()
+    }
+    now = datetime.now(UTC)
+    fields: dict[tuple[str, str], dict[str, Any] | None] = {}
+    wipe: set[tuple[str, str]] = set()
+    changed: set[str] = set()
+    for o in observations:
+        k = (o.profile_id, o.name)
+        if o.category is None:
+            traits, sources = profiles[o.profile_id]
+            if (
+                o.value is None
+                or o.correction
+                or takes_precedence(o.name, o.stamp, stamp_of(sources.get(o.name)), authority)
+            ):
+                _set_plain(traits, sources, o)
+                changed.add(o.profile_id)
+            continue
+        if (
+            o.value is not None
+            and not o.correction
+            and not takes_precedence(o.name, o.stamp, current.get(k), authority)
+        ):
+            continue
+        current[k] = o.stamp
+        if o.value is None or o.correction:
+            wipe.add(k)  # a removal or a correction drops every origin's value, not only the person's own
+        fields[k] = None if o.value is None else _field_row(keys[o.profile_id], o, now)
+        changed.add(o.profile_id)
+    await _write_fields(session, fields, wipe)
+    await _write_plain(session, {pid: profiles[pid] for pid in changed if pid in profiles}, now)
+    return changed
+
+
+def _set_plain(traits: dict[str, Any], sources: dict[str, Any], o: Observation) -> None:
+    if o.value is None:
+        traits.pop(o.name, None)
+        sources.pop(o.name, None)
+    else:
+        traits[o.name] = o.value
+        sources[o.name] = stamp_entry(o.stamp, o.profile_id)
+
+
+def _field_row(dk: DataKey, o: Observation, now: datetime) -> dict[str, Any]:
+    pid = dk.profile_id
+    return {
+        "origin_id": pid,
+        "name": o.name,
+        "profile_id": o.profile_id,
+        "category": o.category,
+        "key_version": dk.version,
+        "ciphertext": seal_field(dk.key, pid, o.name, dk.version, o.value),
+        "updated_at": now,
+        "source": o.stamp.source,
+        "trust": o.stamp.trust,
+        "observed_at": o.stamp.at,
+    }
+
+
+async def _write_fields(
+    session: AsyncSession, fields: Mapping[tuple[str, str], dict[str, Any] | None], wipe: set[tuple[str, str]]
+) -> None:
+    """Replace the person's own row for each kept value; for (person, trait) pairs in ``wipe``
+    first drop every origin's row."""
+    if not fields:
+        return
+    table = table_of(ProfileField)
+    for pid, name in sorted(wipe):
+        await session.execute(delete(table).where(table.c.profile_id == pid, table.c.name == name))
+    rows = [row for row in fields.values() if row is not None]
+    if rows:
+        await session.execute(
+            delete(table).where(
+                tuple_(table.c.origin_id, table.c.name).in_([(r["origin_id"], r["name"]) for r in rows])
+            )
+        )
+        await session.execute(insert(table), rows)
+
+
+async def _write_plain(
+    session: AsyncSession, profiles: Mapping[str, tuple[dict[str, Any], dict[str, Any]]], now: datetime
+) -> None:
+    if not profiles:
+        return
+    table = table_of(Profile)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("pid"))
+        .values(traits=bindparam("t"), trait_sources=bindparam("s"), updated_at=bindparam("u")),
+        [{"pid": pid, "t": t, "s": s, "u": now} for pid, (t, s) in sorted(profiles.items())],
+    )
+
+
+async def touch_profiles(session: AsyncSession, profile_ids: Collection[str]) -> None:
+    """Mark profiles updated (a personal field changed)."""
+    if profile_ids:
+        await session.execute(
+            update(Profile)
+            .where(col(Profile.id).in_(list(profile_ids)))
+            .values(updated_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+
+
+# --- reading ----------------------------------------------------------------------------
 
 
 async def read_profiles(
@@ -226,77 +371,54 @@ async def read_profiles(
     profiles = {p.id: p for p in rows}
     decision: Decision = await authorize(session, principal, "profile.read", profile_ids, purpose)
     views = [
-        ProfileView(p.id, p.created_at, p.updated_at, decision.reveal, dict(p.traits), dict(p.trait_sources))
+        ProfileView(p.id, p.created_at, p.updated_at, decision.reveal, dict(p.traits), _plain_sources(p))
         for p in profiles.values()
     ]
-    if decision.reveal == "none":
-        return views
-    keys = await subject_keys(session, ctx.keys.master, profile_ids)
-    q = select(ProfileField).where(col(ProfileField.profile_id).in_(profile_ids))
-    by_profile: dict[str, list[ProfileField]] = {}
-    for f in (await session.execute(q)).scalars():
-        by_profile.setdefault(f.profile_id, []).append(f)
-    for view in views:
-        if view.id not in keys:
-            await subject_key(session, ctx.keys.master, view.id)  # raises SubjectErased
-        try:
-            values = _decrypt_fields(keys[view.id], by_profile.get(view.id, []))
-        except IntegrityFailure as exc:
-            await record(
-                session,
-                principal,
-                "profile.read.integrity_failure",
-                subject_id=view.id,
-                purpose=decision.purpose,
-                legal_basis=decision.legal_basis,
-                details={"field": exc.field},
-            )
-            await session.commit()
-            raise
-        for name, (category, value) in values.items():
-            view.traits[name] = value if decision.reveal == "plain" else mask_value(category, value)
-        for f in by_profile.get(view.id, []):
-            view.sources[f.name] = {"source": f.source, "at": (f.observed_at or f.updated_at).isoformat()}
+    if decision.reveal != "none":
+        await _reveal_fields(session, ctx, principal, decision, views)
     by_id = {v.id: v for v in views}
     return [by_id[pid] for pid in profile_ids]
 
 
-async def lookup_profile_ids(session: AsyncSession, ctx: VaultContext, kind: str, value: Any) -> list[str]:
-    """Profiles holding this identifier, found by its blind index (never by plaintext).
-
-    ``kind`` is ``email``, ``phone`` or an identity kind (``user_id``, ``anonymous_id``,
-    ``device_id``, ``wechat_unionid``, ``external:crm_id``…).
-    """
-    trait = next((r for r in ctx.policies.traits.values() if r.index == kind), None)
-    if trait is not None:
-        normalized = normalize_trait(trait, value, ctx.region, kind)
-    else:
-        try:
-            ctx.policies.identity.rule(kind)
-        except KeyError as exc:
-            raise InvalidField("is not a lookup identifier", field="kind") from exc
-        normalized = normalize_text(value, "value", 256)
-    digest = blind_index(ctx.keys.index_key, kind, normalized)
-    q = select(col(Identifier.profile_id)).where(col(Identifier.kind) == kind, col(Identifier.digest) == digest)
-    return sorted(set((await session.execute(q)).scalars()))
+def _plain_sources(p: Profile) -> dict[str, Any]:
+    return {k: {"source": v.get("source"), "at": v.get("at")} for k, v in p.trait_sources.items() if v}
 
 
-async def profile_identities(
-    session: AsyncSession, dk: DataKey | None, profile_id: str, reveal: str
-) -> list[dict[str, Any]]:
-    """The identifiers linked to a profile, decrypted (``plain``) or masked."""
-    rows = (
-        await session.execute(
-            select(Identifier).where(col(Identifier.profile_id) == profile_id).order_by(col(Identifier.first_seen))
-        )
-    ).scalars()
-    out = []
-    for row in rows:
-        value: Any = None
-        if row.sealed is not None and dk is not None and reveal != "none":
-            value = open_field(dk.key, profile_id, identifier_aad_name(row.kind), row.key_version or 1, row.sealed)
-            if reveal != "plain":
-                category = {"email": "user.contact.email", "phone": "user.contact.phone_number"}.get(row.kind, "")
-                value = mask_value(category, value) if category else (str(value)[:3] + "***")
-        out.append({"kind": row.kind, "value": value, "source": row.source, "first_seen": row.first_seen.isoformat()})
-    return out
+async def _reveal_fields(
+    session: AsyncSession, ctx: VaultContext, principal: Principal, decision: Decision, views: list[ProfileView]
+) -> None:
+    q = select(ProfileField).where(col(ProfileField.profile_id).in_([v.id for v in views]))
+    shown = current_fields((await session.execute(q)).scalars(), ctx.policies.identity.trait_authority)
+    keys = await subject_keys(
+        session, ctx.keys.master, sorted({f.origin_id for f in shown.values()} | {v.id for v in views})
+    )
+    for view in views:
+        if view.id not in keys:
+            await subject_key(session, ctx.keys.master, view.id)  # raises SubjectErased
+        for (pid, name), f in shown.items():
+            if pid != view.id:
+                continue
+            try:
+                value = open_field(keys[f.origin_id].key, f.origin_id, f.name, f.key_version, f.ciphertext)
+            except (IntegrityFailure, KeyError) as exc:
+                await record(
+                    session,
+                    principal,
+                    "profile.read.integrity_failure",
+                    subject_id=view.id,
+                    purpose=decision.purpose,
+                    legal_basis=decision.legal_basis,
+                    details={"field": name},
+                )
+                await session.commit()
+                if isinstance(exc, IntegrityFailure):
+                    raise
+                raise IntegrityFailure(f"field '{name}' has no key to open it", field=name) from exc
+            view.traits[name] = value if decision.reveal == "plain" else mask_value(f.category, value)
+            view.sources[name] = {"source": f.source, "at": (f.observed_at or f.updated_at).isoformat()}
+
+
+async def personal_field_rows(session: AsyncSession, person: Person) -> list[ProfileField]:
+    """Every personal-field row the person holds, from every origin (for export)."""
+    q = select(ProfileField).where(col(ProfileField.profile_id) == person.root)
+    return list((await session.execute(q)).scalars())

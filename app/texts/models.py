@@ -19,6 +19,8 @@ class TextRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=36)
     profile_id: str = Field(max_length=36)
+    origin_id: str = Field(max_length=36)
+    """The author's profile when the text was stored; its key seals the vault entries."""
     source: str = Field(max_length=128)
     channel: str = Field(max_length=32)
     language: str = Field(max_length=8)
@@ -33,9 +35,15 @@ class TextVaultEntry(SQLModel, table=True):
 
     __tablename__ = "text_vault"
 
-    profile_id: str = Field(primary_key=True, max_length=36)
     text_id: str = Field(primary_key=True, max_length=36)
     placeholder: str = Field(primary_key=True, max_length=48)
+    profile_id: str = Field(index=True, max_length=36)
+    origin_id: str = Field(max_length=36)
     entity_type: str = Field(max_length=32)
     key_version: int
     sealed: bytes
+
+
+def vault_field(text_id: str, placeholder: str) -> str:
+    """The associated-data name of one vaulted value."""
+    return f"text:{text_id}:{placeholder}"

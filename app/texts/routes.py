@@ -13,6 +13,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from app.consent.gate import authorize
 from app.deps import Caller, Db
 from app.errors import InvalidField
+from app.inputs import check_text_size
 from app.ledger.service import record
 from app.pii.engine import detect_language, pii_engine
 from app.profiles.service import VaultContext
@@ -26,6 +27,8 @@ class TextItem(msgspec.Struct, forbid_unknown_fields=True):
     timestamp: datetime | None = None
     author: dict[str, str] | None = None
     """Author identifiers if known: user_id, anonymous_id, email, phone, wechat_openid…"""
+    user_hash: str | None = None
+    """Identity verification: hex HMAC-SHA256 of ``author.user_id`` under the key's identity secret."""
 
 
 class TextBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,16 +38,17 @@ class TextBody(msgspec.Struct, forbid_unknown_fields=True):
     channel: str | None = None
     timestamp: datetime | None = None
     author: dict[str, str] | None = None
+    user_hash: str | None = None
     texts: list[TextItem] | None = None
 
 
 class TextStored(msgspec.Struct):
+    """A stored text: its id, never the author's profile (an ingest key learns nobody's existence)."""
+
     id: str
-    profile_id: str
     language: str
     redacted: str
     entities: dict[str, int]
-    linked: list[str]
 
 
 class ScanIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,12 +60,13 @@ def _items(data: TextBody) -> list[TextIn]:
     if data.texts is not None:
         items = data.texts
     elif data.text is not None and data.channel is not None:
-        items = [TextItem(data.text, data.channel, data.timestamp, data.author)]
+        items = [TextItem(data.text, data.channel, data.timestamp, data.author, data.user_hash)]
     else:
         raise InvalidField("send text and channel, or texts", field="text")
     if not items or len(items) > 500:
         raise InvalidField("send 1 to 500 texts", field="texts")
-    return [TextIn(i.text, i.channel, i.timestamp, i.author) for i in items]
+    check_text_size([i.text for i in items], "texts")
+    return [TextIn(i.text, i.channel, i.timestamp, i.author, i.user_hash) for i in items]
 
 
 class TextController(Controller):
@@ -72,7 +77,7 @@ class TextController(Controller):
     async def ingest(self, data: JSONBody[TextBody], db: Db, principal: Caller) -> list[TextStored]:
         """Store one text or ``{"texts": [...]}``: PII is replaced by ``<TYPE_n>`` and vaulted encrypted."""
         stored = await ingest_texts(db, VaultContext.from_settings(), principal, _items(data))
-        return [TextStored(s.id, s.profile_id, s.language, s.redacted, s.entities, s.linked) for s in stored]
+        return [TextStored(s.id, s.language, s.redacted, s.entities) for s in stored]
 
     @get("/texts/{text_id:str}", opt={"roles": ("admin", "compliance", "marketer")}, operation_id="getText")
     async def read(
@@ -87,6 +92,7 @@ class TextController(Controller):
         texts = ([data.text] if data.text is not None else []) + (data.texts or [])
         if not texts or len(texts) > 500:
             raise InvalidField("send text or 1 to 500 texts", field="text")
+        check_text_size(texts, "text")
         await authorize(db, principal, "pii.scan", [], purpose="legal.compliance.dsr")  # refusals are recorded
         engine = pii_engine()
         results = await asyncio.to_thread(engine.analyze_many, texts)

@@ -1,5 +1,5 @@
-"""Ingesting texts: detect PII, redact, vault the values under the author's key, link
-typed identifiers when the channel's policy allows; and reading them back by role."""
+"""Ingesting texts: detect PII, redact, vault the values under the author's key; and
+reading them back by role. Identifiers a text mentions never link anyone to anyone."""
 
 from __future__ import annotations
 
@@ -16,21 +16,19 @@ from sqlmodel import col, select
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
-from app.db import table_of
-from app.errors import InvalidField, NotFound
-from app.identity.service import Ident, Resolver
-from app.ingest.service import is_blocked_value, make_ident
+from app.db import retry_conflicts, table_of
+from app.errors import InvalidField, NotFound, SubjectErased
+from app.identity.resolver import Resolver
+from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
 from app.ledger.service import record_each
 from app.pii.engine import Finding, pii_engine
 from app.pii.redact import redact, restore
 from app.profiles.service import VaultContext, resolve_merged
-from app.texts.models import TextRecord, TextVaultEntry
-from app.texts.rekey import vault_field
+from app.texts.models import TextRecord, TextVaultEntry, vault_field
 from app.vault.cipher import open_field, seal_field
 from app.vault.normalize import normalize_email, normalize_phone
 from app.vault.service import subject_keys
 
-LINKABLE = {"EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone", "CN_MOBILE": "phone"}
 MAX_TEXT = 20_000
 
 
@@ -41,59 +39,39 @@ class TextIn:
     occurred_at: datetime | None = None
     author: dict[str, str] | None = None
     """Author identifiers: user_id, anonymous_id, email, phone, wechat_openid…"""
+    user_hash: str | None = None
+    """HMAC-SHA256 of ``author.user_id`` under the key's identity secret (identity verification)."""
 
 
 @dataclass
 class StoredText:
     id: str
     profile_id: str
+    """The author's profile (never shown to the ingest key that sent the text)."""
     language: str
     redacted: str
     entities: dict[str, int]
-    linked: list[str]
 
 
-def _author_idents(ctx: VaultContext, author: dict[str, str]) -> list[Ident]:
+def _author_idents(ctx: VaultContext, author: dict[str, str], n: int) -> list[Ident]:
     idents = []
     for kind, value in author.items():
-        if value is None or is_blocked_value(ctx, str(value)):
+        if value is None or is_blocked_value(ctx.policies.identity, str(value)):
             continue
         if kind == "email":
-            idents.append(make_ident(ctx, "email", normalize_email(value, "author.email")))
+            idents.append(make_ident(ctx, "email", normalize_email(value, f"texts[{n}].author.email")))
         elif kind == "phone":
-            idents.append(make_ident(ctx, "phone", normalize_phone(value, ctx.region, "author.phone")))
+            idents.append(make_ident(ctx, "phone", normalize_phone(value, ctx.region, f"texts[{n}].author.phone")))
         else:
             try:
                 ctx.policies.identity.rule(kind)
             except KeyError as exc:
-                raise InvalidField("is not an identifier kind", field=f"author.{kind}") from exc
+                raise InvalidField("is not an identifier kind", field=f"texts[{n}].author.{kind}") from exc
             idents.append(make_ident(ctx, kind, str(value).strip()))
     return idents
 
 
-def _found_idents(ctx: VaultContext, findings: list[Finding]) -> list[Ident]:
-    out = []
-    for f in findings:
-        kind = LINKABLE.get(f.entity_type)
-        try:
-            if kind == "email":
-                out.append(make_ident(ctx, "email", normalize_email(f.text)))
-            elif kind == "phone":
-                out.append(
-                    make_ident(
-                        ctx, "phone", normalize_phone(f.text, "CN" if f.entity_type == "CN_MOBILE" else ctx.region)
-                    )
-                )
-        except InvalidField:
-            continue
-    return out
-
-
-async def ingest_texts(
-    session: AsyncSession, ctx: VaultContext, principal: Principal, items: list[TextIn]
-) -> list[StoredText]:
-    """Store texts redacted; the values found go to the author's vault (a new profile if unknown)."""
-    source = principal.source or principal.name
+def _check(ctx: VaultContext, items: list[TextIn]) -> None:
     for n, item in enumerate(items):
         if not item.text.strip():
             raise InvalidField("must not be empty", field=f"texts[{n}].text")
@@ -101,24 +79,49 @@ async def ingest_texts(
             raise InvalidField(f"is longer than {MAX_TEXT} characters", field=f"texts[{n}].text")
         if item.channel not in ctx.policies.text_channels:
             raise InvalidField(f"must be one of {', '.join(ctx.policies.text_channels)}", field=f"texts[{n}].channel")
-    engine = pii_engine()
-    findings = await asyncio.to_thread(engine.analyze_many, [i.text for i in items])
-    now = datetime.now(UTC)
-    authors = [_author_idents(ctx, i.author or {}) for i in items]
-    linked = [
-        _found_idents(ctx, f) if ctx.policies.text_channels[i.channel] else []
-        for i, f in zip(items, findings, strict=True)
+
+
+async def ingest_texts(
+    session: AsyncSession, ctx: VaultContext, principal: Principal, items: list[TextIn]
+) -> list[StoredText]:
+    """Store texts redacted; the values found go to the author's vault (a new profile if unknown).
+
+    Only the author's own identifiers resolve the author, by the source's trust; what the
+    text itself mentions (an email, a phone) never links or merges anyone."""
+    _check(ctx, items)
+    authors = [_author_idents(ctx, i.author or {}, n) for n, i in enumerate(items)]
+    findings = await asyncio.to_thread(pii_engine().analyze_many, [i.text for i in items])
+    trusted = [
+        principal.trust == "server"
+        or user_hash_valid(ctx, principal.key_id, (i.author or {}).get("user_id"), i.user_hash)
+        for i in items
     ]
-    resolver = Resolver(session, ctx.keys.master, ctx.policies.identity, principal, source)
-    every = [x for group in authors + linked for x in group]
-    await resolver.lock(every)
-    await resolver.preload(every)
+
+    async def store() -> list[StoredText]:
+        return await _store(session, ctx, principal, items, authors, findings, trusted)
+
+    return await retry_conflicts(session, store)
+
+
+async def _store(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    items: list[TextIn],
+    authors: list[list[Ident]],
+    findings: list[list[Finding]],
+    trusted: list[bool],
+) -> list[StoredText]:
+    source = principal.source or principal.name
+    now = datetime.now(UTC)
+    resolver = Resolver(session, ctx, principal, source)
+    await resolver.prepare([x for group in authors for x in group])
     pids = []
-    for a, extra, item in zip(authors, linked, items, strict=True):
-        pids.append((await resolver.resolve(a + extra, item.occurred_at or now)).profile_id)
-    await resolver.flush()
+    for a, item, t in zip(authors, items, trusted, strict=True):
+        pids.append((await resolver.resolve(a, item.occurred_at or now, t)).profile_id)
+    await resolver.flush_rows()
     out, rows, vault = [], [], []
-    for item, found, extra, pid in zip(items, findings, linked, pids, strict=True):
+    for item, found, pid in zip(items, findings, pids, strict=True):
         pid = resolver.final(pid)
         dk = resolver.keys[pid]
         text_id = str(uuid.uuid4())
@@ -129,6 +132,7 @@ async def ingest_texts(
             {
                 "id": text_id,
                 "profile_id": pid,
+                "origin_id": pid,
                 "source": source,
                 "channel": item.channel,
                 "language": lang,
@@ -140,26 +144,28 @@ async def ingest_texts(
         )
         vault += [
             {
-                "profile_id": pid,
                 "text_id": text_id,
                 "placeholder": v.placeholder,
+                "profile_id": pid,
+                "origin_id": pid,
                 "entity_type": v.entity_type,
                 "key_version": dk.version,
                 "sealed": seal_field(dk.key, pid, vault_field(text_id, v.placeholder), dk.version, v.value),
             }
             for v in values
         ]
-        out.append(StoredText(text_id, pid, lang, redacted, counts, sorted({i.kind for i in extra})))
+        out.append(StoredText(text_id, pid, lang, redacted, counts))
     await session.execute(insert(table_of(TextRecord)), rows)
     if vault:
         await session.execute(insert(table_of(TextVaultEntry)), vault)
+    await resolver.finish()
     decision = decide(principal, None)
     await record_each(
         session,
         principal,
         "text.ingest",
         [
-            (t.profile_id, {"text_id": t.id, "channel": item.channel, "entities": t.entities, "linked": t.linked})
+            (t.profile_id, {"text_id": t.id, "channel": item.channel, "entities": t.entities})
             for t, item in zip(out, items, strict=True)
         ],
         purpose=decision.purpose,
@@ -188,19 +194,15 @@ async def read_text(
         "text": row.redacted,
     }
     if decision.reveal == "plain":
-        keys = await subject_keys(session, ctx.keys.master, [pid])
-        if pid not in keys:
-            from app.errors import SubjectErased
-
+        keys = await subject_keys(session, ctx.keys.master, [row.origin_id])
+        if row.origin_id not in keys:
             raise SubjectErased("this subject's personal data was erased", field="text_id")
-        dk = keys[pid]
+        dk = keys[row.origin_id]
         entries = (
             await session.execute(select(TextVaultEntry).where(col(TextVaultEntry.text_id) == text_id))
         ).scalars()
         values = {
-            e.placeholder: open_field(
-                dk.key, e.profile_id, vault_field(text_id, e.placeholder), e.key_version, e.sealed
-            )
+            e.placeholder: open_field(dk.key, e.origin_id, vault_field(text_id, e.placeholder), e.key_version, e.sealed)
             for e in entries
         }
         out["text"] = restore(row.redacted, values)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import SubjectErased
@@ -41,6 +41,12 @@ async def create_subject_key(session: AsyncSession, ring: MasterKeyring, profile
     dk, row = new_subject_key(ring, profile_id)
     session.add(SubjectKey(**row))
     return dk
+
+
+async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert new key rows (from ``new_subject_key``) in one statement."""
+    if rows:
+        await session.execute(insert(SubjectKey.__table__), rows)  # type: ignore[attr-defined]
 
 
 def _unwrap(ring: MasterKeyring, row: SubjectKey) -> DataKey:

@@ -64,3 +64,10 @@ class MergeOut(msgspec.Struct):
     rule: str
     source: str | None
     merged_at: datetime
+
+
+class Unmerged(msgspec.Struct):
+    restored: str
+    """The profile that stands alone again."""
+    survivor: str
+    """The profile it had been merged into."""

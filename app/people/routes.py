@@ -1,4 +1,4 @@
-"""HTTP API for profiles and the 360° view."""
+"""HTTP API for profiles: the 360° view, lookups, staff corrections, merge history and unmerge."""
 
 from __future__ import annotations
 
@@ -7,15 +7,13 @@ from typing import Annotated
 
 from litestar import Controller, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col, select
 
-from app.access.service import Principal
 from app.deps import Caller, Db
 from app.errors import InvalidField
-from app.identity.models import ProfileMerge
+from app.identity.merges import merge_history, unmerge_profile
+from app.identity.service import lookup_ident, profile_identities, profiles_holding
 from app.ingest.timeline import event_summary, event_view, events_page
-from app.profiles.schemas import (
+from app.people.schemas import (
     EventPage,
     MergeOut,
     ProfileList,
@@ -23,34 +21,19 @@ from app.profiles.schemas import (
     ProfileOut,
     ProfileWrite,
     ProfileWritten,
+    Unmerged,
 )
-from app.profiles.service import (
-    ProfileView,
-    VaultContext,
-    lookup_profile_ids,
-    profile_identities,
-    read_profiles,
-    write_profile,
-)
-from app.vault.service import DataKey, subject_keys
+from app.people.service import open_person, write_profile
+from app.profiles.service import ProfileView, VaultContext, read_profiles
 
-WRITERS = ("admin", "ingest", "compliance")
+WRITERS = ("admin", "compliance")
+"""Ingest keys write events, texts and imports only: never a profile, never a read."""
 READERS = ("admin", "compliance", "marketer")
 Purpose = Annotated[str | None, QueryParameter(description="Purpose of use (policies/purposes.yaml); default per role")]
 
 
 def _out(view: ProfileView) -> ProfileOut:
     return ProfileOut(view.id, view.created_at, view.updated_at, view.reveal, view.traits, view.sources)
-
-
-async def _open(
-    db: AsyncSession, principal: Principal, profile_id: str, purpose: str | None
-) -> tuple[ProfileView, DataKey | None, VaultContext]:
-    """Authorise and audit access to one profile (following merges); its key if values may be shown."""
-    ctx = VaultContext.from_settings()
-    view = (await read_profiles(db, ctx, principal, [profile_id], purpose))[0]
-    keys = await subject_keys(db, ctx.keys.master, [view.id]) if view.reveal != "none" else {}
-    return view, keys.get(view.id), ctx
 
 
 class ProfileController(Controller):
@@ -84,11 +67,11 @@ class ProfileController(Controller):
 
         A merged-away id answers with the surviving profile.
         """
-        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
-        out = _out(view)
-        out.identities = await profile_identities(db, dk, view.id, view.reveal)
-        out.recent_events = [event_view(e, dk, view.reveal) for e in await events_page(db, view.id, 20)]
-        out.summary = await event_summary(db, view.id)
+        p = await open_person(db, VaultContext.from_settings(), principal, profile_id, purpose)
+        out = _out(p.view)
+        out.identities = await profile_identities(db, p.keys, p.view.id, p.view.reveal)
+        out.recent_events = [event_view(e, p.keys, p.view.reveal) for e in await events_page(db, p.view.id, 20)]
+        out.summary = await event_summary(db, p.view.id)
         return out
 
     @get("/{profile_id:str}/events", opt={"roles": READERS}, operation_id="getProfileEvents")
@@ -102,10 +85,10 @@ class ProfileController(Controller):
         before: Annotated[datetime | None, QueryParameter(description="events strictly older than this")] = None,
     ) -> EventPage:
         """The timeline, newest first, page by page."""
-        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
-        rows = await events_page(db, view.id, limit, before)
+        p = await open_person(db, VaultContext.from_settings(), principal, profile_id, purpose)
+        rows = await events_page(db, p.view.id, limit, before)
         return EventPage(
-            [event_view(e, dk, view.reveal) for e in rows], rows[-1].occurred_at if len(rows) == limit else None
+            [event_view(e, p.keys, p.view.reveal) for e in rows], rows[-1].occurred_at if len(rows) == limit else None
         )
 
     @get("/{profile_id:str}/identities", opt={"roles": READERS}, operation_id="getProfileIdentities")
@@ -113,23 +96,25 @@ class ProfileController(Controller):
         self, profile_id: FromPath[str], db: Db, principal: Caller, purpose: Purpose = None
     ) -> list[dict[str, object]]:
         """Identifiers linked to the profile, with the source that linked each."""
-        view, dk, _ctx = await _open(db, principal, profile_id, purpose)
-        return await profile_identities(db, dk, view.id, view.reveal)  # type: ignore[return-value]
+        p = await open_person(db, VaultContext.from_settings(), principal, profile_id, purpose)
+        return await profile_identities(db, p.keys, p.view.id, p.view.reveal)  # type: ignore[return-value]
 
     @get("/{profile_id:str}/merges", opt={"roles": READERS}, operation_id="getProfileMerges")
     async def merges(
         self, profile_id: FromPath[str], db: Db, principal: Caller, purpose: Purpose = None
     ) -> list[MergeOut]:
-        """Profiles merged into this one, with the identifier kind and rule that caused each merge."""
-        view, _dk, _ctx = await _open(db, principal, profile_id, purpose)
-        rows = (
-            await db.execute(
-                select(ProfileMerge)
-                .where(col(ProfileMerge.profile_id) == view.id)
-                .order_by(col(ProfileMerge.merged_at))
-            )
-        ).scalars()
+        """Every profile folded into this person, transitively (C→B→A lists both), with the
+        identifier kind and rule that caused each merge."""
+        p = await open_person(db, VaultContext.from_settings(), principal, profile_id, purpose)
+        rows = await merge_history(db, p.view.id)
         return [MergeOut(r.profile_id, r.merged_id, r.via_kind, r.rule, r.source, r.merged_at) for r in rows]
+
+    @post("/{profile_id:str}/unmerge", opt={"roles": ("admin",)}, operation_id="unmergeProfile", status_code=200)
+    async def unmerge(self, profile_id: FromPath[str], db: Db, principal: Caller) -> Unmerged:
+        """Undo the merge that folded this (merged-away) profile into another: it gets back
+        exactly its own identifiers, events, texts and traits, and what was folded into it. Audited."""
+        restored, survivor = await unmerge_profile(db, principal, profile_id)
+        return Unmerged(restored, survivor)
 
     @post("/lookup", opt={"roles": READERS}, operation_id="lookupProfiles", status_code=200)
     async def lookup(
@@ -144,6 +129,6 @@ class ProfileController(Controller):
         if len(given) != 1:
             raise InvalidField("give exactly one of email, phone, or kind with value", field="email")
         ctx = VaultContext.from_settings()
-        ids = await lookup_profile_ids(db, ctx, *given[0])
+        ids = await profiles_holding(db, lookup_ident(ctx, *given[0]))
         views = await read_profiles(db, ctx, principal, ids, purpose) if ids else []
         return ProfileList([_out(v) for v in views])

@@ -1,0 +1,332 @@
+"""Identity resolution: identifiers (blind indexes) → one surviving profile per person.
+
+``Resolver`` works on a whole batch: ``prepare`` locks and loads every profile the batch's
+identifiers point at, then events are resolved in order in memory, creating profiles,
+linking new identifiers within their caps and merging profiles that turn out to be one
+person. What a source may do depends on its trust (``policies/identity.yaml``):
+
+- every source: a device-level id (``stitch_only``) never joins two known profiles, and
+  never joins a profile holding another user id (a shared device);
+- ``client`` sources (public write keys): an identifier that already belongs to another
+  profile is never linked or merged; it is kept as an unverified claim and recorded.
+
+Merges, refusals and claims go to the ledger with the rule that decided.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from app.access.service import Principal
+from app.db import table_of
+from app.identity.merges import merge_profiles
+from app.identity.models import Identifier, IdentityClaim, identifier_aad_name
+from app.identity.service import Ident, Key
+from app.ledger.service import record_each
+from app.profiles.service import VaultContext, create_profiles, lock_profiles, new_profile_row
+from app.vault.cipher import seal_field
+from app.vault.service import DataKey, new_subject_key, store_subject_keys, subject_keys
+
+LOOKUP_CHUNK = 500
+
+
+@dataclass
+class Resolution:
+    profile_id: str
+    created: bool
+
+
+@dataclass
+class Resolver:
+    session: AsyncSession
+    ctx: VaultContext
+    principal: Principal
+    source: str
+    purpose: str = "essential.service"
+    legal_basis: str = "contract"
+    owners: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    held: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+    """profile id → kind → digests it holds (for caps and the trust rules)."""
+    created_at: dict[str, datetime] = field(default_factory=dict)
+    keys: dict[str, DataKey] = field(default_factory=dict)
+    redirect: dict[str, str] = field(default_factory=dict)
+    new_profiles: list[str] = field(default_factory=list)
+    pending_links: list[dict[str, Any]] = field(default_factory=list)
+    pending_claims: list[dict[str, Any]] = field(default_factory=list)
+    pending_profiles: list[dict[str, Any]] = field(default_factory=list)
+    pending_keys: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    """Ledger entries to write: (action, profile id, details)."""
+    merges: int = 0
+
+    @property
+    def policy(self) -> Any:
+        return self.ctx.policies.identity
+
+    # --- locking and loading ------------------------------------------------------------
+
+    async def prepare(self, idents: list[Ident]) -> None:
+        """Lock what this batch may touch, then load it.
+
+        On PostgreSQL, advisory locks on the identifiers' digests (sorted) serialise batches
+        that introduce the same new identifier; then the rows of every profile holding one
+        of them are locked (``FOR UPDATE``), re-reading until no concurrent merge moved an
+        identifier to a profile not yet locked. SQLite serialises writers anyway.
+        """
+        keys = sorted({i.key for i in idents})
+        await self._advisory_lock(keys)
+        locked: set[str] = set()
+        owners = await self._owners_in_db(keys)
+        for _ in range(20):
+            if owners <= locked:
+                break
+            await lock_profiles(self.session, owners - locked)
+            locked |= owners
+            owners = await self._owners_in_db(keys)
+        await self._load_profiles(owners)
+
+    async def _advisory_lock(self, keys: list[Key]) -> None:
+        bind = self.session.bind
+        if bind is not None and bind.dialect.name == "sqlite":
+            # take SQLite's write lock before reading, so what is read stays true until commit
+            await self.session.execute(text("UPDATE profile SET id = id WHERE 1 = 0"))
+            return
+        if bind is None or not keys:
+            return
+        ids = sorted({int(digest[:15], 16) for _kind, digest in keys})
+        await self.session.execute(
+            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
+        )
+
+    async def _owners_in_db(self, keys: list[Key]) -> set[str]:
+        pids: set[str] = set()
+        for start in range(0, len(keys), LOOKUP_CHUNK):
+            q = select(col(Identifier.profile_id)).where(
+                tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys[start : start + LOOKUP_CHUNK])
+            )
+            pids.update((await self.session.execute(q)).scalars())
+        return pids
+
+    async def _load_profiles(self, pids: set[str]) -> None:
+        pids = {p for p in pids if p not in self.held}
+        if not pids:
+            return
+        q = select(Identifier.profile_id, Identifier.kind, Identifier.digest).where(
+            col(Identifier.profile_id).in_(list(pids))
+        )
+        for pid, kind, digest in (await self.session.execute(q)).all():
+            self.held.setdefault(pid, defaultdict(set))[kind].add(digest)
+            self.owners[(kind, digest)].add(pid)
+        for pid, row in (await lock_profiles(self.session, pids)).items():
+            self.created_at[pid] = row.created_at
+            self.held.setdefault(pid, defaultdict(set))
+        self.keys.update(await subject_keys(self.session, self.ctx.keys.master, list(pids)))
+
+    # --- in-memory view -----------------------------------------------------------------
+
+    def final(self, pid: str) -> str:
+        while pid in self.redirect:
+            pid = self.redirect[pid]
+        return pid
+
+    def _owner(self, key: Key) -> str | None:
+        owners = {self.final(p) for p in self.owners.get(key, ())}
+        return next(iter(owners)) if len(owners) == 1 else None  # shared identifiers resolve nobody
+
+    def _known(self, pid: str) -> bool:
+        """Does the profile hold anything but device-level ids?"""
+        return any(d and not self.policy.rule(k).stitch_only for k, d in self.held.get(pid, {}).items())
+
+    def _profiles_of(self, kept: list[Ident]) -> list[str]:
+        out: list[str] = []
+        for i in kept:
+            owner = self._owner(i.key)
+            if owner is not None and owner not in out:
+                out.append(owner)
+        return out
+
+    # --- rules --------------------------------------------------------------------------
+
+    def _caps(self, kept: list[Ident]) -> str | None:
+        """Why these identifiers cannot all belong to one profile by the caps (None: they can)."""
+        joined: dict[str, set[str]] = defaultdict(set)
+        profiles: list[str] = []
+        for i in kept:
+            owner = self._owner(i.key)
+            if owner is None:
+                joined[i.kind].add(i.digest)
+            elif owner not in profiles:
+                if profiles and not self.policy.rule(i.kind).merge:
+                    return f"merge:{i.kind}=false"
+                profiles.append(owner)
+                for kind, digests in self.held[owner].items():
+                    joined[kind] |= digests
+        external = sum(len(d) for k, d in joined.items() if k.startswith("external:"))
+        for kind, digests in joined.items():
+            cap = self.policy.rule(kind).cap
+            if len(digests) > cap or (kind.startswith("external:") and external > cap):
+                return f"cap:{kind.split(':')[0]}={cap}"
+        return None
+
+    def _shared_device(self, kept: list[Ident], owner: str) -> bool:
+        """Would a device-level id owned by ``owner`` join two different people?"""
+        own_users = self.held.get(owner, {}).get("user_id", set())
+        users = {i.digest for i in kept if i.kind == "user_id"}
+        if own_users and users and not users <= own_users:
+            return True
+        others = [p for p in self._profiles_of(kept) if p != owner]
+        return bool(others) and self._known(owner) and any(self._known(p) for p in others)
+
+    def _refusal(self, kept: list[Ident], i: Ident, trusted: bool) -> tuple[str, str] | None:
+        """(ledger action, rule) if ``i`` may not join the identifiers kept so far."""
+        owner = self._owner(i.key)
+        profiles = self._profiles_of(kept)
+        if owner is not None and owner not in profiles:
+            if self.policy.rule(i.kind).stitch_only:
+                if self._shared_device(kept, owner):
+                    return ("identity.merge_blocked", "shared_device")
+            elif not trusted and (profiles or i.kind != "user_id"):
+                return ("identity.claim_unverified", "client_trust")
+        reason = self._caps([*kept, i])
+        if reason is None:
+            return None
+        return ("identity.merge_blocked" if owner is not None else "identity.identifier_dropped", reason)
+
+    def _order(self, idents: list[Ident], trusted: bool) -> list[Ident]:
+        """Priority order; an untrusted source is placed by its user id and device ids first,
+        so what it claims beyond them is checked against the profile they lead to."""
+
+        def rank(i: Ident) -> tuple[int, int]:
+            rule = self.policy.rule(i.kind)
+            tier = 0 if trusted or i.kind == "user_id" else (1 if rule.stitch_only else 2)
+            return (tier, rule.priority)
+
+        return sorted(set(idents), key=rank)
+
+    # --- resolving ----------------------------------------------------------------------
+
+    async def resolve(self, idents: list[Ident], at: datetime, trusted: bool) -> Resolution:
+        """The profile these identifiers belong to, creating, linking or merging as the rules allow."""
+        kept: list[Ident] = []
+        refused: list[tuple[Ident, str, str]] = []
+        for i in self._order(idents, trusted):
+            if self.owners.get(i.key) and self._owner(i.key) is None:
+                continue  # already shared by several profiles: identifies nobody
+            why = self._refusal(kept, i, trusted)
+            if why is None:
+                kept.append(i)
+            else:
+                refused.append((i, *why))
+        owners = self._profiles_of(kept)
+        created = not owners
+        pid = await self._create() if created else owners[0]
+        for other in owners[1:]:
+            via = next(i.kind for i in kept if self._owner(i.key) == other)
+            pid = await self.merge(self.final(pid), self.final(other), via, f"shared {via}")
+        pid = self.final(pid)
+        for i, action, rule in refused:
+            self._refused(pid, i, action, rule, at)
+        for i in kept:
+            if not self.owners.get(i.key):
+                self._link(pid, i, at, trusted)
+        return Resolution(pid, created)
+
+    def _refused(self, pid: str, i: Ident, action: str, rule: str, at: datetime) -> None:
+        details: dict[str, Any] = {"via": i.kind, "rule": rule, "source": self.source}
+        other = self._owner(i.key)
+        if other is not None:
+            details["other_profile"] = other
+        self.notes.append((action, pid, details))
+        if action == "identity.claim_unverified":
+            dk = self.keys[pid]
+            self.pending_claims.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "profile_id": pid,
+                    "origin_id": pid,
+                    "kind": i.kind,
+                    "digest": i.digest,
+                    "source": self.source,
+                    "rule": rule,
+                    "claimed_at": at,
+                    "key_version": dk.version,
+                    "sealed": seal_field(dk.key, pid, f"claim:{i.kind}", dk.version, i.value),
+                }
+            )
+
+    async def _create(self) -> str:
+        pid = str(uuid.uuid4())
+        now = datetime.now(UTC)
+        self.pending_profiles.append(new_profile_row(pid, now))
+        self.keys[pid], key_row = new_subject_key(self.ctx.keys.master, pid)
+        self.pending_keys.append(key_row)
+        self.held[pid] = defaultdict(set)
+        self.created_at[pid] = now
+        self.new_profiles.append(pid)
+        return pid
+
+    def _link(self, pid: str, i: Ident, at: datetime, trusted: bool) -> None:
+        dk = self.keys[pid]
+        self.pending_links.append(
+            {
+                "origin_id": pid,
+                "kind": i.kind,
+                "digest": i.digest,
+                "profile_id": pid,
+                "first_seen": at,
+                "source": self.source,
+                "trust": "server" if trusted else "client",
+                "key_version": dk.version,
+                "sealed": seal_field(dk.key, pid, identifier_aad_name(i.kind), dk.version, i.value),
+            }
+        )
+        self.held[pid][i.kind].add(i.digest)
+        self.owners[i.key].add(pid)
+
+    async def flush_rows(self) -> None:
+        """Write new profiles, their keys, identifier links and claims (bulk inserts)."""
+        await create_profiles(self.session, self.pending_profiles)
+        await store_subject_keys(self.session, self.pending_keys)
+        for model, rows in ((Identifier, self.pending_links), (IdentityClaim, self.pending_claims)):
+            if rows:
+                await self.session.execute(insert(table_of(model)), rows)
+        self.pending_profiles, self.pending_keys, self.pending_links, self.pending_claims = [], [], [], []
+
+    async def finish(self) -> None:
+        """Write everything pending, and the ledger entries for merges, refusals and claims."""
+        await self.flush_rows()
+        if self.notes:
+            by_action: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+            for action, pid, details in self.notes:
+                by_action[action].append((self.final(pid), details))
+            for action, items in by_action.items():
+                await record_each(
+                    self.session, self.principal, action, items, purpose=self.purpose, legal_basis=self.legal_basis
+                )
+        self.notes = []
+
+    async def merge(self, a: str, b: str, via: str, rule: str) -> str:
+        """Fold the younger of two profiles into the older; returns the survivor."""
+        await self.flush_rows()
+        oldest = datetime.max.replace(tzinfo=UTC)
+        winner, loser = (a, b) if self.created_at.get(a, oldest) <= self.created_at.get(b, oldest) else (b, a)
+        await merge_profiles(self.session, self.ctx, winner, loser, via, rule, self.source)
+        for kind, digests in self.held.pop(loser).items():
+            for d in digests:
+                self.held[winner][kind].add(d)
+                self.owners[(kind, d)].discard(loser)
+                self.owners[(kind, d)].add(winner)
+        self.redirect[loser] = winner
+        self.merges += 1
+        self.notes.append(
+            ("identity.merge", winner, {"merged_profile": loser, "via": via, "rule": rule, "source": self.source})
+        )
+        return winner

@@ -1,0 +1,54 @@
+"""Which observed value of a trait a person keeps when sources disagree (the one rule)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """Where a value came from: its source, that source's trust and when it was observed."""
+
+    source: str | None
+    trust: str
+    at: datetime | None
+
+
+def takes_precedence(trait: str, new: Stamp, old: Stamp | None, authority: Mapping[str, frozenset[str]]) -> bool:
+    """True if the new value replaces the old one.
+
+    A value a ``server`` source set is never replaced by a ``client`` source. Then: a
+    source ranked authoritative for the trait (``policies/identity.yaml: trait_authority``)
+    is never replaced by one that is not, and always replaces one that is not. Otherwise
+    the most recent observation wins.
+    """
+    if old is None:
+        return True
+    if old.trust == "server" and new.trust == "client":
+        return False
+    ranked = authority.get(trait, frozenset())
+    old_auth, new_auth = old.source in ranked, new.source in ranked
+    if old_auth != new_auth:
+        return new_auth
+    return old.at is None or (new.at is not None and new.at >= old.at)
+
+
+def stamp_of(entry: Mapping[str, Any] | None) -> Stamp | None:
+    """The stamp in a ``trait_sources`` entry (``{"source", "trust", "at", "origin"}``), if any."""
+    if not entry:
+        return None
+    at = datetime.fromisoformat(entry["at"]) if entry.get("at") else None
+    return Stamp(entry.get("source"), entry.get("trust", "server"), at)
+
+
+def stamp_entry(stamp: Stamp, origin: str) -> dict[str, Any]:
+    """A ``trait_sources`` entry for a plain trait value."""
+    return {
+        "source": stamp.source,
+        "trust": stamp.trust,
+        "at": stamp.at.isoformat() if stamp.at else None,
+        "origin": origin,
+    }
