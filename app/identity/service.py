@@ -55,14 +55,6 @@ def is_blocked_value(policy: IdentityPolicy, value: str | None) -> bool:
     return value is None or value.strip().lower() in policy.blocked_values
 
 
-def identity_secret(ctx: VaultContext, key_id: str) -> str:
-    """The secret a source's backend signs user ids with (identity verification), derived
-    from the index key so nothing extra is stored; shown once when the key is made."""
-    return hmac.new(
-        ctx.keys.index_key, b"consentry:identity-verification:" + key_id.encode(), hashlib.sha256
-    ).hexdigest()
-
-
 def user_hash_valid(ctx: VaultContext, key_id: str, user_id: str | None, given: Any) -> bool:
     """Does ``given`` equal HMAC-SHA256(identity secret, user id), hex (Intercom-style)?"""
     if not user_id or not isinstance(given, str):
