@@ -1,14 +1,28 @@
 """Ingestion throughput: HTTP ``/v1/batch`` and ``consentry import``, with encryption and
-identity resolution on.
+identity resolution on; optionally against a baseline tree in the same run.
 
     .venv/bin/python scripts/bench/ingest.py [--batches 300] [--import-rows 1000000]
-        [--database-url postgresql://postgres@127.0.0.1:5432/test] [--workers 1]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench_pg] [--workers 1]
+    .venv/bin/python scripts/bench/ingest.py --baseline-tree /work/bench-base [--rounds 2]
+        [--batches 150] [--import-rows 20000] [--database-url …]
 
 HTTP: 100-event batches (20% identify with traits, 55% track, 25% page) over 50,000
 distinct people, sent by a separate client process with 8 concurrent connections to a
-real ``consentry serve``. Baseline in the same run: the same batches through the
-pipeline in-process (no HTTP), which shows what the HTTP layer costs. Import: rows/s for
-a generated CSV of customers through the CLI. Prints the figures.
+real ``consentry serve``. Also the same kind of batches through the pipeline in-process
+(no HTTP), which shows what the HTTP layer costs. Import: rows/s for a generated CSV of
+customers through the CLI, start-up of the command included.
+
+With ``--baseline-tree PATH`` (a checkout of another commit, for instance
+``git worktree add /work/bench-base origin/main``, outside this repository) every figure
+is measured for the baseline tree and for this tree, alternating (baseline, current,
+baseline, current, …) for ``--rounds`` rounds so that machine noise hits both; the
+table shows the median of the rounds and the change. Both trees run with this
+interpreter; each side's code runs with ``cwd`` and ``PYTHONPATH`` set to its tree, and
+the script checks that ``app`` and ``audit`` are imported from that tree. Every
+measurement starts on a fresh database migrated by its own tree's ``consentry db
+upgrade``: a new SQLite file, or, for PostgreSQL, its ``public`` schema dropped and
+re-created (so the database name must start with ``bench``; never point this at a
+database that anything else uses).
 """
 
 from __future__ import annotations
@@ -19,6 +33,9 @@ import csv
 import json
 import os
 import random
+import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,8 +44,20 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+SCRIPT = Path(__file__).resolve()
 PEOPLE = 50_000
+RESULT = "BENCH-RESULT"
+# settings that name a place on disk or a tree: set per measurement, never inherited
+OWN_SETTINGS = ("DATABASE_URL", "KEY_DIR", "IMPORT_DIR", "NLP_DIR", "POLICY_DIR", "LOG_FILE", "LOG_LEVEL", "SCHEDULER")
+FIGURES = {
+    "inprocess": "pipeline in-process, events/s",
+    "http": "HTTP /v1/batch, events/s",
+    "import": "consentry import, rows/s",
+}
+
+
+class BenchError(Exception):
+    """One side could not be measured (it failed to migrate, start or run)."""
 
 
 def make_batches(n: int, seed: int = 1) -> list[bytes]:
@@ -79,6 +108,9 @@ def make_batches(n: int, seed: int = 1) -> list[bytes]:
     return batches
 
 
+# --- child processes ------------------------------------------------------------------
+
+
 async def _send(base: str, key: str, batches: list[bytes], concurrency: int) -> float:
     import httpx
 
@@ -110,46 +142,22 @@ async def _send(base: str, key: str, batches: list[bytes], concurrency: int) -> 
 def client_main(base: str, key: str, n: int, seed: int, concurrency: int) -> None:
     """Runs in its own process so that the client's CPU is not the server's."""
     batches = make_batches(n, seed)
-    print(asyncio.run(_send(base, key, batches, concurrency)))
+    print(RESULT, asyncio.run(_send(base, key, batches, concurrency)))
 
 
-def http_bench(environ: dict[str, str], n: int, workers: int) -> float:
-    import httpx
+def import_tree(tree: Path) -> None:
+    """Put ``tree`` first on the path and check that ``app`` and ``audit`` come from it."""
+    sys.path.insert(0, str(tree))
+    import app
+    import audit
 
-    key = subprocess.run(
-        [sys.executable, "-m", "app", "keys", "create", "--role", "ingest", "--name", "bench"],
-        env=environ,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    port = 18000 + random.randrange(1000)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        cmd = [sys.executable, __file__, "--client", base, key]
-        subprocess.run([*cmd, "20", "99", "8"], env=environ, check=True, capture_output=True)  # warm-up
-        out = subprocess.run([*cmd, str(n), "7", "8"], env=environ, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(f"client failed: {out.stderr[-2000:]}")
-        return n * 100 / float(out.stdout.strip())
-    finally:
-        server.terminate()
-        server.wait(30)
+    for module in (app, audit):
+        where = Path(module.__file__ or "").resolve()
+        if not where.is_relative_to(tree):
+            raise SystemExit(f"{module.__name__} was imported from {where}, not from {tree}")
 
 
-async def inprocess_bench(n: int) -> float:
+async def _inprocess(n: int) -> float:
     from app.access.service import Principal
     from app.db import dispose_engines, unit_of_work
     from app.ingest.service import ingest_messages
@@ -167,8 +175,156 @@ async def inprocess_bench(n: int) -> float:
     return n * 100 / elapsed
 
 
-def import_bench(environ: dict[str, str], rows: int, tmp: Path) -> float:
-    path = tmp / "customers.csv"
+def inprocess_main(tree: str, n: int) -> None:
+    """The pipeline without HTTP, in a process of its own that imports ``tree``'s ``app``."""
+    import_tree(Path(tree).resolve())
+    print(RESULT, asyncio.run(_inprocess(n)))
+
+
+def probe_main(tree: str) -> None:
+    import_tree(Path(tree).resolve())
+    import app
+    import audit
+
+    print(RESULT, app.__file__, audit.__file__)
+
+
+# --- the parent -----------------------------------------------------------------------
+
+
+def _tail(text: str | bytes | None, n: int = 1500) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return (text or "").strip()[-n:]
+
+
+def _result(stdout: str) -> str:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(RESULT + " "):
+            return line[len(RESULT) + 1 :]
+    raise BenchError(f"no result in the output: {_tail(stdout, 500)}")
+
+
+def run(what: str, cmd: list[str], environ: dict[str, str], cwd: Path) -> str:
+    """Run a step of a measurement; its stdout, or ``BenchError`` with the end of its stderr."""
+    out = subprocess.run(cmd, env=environ, cwd=cwd, capture_output=True, text=True)
+    if out.returncode:
+        raise BenchError(f"{what} failed (exit {out.returncode}):\n{_tail(out.stderr) or _tail(out.stdout)}")
+    return out.stdout
+
+
+def tree_environ(tree: Path, tmp: Path, database_url: str, nlp_dir: Path) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k.removeprefix("CONSENTRY_") not in OWN_SETTINGS}
+    inherited = os.environ.get("PYTHONPATH")
+    environ.update(
+        {
+            "CONSENTRY_DATABASE_URL": database_url or f"sqlite:///{tmp}/bench.db",
+            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+            "CONSENTRY_IMPORT_DIR": str(tmp / "imports"),
+            "CONSENTRY_NLP_DIR": str(nlp_dir),
+            "CONSENTRY_LOG_LEVEL": "WARNING",
+            "CONSENTRY_SCHEDULER": "0",
+            "PYTHONPATH": str(tree) + (os.pathsep + inherited if inherited else ""),
+        }
+    )
+    return environ
+
+
+def check_tree(tree: Path) -> str:
+    """Where ``app`` comes from when run in ``tree``, and which commit ``tree`` is."""
+    if not (tree / "app" / "__init__.py").is_file():
+        raise SystemExit(f"{tree} has no app/ package")
+    environ = {**os.environ, "PYTHONPATH": str(tree)}
+    try:
+        found = _result(run("importing app", [sys.executable, str(SCRIPT), "--probe", str(tree)], environ, tree))
+        found = found.split(" ", 1)[0]
+        plain = subprocess.run(
+            [sys.executable, "-c", "import app; print(app.__file__)"],
+            env=environ,
+            cwd=tree,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except BenchError as e:
+        found, plain = f"nothing, app is not importable now: {_tail(str(e), 300)}", ""
+    if plain and not Path(plain).resolve().is_relative_to(tree):
+        raise SystemExit(f"in {tree}, `python -c 'import app'` imports {plain}: PYTHONPATH does not take precedence")
+    git = ["git", "-C", str(tree)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "app", "audit", "policies"], capture_output=True, text=True
+    )
+    changes = " + uncommitted changes" if dirty.stdout.strip() else ""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "app", "audit"], cwd=tree, capture_output=True)
+    return f"{tree} (commit {commit or '?'}{changes}); imports {found}"
+
+
+def reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    engine = create_engine(u.set(drivername="postgresql+psycopg"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def http_bench(tree: Path, environ: dict[str, str], n: int, workers: int, log: Path) -> float:
+    import httpx
+
+    out = run(
+        "consentry keys create",
+        [sys.executable, "-m", "app", "keys", "create", "--role", "ingest", "--name", "bench"],
+        environ,
+        tree,
+    )
+    key = out.strip().splitlines()[-1].strip()
+    port = free_port()
+    with log.open("w") as fh:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
+            env=environ,
+            cwd=tree,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                raise BenchError(f"consentry serve exited ({server.returncode}):\n{_tail(log.read_text())}")
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"consentry serve not healthy after 180 s:\n{_tail(log.read_text())}")
+            time.sleep(0.2)
+        cmd = [sys.executable, str(SCRIPT), "--client", base, key]
+        run("HTTP warm-up", [*cmd, "20", "99", "8"], environ, tree)
+        elapsed = float(_result(run("HTTP client", [*cmd, str(n), "7", "8"], environ, tree)))
+        return n * 100 / elapsed
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def write_csv(path: Path, rows: int) -> None:
     rng = random.Random(5)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -176,61 +332,148 @@ def import_bench(environ: dict[str, str], rows: int, tmp: Path) -> float:
         for _ in range(rows):
             p = rng.randrange(rows // 2 or 1)
             w.writerow([f"C{p}", f"c{p}@example.com", f"+1415{p:07d}", f"Name{p}", rng.choice(["gold", "silver"])])
+
+
+def import_bench(tree: Path, environ: dict[str, str], rows: int, csv_file: Path, tmp: Path) -> float:
+    path = tmp / "customers.csv"  # a link per measurement, so that each writes its own rejects file
+    path.symlink_to(csv_file)
     mapping = tmp / "map.yaml"
     mapping.write_text(
         'identifiers: {customer_id: "external:crm_id", email: email, phone: phone}\n'
         "traits: {first_name: firstName, tier: loyalty_tier}\n"
     )
+    cmd = [sys.executable, "-m", "app", "import", str(path), "--source", "crm", "--mapping", str(mapping), "--quiet"]
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "app", "import", str(path), "--source", "crm", "--mapping", str(mapping), "--quiet"],
-        env=environ,
-        check=True,
-        capture_output=True,
-    )
+    run("consentry import", cmd, environ, tree)
     return rows / (time.perf_counter() - t0)
+
+
+def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_file: Path | None) -> dict[str, float]:
+    """All figures of one tree, on a fresh database migrated by that tree."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
+    # spaCy pipelines built at first start: one folder per tree, kept across rounds
+    environ = tree_environ(tree, tmp, args.database_url, work / f"nlp-{name}")
+    try:
+        if args.database_url:
+            reset_postgres(args.database_url)
+        run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, tree)
+        figures: dict[str, float] = {}
+        n = max(args.batches // 3, 10)
+        out = run("in-process pipeline", [sys.executable, str(SCRIPT), "--inprocess", str(tree), str(n)], environ, tree)
+        figures["inprocess"] = float(_result(out))
+        figures["http"] = http_bench(tree, environ, args.batches, args.workers, tmp / "serve.log")
+        if csv_file is not None:
+            figures["import"] = import_bench(tree, environ, args.import_rows, csv_file, tmp)
+        return figures
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):,.0f}" if values else "failed"
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--inprocess":
+        inprocess_main(sys.argv[2], int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--probe":
+        probe_main(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--import-rows", type=int, default=1_000_000)
-    parser.add_argument("--database-url", default="")
+    parser.add_argument("--batches", type=int, help="HTTP batches of 100 events (default 300; 150 with a baseline)")
+    parser.add_argument(
+        "--import-rows", type=int, help="CSV rows to import, 0 to skip (default 1,000,000; 20,000 with a baseline)"
+    )
+    parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
+    parser.add_argument("--rounds", type=int, help="rounds (default 2 with --baseline-tree, else 1)")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-"))
-    environ = {
-        **os.environ,
-        "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/bench.db",
-        "CONSENTRY_KEY_DIR": str(tmp / "keys"),
-        "CONSENTRY_LOG_LEVEL": "WARNING",
-        "CONSENTRY_SCHEDULER": "0",
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update(environ)
-    if args.database_url and "postgres" in args.database_url:
-        from sqlalchemy import text
+    compare = args.baseline_tree is not None
+    if args.batches is None:
+        args.batches = 150 if compare else 300
+    if args.import_rows is None:
+        args.import_rows = 20_000 if compare else 1_000_000
+    if args.database_url:
+        from sqlalchemy.engine import make_url
 
-        from app.db import create_sync_engine
+        u = make_url(args.database_url)
+        if u.get_backend_name() != "postgresql":
+            parser.error("--database-url: PostgreSQL only (SQLite uses a temporary file)")
+        if not (u.database or "").startswith("bench"):
+            parser.error(f"--database-url: the public schema of {u.database!r} is dropped; use a database named bench*")
 
-        engine = create_sync_engine(args.database_url)
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
-    subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], env=environ, check=True, capture_output=True)
-    db = "PostgreSQL" if "postgres" in environ["CONSENTRY_DATABASE_URL"] else "SQLite"
-    print(f"ingest benchmark on {db}, {os.cpu_count()} cores")
-    inproc = asyncio.run(inprocess_bench(max(args.batches // 3, 10)))
-    print(f"  pipeline in-process (baseline, no HTTP): {inproc:>9,.0f} events/s")
-    http = http_bench(environ, args.batches, args.workers)
-    print(f"  HTTP /v1/batch, {args.workers} worker(s):          {http:>9,.0f} events/s  (target 10,000)")
-    if args.import_rows:
-        rate = import_bench(environ, args.import_rows, tmp)
-        print(f"  consentry import, {args.import_rows:,} CSV rows:  {rate:>9,.0f} rows/s  (target 50,000 on SQLite)")
+    sides: list[tuple[str, Path]] = [("current", ROOT)]
+    if compare:
+        base = args.baseline_tree.resolve()
+        if base == ROOT:
+            parser.error("--baseline-tree is this tree")
+        sides.insert(0, ("baseline", base))
+    rounds = args.rounds or (2 if compare else 1)
+
+    work = Path(tempfile.mkdtemp(prefix="consentry-bench-"))
+    try:
+        csv_file = None
+        if args.import_rows:
+            csv_file = work / "customers.csv"
+            write_csv(csv_file, args.import_rows)
+        db = "PostgreSQL" if args.database_url else "SQLite"
+        print(f"ingest benchmark on {db}, {os.cpu_count()} cores, {sys.executable}")
+        for name, tree in sides:
+            print(f"  {name}: {check_tree(tree)}")
+        print(
+            f"  {args.batches} HTTP batches of 100 events ({args.workers} worker(s)), "
+            f"{max(args.batches // 3, 10)} in-process batches, {args.import_rows:,} CSV rows"
+            + (f"; {rounds} round(s), medians" if rounds > 1 else ""),
+            flush=True,
+        )
+        results: dict[str, dict[str, list[float]]] = {name: {k: [] for k in FIGURES} for name, _ in sides}
+        errors: dict[str, list[str]] = {name: [] for name, _ in sides}
+        for r in range(1, rounds + 1):
+            for name, tree in sides:
+                t0 = time.perf_counter()
+                try:
+                    figures = measure(name, tree, args, work, csv_file)
+                except BenchError as e:
+                    errors[name].append(str(e))
+                    lines = str(e).splitlines()
+                    print(f"  round {r} {name:<8}: FAILED: {lines[0]} … {lines[-1]}", flush=True)
+                    continue
+                for k, v in figures.items():
+                    results[name][k].append(v)
+                shown = "  ".join(f"{k} {v:,.0f}" for k, v in figures.items())
+                print(f"  round {r} {name:<8}: {shown}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    figures_shown = [k for k in FIGURES if k != "import" or args.import_rows]
+    print()
+    if not compare:
+        targets = {"http": "  (target 10,000)", "import": "  (target 50,000 on SQLite)"}
+        for k in figures_shown:
+            print(f"  {FIGURES[k]:<32} {_fmt(results['current'][k]):>9}{targets.get(k, '')}")
+    else:
+        width = max(len(FIGURES[k]) for k in figures_shown)
+        print(f"  {'figure':<{width}} | {'baseline':>9} | {'current':>9} | {'change %':>8}")
+        print(f"  {'-' * width}-+-{'-' * 9}-+-{'-' * 9}-+-{'-' * 8}")
+        for k in figures_shown:
+            b, c = results["baseline"][k], results["current"][k]
+            change = ""
+            if b and c:
+                pct = (statistics.median(c) - statistics.median(b)) / statistics.median(b) * 100
+                change = f"{pct:+.1f}" + ("  (drop > 10%)" if pct < -10 else "")
+            print(f"  {FIGURES[k]:<{width}} | {_fmt(b):>9} | {_fmt(c):>9} | {change:>8}")
+        counts = ", ".join(f"{name} {len(results[name]['http'])}/{rounds}" for name, _ in sides)
+        print(f"  (medians of the rounds that ran: {counts})")
+    failed = [name for name, _ in sides if not results[name]["http"]]
+    for name in failed:
+        print(f"\n{name} could not be measured; last error:\n{errors[name][-1]}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
