@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-from app.errors import InvalidField, UnreadableBody
+from app.errors import InvalidField, TooLarge, UnreadableBody
 from app.ingest.spec import MAX_JSON_DEPTH, json_depth
 
 MAX_PURPOSE_LEN = 128
@@ -108,3 +108,13 @@ def input_checks_middleware(app: ASGIApp) -> ASGIApp:
         await app(scope, replaying_receive, send)
 
     return middleware
+
+
+MAX_TEXT_CHARS = 200_000
+"""Free text one request may hand to PII detection (all its texts together)."""
+
+
+def check_text_size(texts: list[str], field: str) -> None:
+    """413 naming ``field`` when the texts of one request hold more than ``MAX_TEXT_CHARS`` characters."""
+    if sum(len(t) for t in texts) > MAX_TEXT_CHARS:
+        raise TooLarge(f"the texts of one request may hold {MAX_TEXT_CHARS:,} characters", field=field)

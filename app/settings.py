@@ -49,6 +49,11 @@ class Settings:
     """Where the blank (pattern-only) spaCy pipelines are written at first start."""
     audit_origin: str = field(default_factory=lambda: _env("AUDIT_ORIGIN", "consentry"))
     """Name of this ledger, signed into every checkpoint."""
+    rate_limit: str = field(default_factory=lambda: _env("RATE_LIMIT", "6000/minute"))
+    """Requests per API key: ``N/second``, ``N/minute``, ``N/hour`` or ``N/day``; ``off`` for none."""
+    redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
+    """Redis for state shared by all service processes (rate-limit counters), e.g. ``redis://127.0.0.1:6379/0``;
+    empty: each process counts on its own."""
 
 
 @lru_cache(maxsize=1)
