@@ -23,7 +23,10 @@ def normalize_email(value: object, field: str = "email") -> str:
 
 
 def normalize_phone(value: object, region: str, field: str = "phone") -> str:
-    """E.164 form (``+8613812345678``); numbers without a country code use ``region``."""
+    """E.164 form (``+8613812345678``); numbers without a country code use ``region``.
+
+    An extension is kept (``+14155550100;ext=12``, RFC 3966's notation): people behind
+    one switchboard number are different people."""
     if not isinstance(value, str | int):
         raise InvalidField("must be a string", field=field)
     try:
@@ -32,7 +35,8 @@ def normalize_phone(value: object, region: str, field: str = "phone") -> str:
         raise InvalidField("is not a phone number", field=field) from exc
     if not phonenumbers.is_possible_number(number):
         raise InvalidField("is not a possible phone number", field=field)
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return f"{e164};ext={number.extension}" if number.extension else e164
 
 
 def normalize_date(value: object, field: str = "birthday") -> str:
