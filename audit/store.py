@@ -4,6 +4,10 @@ Appends lock the single ``audit_head`` row first (an UPDATE, which takes a row l
 PostgreSQL and the write lock on SQLite), so concurrent requests and processes queue
 up instead of forking the chain. Call ``append`` inside the transaction that changes
 the personal data, so the data change and its record commit or fail together.
+
+The head row also keeps the Merkle tree's frontier (``audit.merkle``), updated with
+each append at an amortised cost of one node hash, so a signed tree head needs no
+pass over old entries. Each entry's ``entry_hash`` is its RFC 9162 leaf hash.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from audit import merkle
 from audit.chain import GENESIS_HASH, Entry, canonical_json, seal, utc_timestamp
-from audit.checkpoint import Checkpoint
+from audit.checkpoint import Checkpoint, TreeHead
 
 metadata = MetaData()
 
@@ -56,6 +61,8 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("seq", BigInteger, nullable=False),
     Column("head_hash", String(64), nullable=False),
+    Column("frontier", Text, nullable=False, server_default=""),
+    # roots of the perfect subtrees of the first ``seq`` leaves, largest first, as hex
 )
 
 audit_checkpoint = Table(
@@ -67,10 +74,12 @@ audit_checkpoint = Table(
     Column("signed_at", String(32), nullable=False),
     Column("key_id", String(32), nullable=False),
     Column("signature", String(128), nullable=False),
+    Column("root_hash", String(64), nullable=True),
+    # the Merkle root of a signed tree head; NULL on checkpoints made before tree heads
 )
 
 HEAD_ROW = {"id": 1, "seq": 0, "head_hash": GENESIS_HASH}
-"""The row a new ledger starts from (inserted by the migration)."""
+"""The row a new ledger starts from (inserted by the migration; ``frontier`` defaults to empty)."""
 
 Executor = AsyncSession | AsyncConnection
 
@@ -108,10 +117,11 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
         update(audit_head)
         .where(audit_head.c.id == 1)
         .values(seq=audit_head.c.seq)
-        .returning(audit_head.c.seq, audit_head.c.head_hash)
+        .returning(audit_head.c.seq, audit_head.c.head_hash, audit_head.c.frontier)
     )
     head = (await db.execute(lock)).one()
     seq, prev = int(head.seq), head.head_hash
+    frontier = merkle.decode_frontier(head.frontier)
     now = utc_timestamp()
     entries: list[Entry] = []
     for rec in records:
@@ -132,9 +142,14 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
             )
         )
         entries.append(entry)
+        merkle.push(frontier, seq - 1, bytes.fromhex(entry.entry_hash))
         prev = entry.entry_hash
     await db.execute(insert(audit_entry), [_entry_row(e) for e in entries])
-    await db.execute(update(audit_head).where(audit_head.c.id == 1).values(seq=seq, head_hash=prev))
+    await db.execute(
+        update(audit_head)
+        .where(audit_head.c.id == 1)
+        .values(seq=seq, head_hash=prev, frontier=merkle.encode_frontier(frontier))
+    )
     return entries
 
 
@@ -148,15 +163,81 @@ async def head(db: Executor) -> tuple[int, str]:
     return int(row.seq), row.head_hash
 
 
-async def create_checkpoint(db: Executor, key: Ed25519PrivateKey, origin: str) -> Checkpoint:
-    """Sign the current head; signing the same size twice returns the stored checkpoint."""
-    size, head_hash = await head(db)
+async def tree_state(db: Executor) -> tuple[int, str, str]:
+    """(size, chain hash, Merkle root hex) of the ledger as this transaction sees it."""
+    q = select(audit_head.c.seq, audit_head.c.head_hash, audit_head.c.frontier).where(audit_head.c.id == 1)
+    row = (await db.execute(q)).one()
+    return int(row.seq), row.head_hash, merkle.root_of_frontier(merkle.decode_frontier(row.frontier)).hex()
+
+
+def _head_of(row: Any) -> TreeHead:
+    return TreeHead.from_json(dict(row._mapping))
+
+
+def _dialect(db: Executor) -> str:
+    bind = db.get_bind() if isinstance(db, AsyncSession) else db
+    return str(bind.dialect.name)
+
+
+async def create_tree_head(db: Executor, key: Ed25519PrivateKey, origin: str) -> tuple[TreeHead, bool]:
+    """Sign the current tree; returns (head, created).
+
+    If a head for this size exists (made by a concurrent request, job or process) it is
+    returned with ``created`` False: the insert never conflicts, so callers never 409.
+    """
+    size, chain_hash, root_hash = await tree_state(db)
     existing = (await db.execute(select(audit_checkpoint).where(audit_checkpoint.c.size == size))).first()
     if existing is not None:
-        return Checkpoint.from_json(dict(existing._mapping))
-    cp = Checkpoint.sign(origin, size, head_hash, utc_timestamp(), key)
-    await db.execute(insert(audit_checkpoint).values(**cp.to_json()))
-    return cp
+        return _head_of(existing), False
+    sth = TreeHead.sign(origin, size, chain_hash, utc_timestamp(), key, root_hash=root_hash)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect_insert = postgresql.insert if _dialect(db) == "postgresql" else sqlite.insert
+    stmt = dialect_insert(audit_checkpoint).values(**sth.to_json()).on_conflict_do_nothing(index_elements=["size"])
+    result = await db.execute(stmt)
+    if getattr(result, "rowcount", 1) == 1:
+        return sth, True
+    row = (await db.execute(select(audit_checkpoint).where(audit_checkpoint.c.size == size))).one()
+    return _head_of(row), False
+
+
+async def create_checkpoint(db: Executor, key: Ed25519PrivateKey, origin: str) -> Checkpoint:
+    """Sign the current tree head (the older name of ``create_tree_head``)."""
+    return (await create_tree_head(db, key, origin))[0]
+
+
+async def latest_tree_head(db: Executor) -> TreeHead | None:
+    """The signed tree head of the largest size, if any."""
+    q = (
+        select(audit_checkpoint)
+        .where(audit_checkpoint.c.root_hash.is_not(None))
+        .order_by(audit_checkpoint.c.size.desc())
+        .limit(1)
+    )
+    row = (await db.execute(q)).first()
+    return _head_of(row) if row is not None else None
+
+
+async def leaf_hashes(db: Executor, size: int, page: int = 10000) -> list[bytes]:
+    """The leaf hashes (``entry_hash``) of entries 1..size, in order."""
+    out: list[bytes] = []
+    while len(out) < size:
+        q = (
+            select(audit_entry.c.seq, audit_entry.c.entry_hash)
+            .where(audit_entry.c.seq > len(out), audit_entry.c.seq <= size)
+            .order_by(audit_entry.c.seq)
+            .limit(page)
+        )
+        rows = (await db.execute(q)).all()
+        if not rows:
+            break
+        for r in rows:
+            if int(r.seq) != len(out) + 1:
+                raise ValueError(f"entry {len(out) + 1} is missing")
+            out.append(bytes.fromhex(r.entry_hash))
+    if len(out) != size:
+        raise ValueError(f"the ledger holds fewer than {size} entries")
+    return out
 
 
 async def list_entries(
@@ -201,13 +282,23 @@ async def stream_entries(db: Executor, page: int = 1000) -> AsyncIterator[Entry]
         after = batch[-1].seq
 
 
-async def list_checkpoints(db: Executor) -> list[Checkpoint]:
-    rows = (await db.execute(select(audit_checkpoint).order_by(audit_checkpoint.c.size))).all()
-    return [Checkpoint.from_json(dict(r._mapping)) for r in rows]
+async def list_checkpoints(db: Executor, *, max_size: int | None = None) -> list[TreeHead]:
+    """Every signed tree head (and older checkpoint) by size, optionally up to ``max_size``."""
+    q = select(audit_checkpoint).order_by(audit_checkpoint.c.size)
+    if max_size is not None:
+        q = q.where(audit_checkpoint.c.size <= max_size)
+    return [_head_of(r) for r in (await db.execute(q)).all()]
 
 
-def read_all_sync(conn: Connection, page: int = 5000) -> tuple[Iterator[Entry], list[Checkpoint]]:
-    """Entries and checkpoints through a blocking connection (for an auditor's script)."""
+list_tree_heads = list_checkpoints
+
+
+def read_all_sync(conn: Connection, page: int = 5000) -> tuple[Iterator[Entry], list[TreeHead]]:
+    """Tree heads (read first) and entries through a blocking connection (an auditor's script).
+
+    Heads are read before the entries so every head read is covered by the entries read.
+    """
+    heads = [_head_of(r) for r in conn.execute(select(audit_checkpoint).order_by(audit_checkpoint.c.size)).all()]
 
     def entries() -> Iterator[Entry]:
         after = 0
@@ -220,5 +311,4 @@ def read_all_sync(conn: Connection, page: int = 5000) -> tuple[Iterator[Entry], 
                 yield _row_to_entry(r)
             after = int(rows[-1]._mapping["seq"])
 
-    cps = [Checkpoint.from_json(dict(r._mapping)) for r in conn.execute(select(audit_checkpoint)).all()]
-    return entries(), cps
+    return entries(), heads

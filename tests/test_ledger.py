@@ -1,4 +1,4 @@
-"""The audit ledger: verification, tamper detection, checkpoints, export, and parallel writers."""
+"""The audit ledger: verification, tamper detection, signed tree heads, export, and parallel writers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from app.settings import get_settings
 from app.vault.keyring import key_material
 from audit import store
 from audit.chain import Entry, seal
-from audit.verify import verify_ledger
+from audit.verify import VerificationReport, verify_ledger
 from tests.conftest import Env, run
 from tests.helpers import auth, client, make_keys, sync_db
 
@@ -43,11 +43,15 @@ async def _checkpoint() -> None:
         await store.create_checkpoint(session, key_material(s).signing_key, s.audit_origin)
 
 
-async def _verify() -> tuple[bool, int | None, str]:
+async def _report() -> VerificationReport:
     async with unit_of_work() as session:
         entries = [e async for e in store.stream_entries(session)]
         cps = await store.list_checkpoints(session)
-    report = verify_ledger(entries, cps, key_material(get_settings()).signing_key.public_key())
+    return verify_ledger(entries, cps, key_material(get_settings()).signing_key.public_key())
+
+
+async def _verify() -> tuple[bool, int | None, str]:
+    report = await _report()
     return report.ok, report.bad_seq, report.reason
 
 
@@ -62,7 +66,7 @@ def test_untouched_ledger_verifies(env: Env) -> None:
     run(_checkpoint())
     assert run(_verify()) == (True, None, "")
     out = _consentry(env, "audit", "verify")
-    assert out.returncode == 0 and out.stdout.startswith("OK: 10 entries, 1 signed")
+    assert out.returncode == 0 and out.stdout.startswith("OK: 10 entries, 1 signed tree heads"), out.stdout
 
 
 @pytest.mark.parametrize("tamper", ["edit", "delete", "reorder"])
@@ -102,8 +106,10 @@ def test_rewritten_history_is_caught_by_the_signed_checkpoint(env: Env) -> None:
                 {"a": e.action, "p": e.prev_hash, "h": e.entry_hash, "s": e.seq},
             )
             prev = e.entry_hash
-    ok, bad_seq, reason = run(_verify())
-    assert not ok and bad_seq == 6 and "rewritten" in reason
+    report = run(_report())
+    assert not report.ok and report.bad_head == 6 and "rewritten" in report.reason
+    out = _consentry(env, "audit", "verify")
+    assert out.returncode == 1 and "tree head 6" in out.stdout, out.stdout
 
 
 def test_export_verifies_offline_with_only_the_public_key(env: Env) -> None:
@@ -120,7 +126,7 @@ def test_export_verifies_offline_with_only_the_public_key(env: Env) -> None:
     cmd = [sys.executable, "-m", "audit", "verify", str(path), "--public-key", pub]
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=audit_dir)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "1 signed checkpoints" in ok.stdout
+    assert "1 signed tree heads" in ok.stdout
 
     lines = path.read_text().splitlines()
     third = json.loads(lines[2])
@@ -155,4 +161,5 @@ def test_parallel_writers_in_several_processes_never_fork_the_chain(env: Env) ->
         seqs = [r[0] for r in conn.execute(text("SELECT seq FROM audit_entry ORDER BY seq"))]
         head = conn.execute(text("SELECT seq FROM audit_head")).scalar_one()
     assert seqs == list(range(1, 161)) and head == 160
+    run(_checkpoint())  # the tree head is made from the frontier the writers kept
     assert run(_verify()) == (True, None, "")
