@@ -59,7 +59,7 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for state shared by all service processes (rate-limit counters), e.g. ``redis://127.0.0.1:6379/0``;
     empty: each process counts on its own."""
-    audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "1000")))
+    audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "10000")))
     """Also sign a tree head in the transaction whose appends cross a multiple of this many entries (0: off)."""
     audit_witness: Path = field(
         default_factory=lambda: default_witness_path(
