@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar import Controller, Request, post
 from litestar.exceptions import HTTPException
+from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
 from app.deps import Caller, Db
 from app.errors import InvalidField
 from app.ingest.service import BatchResult, ingest_messages
-from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, TYPES
 from app.inputs import check_json_body
 from app.profiles.service import VaultContext
 
@@ -22,6 +24,52 @@ INGEST = ("ingest", "admin")
 
 class PayloadTooLarge(HTTPException):
     status_code = 413
+
+
+def _string(fmt: OpenAPIFormat | None = None) -> Schema:
+    return Schema(type=OpenAPIType.STRING, format=fmt)
+
+
+_OBJECT = Schema(type=OpenAPIType.OBJECT)
+MESSAGE_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    description="A Segment Spec message (identify, track, page, screen, group or alias).",
+    properties={
+        "type": Schema(type=OpenAPIType.STRING, enum=list(TYPES)),
+        **{name: _string() for name in ("userId", "anonymousId", "messageId", "event", "name")},
+        **{name: _string() for name in ("groupId", "previousId")},
+        **{name: _string(OpenAPIFormat.DATE_TIME) for name in ("timestamp", "sentAt")},
+        **{name: _OBJECT for name in ("properties", "traits", "context")},
+    },
+    any_of=[Schema(required=["userId"]), Schema(required=["anonymousId"])],
+)
+BATCH_SCHEMA = Schema(
+    type=OpenAPIType.OBJECT,
+    required=["batch"],
+    properties={
+        "batch": Schema(type=OpenAPIType.ARRAY, items=MESSAGE_SCHEMA, max_items=MAX_BATCH_EVENTS),
+        "context": _OBJECT,
+        "sentAt": _string(OpenAPIFormat.DATE_TIME),
+    },
+)
+
+
+def _json_body(schema: Schema) -> RequestBody:
+    return RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=schema)})
+
+
+@dataclass
+class MessageOperation(Operation):
+    """The body is read by hand (gzip, size limits), so it is described here."""
+
+    def __post_init__(self) -> None:
+        self.request_body = _json_body(MESSAGE_SCHEMA)
+
+
+@dataclass
+class BatchOperation(Operation):
+    def __post_init__(self) -> None:
+        self.request_body = _json_body(BATCH_SCHEMA)
 
 
 class RejectedOut(msgspec.Struct):
@@ -82,7 +130,7 @@ class EventController(Controller):
     tags = ["events"]
     opt = {"roles": INGEST, "checks_own_body": True}
 
-    @post("/batch", operation_id="batch", status_code=200)
+    @post("/batch", operation_id="batch", status_code=200, operation_class=BatchOperation)
     async def batch(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """Up to 2,500 messages (500 KB); invalid ones are reported by index, the rest stored."""
         data = await read_json(request, MAX_BATCH_BYTES)
@@ -101,29 +149,29 @@ class EventController(Controller):
         )
         return _out(result)
 
-    @post("/identify", operation_id="identify", status_code=200)
+    @post("/identify", operation_id="identify", status_code=200, operation_class=MessageOperation)
     async def identify(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """Who the user is, with traits (email, phone, name… are encrypted)."""
         return await _single(request, db, principal, "identify")
 
-    @post("/track", operation_id="track", status_code=200)
+    @post("/track", operation_id="track", status_code=200, operation_class=MessageOperation)
     async def track(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """An action the user took (``event``, ``properties``)."""
         return await _single(request, db, principal, "track")
 
-    @post("/page", operation_id="page", status_code=200)
+    @post("/page", operation_id="page", status_code=200, operation_class=MessageOperation)
     async def page(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         return await _single(request, db, principal, "page")
 
-    @post("/screen", operation_id="screen", status_code=200)
+    @post("/screen", operation_id="screen", status_code=200, operation_class=MessageOperation)
     async def screen(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         return await _single(request, db, principal, "screen")
 
-    @post("/group", operation_id="group", status_code=200)
+    @post("/group", operation_id="group", status_code=200, operation_class=MessageOperation)
     async def group(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         return await _single(request, db, principal, "group")
 
-    @post("/alias", operation_id="alias", status_code=200)
+    @post("/alias", operation_id="alias", status_code=200, operation_class=MessageOperation)
     async def alias(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """Join a previous id (often the anonymousId) to a userId."""
         return await _single(request, db, principal, "alias")
