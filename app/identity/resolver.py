@@ -79,32 +79,36 @@ class Resolver:
         On PostgreSQL, advisory locks on the identifiers' digests (sorted) serialise batches
         that introduce the same new identifier; then the rows of every profile holding one
         of them are locked (``FOR UPDATE``), re-reading until no concurrent merge moved an
-        identifier to a profile not yet locked. SQLite serialises writers anyway.
+        identifier to a profile not yet locked. On SQLite the batch takes the database's
+        write lock first, so nothing it reads can change before it commits.
         """
         keys = sorted({i.key for i in idents})
-        await self._advisory_lock(keys)
-        locked: set[str] = set()
+        sqlite = await self._writer_lock(keys)
+        locked: dict[str, Any] = {}
         owners = await self._owners_in_db(keys)
         for _ in range(20):
-            if owners <= locked:
+            if owners <= set(locked):
                 break
-            await lock_profiles(self.session, owners - locked)
-            locked |= owners
+            locked.update(await lock_profiles(self.session, owners - set(locked)))
+            if sqlite:
+                break
             owners = await self._owners_in_db(keys)
-        await self._load_profiles(owners)
+        await self._load_profiles({p: locked[p] for p in owners})
 
-    async def _advisory_lock(self, keys: list[Key]) -> None:
+    async def _writer_lock(self, keys: list[Key]) -> bool:
+        """Take the database's write lock (SQLite) or the digests' advisory locks (PostgreSQL);
+        True on SQLite."""
         bind = self.session.bind
         if bind is not None and bind.dialect.name == "sqlite":
-            # take SQLite's write lock before reading, so what is read stays true until commit
             await self.session.execute(text("UPDATE profile SET id = id WHERE 1 = 0"))
-            return
+            return True
         if bind is None or not keys:
-            return
+            return False
         ids = sorted({int(digest[:15], 16) for _kind, digest in keys})
         await self.session.execute(
             text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
         )
+        return False
 
     async def _owners_in_db(self, keys: list[Key]) -> set[str]:
         pids: set[str] = set()
@@ -115,20 +119,21 @@ class Resolver:
             pids.update((await self.session.execute(q)).scalars())
         return pids
 
-    async def _load_profiles(self, pids: set[str]) -> None:
-        pids = {p for p in pids if p not in self.held}
+    async def _load_profiles(self, rows: dict[str, Any]) -> None:
+        """Load what the locked profiles (``rows``: id → locked profile row) hold, and their keys."""
+        pids = [p for p in rows if p not in self.held]
         if not pids:
             return
         q = select(Identifier.profile_id, Identifier.kind, Identifier.digest).where(
-            col(Identifier.profile_id).in_(list(pids))
+            col(Identifier.profile_id).in_(pids)
         )
         for pid, kind, digest in (await self.session.execute(q)).all():
             self.held.setdefault(pid, defaultdict(set))[kind].add(digest)
             self.owners[(kind, digest)].add(pid)
-        for pid, row in (await lock_profiles(self.session, pids)).items():
-            self.created_at[pid] = row.created_at
+        for pid in pids:
+            self.created_at[pid] = rows[pid].created_at
             self.held.setdefault(pid, defaultdict(set))
-        self.keys.update(await subject_keys(self.session, self.ctx.keys.master, list(pids)))
+        self.keys.update(await subject_keys(self.session, self.ctx.keys.master, pids))
 
     # --- in-memory view -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, delete, insert, tuple_, update
 from sqlalchemy import select as sa_select
@@ -35,6 +35,7 @@ from app.vault.normalize import normalize_date, normalize_email, normalize_phone
 from app.vault.service import DataKey, subject_key, subject_keys
 
 MAX_TRAITS = 200
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
@@ -210,20 +211,19 @@ async def unfold_profile(
 # --- observed values --------------------------------------------------------------------
 
 
-def current_fields(
-    rows: Iterable[ProfileField], authority: Mapping[str, frozenset[str]]
-) -> dict[tuple[str, str], ProfileField]:
-    """The row shown for each (person, trait): the one that wins on precedence."""
-    best: dict[tuple[str, str], ProfileField] = {}
+def current_fields(rows: Iterable[F], authority: Mapping[str, frozenset[str]]) -> dict[tuple[str, str], F]:
+    """The row shown for each (person, trait): the one that wins on precedence (rows are
+    ``ProfileField`` objects or result rows with the same column names)."""
+    best: dict[tuple[str, str], F] = {}
     for f in rows:
-        k = (f.profile_id, f.name)
+        k: tuple[str, str] = (getattr(f, "profile_id"), getattr(f, "name"))  # noqa: B009
         old = best.get(k)
-        if old is None or takes_precedence(f.name, _field_stamp(f), _field_stamp(old), authority):
+        if old is None or takes_precedence(k[1], _field_stamp(f), _field_stamp(old), authority):
             best[k] = f
     return best
 
 
-def _field_stamp(f: ProfileField) -> Stamp:
+def _field_stamp(f: Any) -> Stamp:
     return Stamp(f.source, f.trust, f.observed_at or f.updated_at)
 
 
@@ -241,8 +241,11 @@ async def apply_observations(
     pids = sorted({o.profile_id for o in observations})
     if not pids:
         return set()
-    held = await session.execute(select(ProfileField).where(col(ProfileField.profile_id).in_(pids)))
-    current = {k: _field_stamp(f) for k, f in current_fields(held.scalars(), authority).items()}
+    f = table_of(ProfileField).c
+    held = await session.execute(
+        sa_select(f.profile_id, f.name, f.source, f.trust, f.observed_at, f.updated_at).where(f.profile_id.in_(pids))
+    )
+    current = {k: _field_stamp(row) for k, row in current_fields(held.all(), authority).items()}
     profiles = {
         pid: (dict(t), dict(s))
         for pid, t, s in (
