@@ -119,3 +119,20 @@ def test_denied_purpose_is_refused_and_recorded(env: Env) -> None:
             {"s": pid},
         ).all()
     assert rows == [("marketer", "legal.compliance.dsr")]
+
+
+def test_a_refused_create_writes_nothing_but_the_refusal(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        r = c.post(
+            "/v1/profiles",
+            params={"purpose": "marketing.advertising.first_party.targeted"},
+            json={"traits": ALICE},
+            headers=auth(keys["compliance"]),
+        )
+        assert r.status_code == 403
+    with sync_db() as conn:
+        assert conn.execute(text("SELECT count(*) FROM profile")).scalar() == 0
+        assert conn.execute(text("SELECT count(*) FROM identifier")).scalar() == 0
+        denied = conn.execute(text("SELECT count(*) FROM audit_entry WHERE action = 'profile.create.denied'")).scalar()
+    assert denied == 1

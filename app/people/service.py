@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
-from app.consent.gate import authorize
+from app.consent.gate import authorize, decide
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, make_ident, set_identifier
 from app.profiles.precedence import Stamp
@@ -55,16 +55,18 @@ async def write_profile(
     source = principal.source or f"api:{principal.name}"
     now = datetime.now(UTC)
     if profile_id is None:
+        if not decide(principal, purpose).allowed:  # refused (and recorded) before anything is written
+            await authorize(session, principal, "profile.create", [], purpose, details={"fields": names})
         pid, created = await _resolve_new(session, ctx, principal, source, personal, now)
+        action = "profile.create" if created else "profile.update"
+        await authorize(session, principal, action, [pid], purpose, details={"fields": names})
         key = await subject_key(session, ctx.keys.master, pid)
     else:
         pid, created = await resolve_merged(session, profile_id), False
+        await authorize(session, principal, "profile.update", [pid], purpose, details={"fields": names})
         key = await subject_key(session, ctx.keys.master, pid)
         for kind, ident in _indexed(ctx, personal).items():
             await set_identifier(session, key, pid, kind, ident, source)
-    await authorize(
-        session, principal, "profile.create" if created else "profile.update", [pid], purpose, details={"fields": names}
-    )
     stamp = Stamp(source, "server", now)
     observations = [Observation(pid, n, rule.category, v, stamp, correction=True) for n, (rule, v) in personal.items()]
     observations += [Observation(pid, n, None, v, stamp, correction=True) for n, v in plain.items()]
