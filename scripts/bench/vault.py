@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 @contextmanager
 def plaintext_columns() -> Iterator[None]:
-    """Replace encryption in the profile service with plaintext storage (benchmark only)."""
-    import app.profiles.service as svc
+    """Replace encryption in the profile write and read paths with plaintext storage (benchmark only)."""
+    import importlib
+
     from app.vault.service import DataKey
 
-    saved = {
-        n: getattr(svc, n)
-        for n in ("seal_field", "open_field", "create_subject_key", "subject_key", "subject_keys", "blind_index")
-    }
+    modules = [
+        importlib.import_module(m)
+        for m in ("app.profiles.service", "app.people.service", "app.identity.service", "app.identity.resolver")
+    ]
 
     async def no_key(_s: Any, _r: Any, pid: str) -> DataKey:
         return DataKey(pid, 1, b"")
@@ -42,24 +44,40 @@ def plaintext_columns() -> Iterator[None]:
     async def no_keys(_s: Any, _r: Any, pids: list[str]) -> dict[str, DataKey]:
         return {p: DataKey(p, 1, b"") for p in pids}
 
-    svc.seal_field = lambda _k, _p, _f, _v, value: json.dumps(value).encode()  # type: ignore[assignment]
-    svc.open_field = lambda _k, _p, _f, _v, blob: json.loads(blob)  # type: ignore[assignment]
-    svc.create_subject_key = no_key  # type: ignore[assignment]
-    svc.subject_key = no_key  # type: ignore[assignment]
-    svc.subject_keys = no_keys  # type: ignore[assignment]
-    svc.blind_index = lambda _k, _kind, value: value[:64]  # type: ignore[assignment]
+    def new_key(_r: Any, pid: str) -> tuple[DataKey, dict[str, Any]]:
+        row = {
+            "profile_id": pid,
+            "key_version": 1,
+            "master_version": 1,
+            "wrapped_key": b"",
+            "created_at": datetime.now(UTC),
+        }
+        return DataKey(pid, 1, b""), row
+
+    fakes: dict[str, Any] = {
+        "seal_field": lambda _k, _p, _f, _v, value: json.dumps(value).encode(),
+        "open_field": lambda _k, _p, _f, _v, blob: json.loads(blob),
+        "subject_key": no_key,
+        "subject_keys": no_keys,
+        "new_subject_key": new_key,
+        "blind_index": lambda _k, _kind, value: value[:64],
+    }
+    saved = [(m, n, getattr(m, n)) for m in modules for n in fakes if hasattr(m, n)]
+    for m, n, _f in saved:
+        setattr(m, n, fakes[n])
     try:
         yield
     finally:
-        for n, f in saved.items():
-            setattr(svc, n, f)
+        for m, n, f in saved:
+            setattr(m, n, f)
 
 
 async def measure(n: int) -> tuple[float, float]:
     from app.access.service import SYSTEM
     from app.db import unit_of_work
     from app.demo import demo_customers
-    from app.profiles.service import VaultContext, read_profiles, write_profile
+    from app.people.service import write_profile
+    from app.profiles.service import VaultContext, read_profiles
 
     ctx = VaultContext.from_settings()
     people = demo_customers(n, seed=int(time.time()))
