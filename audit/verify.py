@@ -114,9 +114,7 @@ def verify_ledger(
         return _fail(report, Failure("no public key given: signed tree heads cannot be checked (pass --public-key)"))
     ledger_heads = list(heads)
     labelled = (
-        [(source, h) for h in ledger_heads]
-        + [(WITNESS, h) for h in witness or ()]
-        + [(TRUSTED, h) for h in trusted]
+        [(source, h) for h in ledger_heads] + [(WITNESS, h) for h in witness or ()] + [(TRUSTED, h) for h in trusted]
     )
     wanted = {h.size for _, h in labelled}
     roots: dict[int, str] = {0: merkle.EMPTY_ROOT.hex()}

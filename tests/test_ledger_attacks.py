@@ -369,9 +369,7 @@ def test_concurrent_tree_head_requests_agree_and_never_conflict(env: Env) -> Non
     assert len(read_witness(_witness())) == 1
 
 
-def test_heads_are_made_every_n_entries_in_the_appending_transaction(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_heads_are_made_every_n_entries_in_the_appending_transaction(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENTRY_AUDIT_HEAD_EVERY_ENTRIES", "4")
     get_settings.cache_clear()
     run(_append(10))
@@ -446,3 +444,30 @@ def test_a_request_id_that_is_not_a_plain_token_never_reaches_the_ledger(env: En
     assert stored == echoed and stored[-1] == "ok.id_1-2"
     for rid in stored[:-1]:
         assert rid not in sent and len(rid) <= 64 and rid.isalnum()
+
+
+def test_a_head_signed_in_a_rolled_back_savepoint_never_reaches_the_witness(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSENTRY_AUDIT_HEAD_EVERY_ENTRIES", "2")
+    get_settings.cache_clear()
+
+    async def work() -> None:
+        from app.access.service import SYSTEM
+        from app.ledger.service import record
+
+        async with unit_of_work() as session:
+            await record(session, SYSTEM, "test.append", subject_id="a")
+            with pytest.raises(RuntimeError):
+                async with session.begin_nested():
+                    await record(session, SYSTEM, "test.append", subject_id="b")  # head 2, rolled back
+                    raise RuntimeError("retry")
+            await record(session, SYSTEM, "test.append", subject_id="b")  # head 2 again, kept
+            await record(session, SYSTEM, "test.append", subject_id="c")
+
+    run(work())
+    with sync_db() as conn:
+        rows = conn.execute(text("SELECT size, signature FROM audit_checkpoint ORDER BY size")).all()
+    assert [r[0] for r in rows] == [2]
+    assert [(h.size, h.signature) for h in read_witness(_witness())] == [(2, rows[0][1])]
+    assert _verify_db(env).returncode == 0
