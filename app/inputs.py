@@ -21,14 +21,14 @@ CHECKED_BODY_LIMIT = 1024 * 1024
 _UNCHECKED_TYPES = ("multipart/", "application/x-www-form-urlencoded", "application/octet-stream")
 
 
-def check_json_body(body: bytes) -> None:
-    """Refuse (400) a body that is not UTF-8 or nests objects and arrays deeper than allowed."""
+def check_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Refuse (400) a body that is not UTF-8 or nests objects and arrays deeper than ``max_depth``."""
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnreadableBody("the body is not valid UTF-8", field="body") from exc
-    if json_depth(body) > MAX_JSON_DEPTH:
-        raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="body")
+    if json_depth(body, max_depth) > max_depth:
+        raise UnreadableBody(f"the body is nested deeper than {max_depth} levels", field="body")
 
 
 def check_query(query_string: bytes) -> None:

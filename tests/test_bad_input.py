@@ -157,16 +157,26 @@ def test_whole_body_defects_answer_400_with_a_problem_everywhere(env: Env) -> No
         ):
             for body in (invalid_utf8, deep, deep_object):
                 _problem(c.post(route, content=body, headers={**auth(key), **json_type}), 400)
-        # a body that is merely nested a little deeper than events need is refused too, by name
-        body = _problem(c.post("/v1/batch", content=_deep(80), auth=w, headers=json_type), 400)
-        assert "nested" in body["detail"]
+        # an event nested deeper than events need is rejected by index; the batch's others are kept
+        deep_event = b'{"batch": [{"type": "track", "userId": "d", "event": "Deep", "properties": '
+        deep_event += b'{"a": ' * 60 + b"1" + b"}" * 60 + b'}, {"type": "track", "userId": "d", "event": "Flat"}]}'
+        r = c.post("/v1/batch", content=deep_event, auth=w, headers=json_type)
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 1 and r.json()["rejected"][0]["index"] == 0
+        assert "nested" in r.json()["rejected"][0]["reason"]
+        # the batch's shared context nested too deep: the whole body is refused, by name
+        deep_context = b'{"context": ' + b'{"a": ' * 60 + b"1" + b"}" * 60 + b', "batch": []}'
+        body = _problem(c.post("/v1/batch", content=deep_context, auth=w, headers=json_type), 400)
+        assert "nested" in body["detail"] and body["invalid-params"][0]["name"] == "context"
+        deep_texts = b'{"text": "hi", "channel": "chat", "author": ' + b'{"a": ' * 60 + b"1" + b"}" * 60 + b"}"
+        _problem(c.post("/v1/texts", content=deep_texts, auth=w, headers=json_type), 400)
         # malformed JSON stays a 422 naming the body
         r = c.post("/v1/identify", content=b"{not json", auth=w, headers=json_type)
         assert _problem(r, 422)["invalid-params"][0]["name"] == "body"
         # what is fine still goes through
         ok = c.post("/v1/track", json={"userId": "u1", "event": "Still Fine"}, auth=w)
         assert ok.status_code == 200, ok.text
-    assert _events() == 1
+    assert _events() == 2
 
 
 def test_a_purpose_over_128_characters_is_a_422_naming_it(env: Env) -> None:

@@ -13,9 +13,9 @@ from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
 from app.deps import Caller, Db
-from app.errors import InvalidField
+from app.errors import InvalidField, UnreadableBody
 from app.ingest.service import BatchResult, ingest_messages
-from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, TYPES
+from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_JSON_DEPTH, TYPES, json_depth
 from app.inputs import check_json_body
 from app.profiles.service import VaultContext
 
@@ -96,10 +96,13 @@ async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
             raise InvalidField("is not valid gzip", field="body") from exc
     if len(body) > limit:
         raise PayloadTooLarge(detail=f"the body is larger than {limit // 1024} KB")
-    check_json_body(body)  # 400 for a body that is not UTF-8 or nests too deep
     try:
         return msgspec.json.decode(body)
+    except (UnicodeDecodeError, RecursionError):
+        check_json_body(body)  # names the defect: not UTF-8, or nested too deep (400)
+        raise
     except msgspec.DecodeError as exc:
+        check_json_body(body)  # bytes that are not UTF-8 are a 400, like invalid UTF-8 inside strings
         raise InvalidField("is not valid JSON", field="body") from exc
 
 
@@ -139,6 +142,8 @@ class EventController(Controller):
         if len(data["batch"]) > MAX_BATCH_EVENTS:
             raise PayloadTooLarge(detail=f"more than {MAX_BATCH_EVENTS} messages in one batch")
         defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
+        if defaults and json_depth(msgspec.json.encode(defaults)) > MAX_JSON_DEPTH:
+            raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="context")
         result = await ingest_messages(
             db,
             VaultContext.from_settings(),
