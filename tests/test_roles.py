@@ -41,6 +41,10 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/v1/audit/checkpoints"): {"auditor", "admin"},
     ("GET", "/v1/audit/public-key"): {"auditor", "admin"},
     ("GET", "/v1/audit/verify"): {"auditor", "admin"},
+    ("GET", "/v1/audit/tree-head"): {"auditor", "admin"},
+    ("POST", "/v1/audit/tree-heads"): {"auditor", "admin"},
+    ("GET", "/v1/audit/consistency"): {"auditor", "admin"},
+    ("GET", "/v1/audit/inclusion"): {"auditor", "admin"},
     ("GET", "/v1/jobs"): ADMIN,
     ("GET", "/v1/jobs/runs"): ADMIN,
 }
