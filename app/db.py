@@ -77,7 +77,7 @@ def get_engine(url: str | None = None) -> AsyncEngine:
     """The process-wide async engine for ``url`` (default: the configured database)."""
     url = url or get_settings().database_url
     if url not in _async_engines:
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"hide_parameters": True}  # no bound value in any log or error text
         if is_sqlite(url):
             _ensure_sqlite_dir(url)
             kwargs["connect_args"] = {"timeout": 30}
@@ -93,7 +93,7 @@ def get_engine(url: str | None = None) -> AsyncEngine:
 def create_sync_engine(url: str | None = None) -> Engine:
     """A new blocking engine (caller disposes it)."""
     url = url or get_settings().database_url
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if is_sqlite(url):
         _ensure_sqlite_dir(url)
     engine = create_engine(sync_url(url), **kwargs)

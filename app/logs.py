@@ -1,8 +1,11 @@
 """JSON logs through structlog, with a request id on every line and a PII scrubber.
 
-Every record, including those of uvicorn, SQLAlchemy and APScheduler, passes through
-``scrub_pii`` before it is rendered: values of personal-data keys are replaced and
-email addresses and phone-like numbers inside any string are masked.
+Every record, at every level and including those of uvicorn, SQLAlchemy and APScheduler,
+passes through ``scrub_pii`` before it is rendered: values of personal-data keys are
+replaced, and what the PII engine's pattern detectors find inside any string (emails,
+phone numbers, national ids, cards, IBANs, IP addresses…, ``app.pii.quick``) is masked.
+SQL statement loggers never log below WARNING (their records would carry bound values);
+engines are also made with ``hide_parameters``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,17 @@ PII_KEYS = frozenset(
 REDACTED = "[REDACTED]"
 
 
+SQL_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "psycopg", "psycopg2")
+TOKENS = {
+    "EMAIL_ADDRESS": "[EMAIL]",
+    "PHONE_NUMBER": "[PHONE]",
+    "CN_MOBILE": "[PHONE]",
+    "IP_ADDRESS": "[IP]",
+    "PERSON": "[NAME]",
+    "STREET_ADDRESS": "[ADDRESS]",
+}
+
+
 def _mask_phone(match: re.Match[str]) -> str:
     text = match.group(0)
     digits = sum(c.isdigit() for c in text)
@@ -61,8 +75,28 @@ def _mask_phone(match: re.Match[str]) -> str:
 
 
 def scrub_text(text: str) -> str:
-    """Mask email addresses and phone numbers inside free text."""
-    return PHONE_RE.sub(_mask_phone, EMAIL_RE.sub("[EMAIL]", text))
+    """Mask what the PII detectors find inside free text (and any remaining email address)."""
+    from app.pii.quick import ready_scanner
+
+    scanner = ready_scanner()
+    if scanner is None:
+        return PHONE_RE.sub(_mask_phone, EMAIL_RE.sub("[EMAIL]", text))
+    hits = scanner.spans(text)
+    if hits:
+        parts, pos = [], 0
+        for h in hits:
+            parts += [text[pos : h.start], TOKENS.get(h.entity, "[PII]")]
+            pos = h.end
+        parts.append(text[pos:])
+        text = "".join(parts)
+    return EMAIL_RE.sub("[EMAIL]", text) if "@" in text else text
+
+
+class _NoStatementLogs(logging.Filter):
+    """Drop records of SQL driver and engine loggers below WARNING (statements and their parameters)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith(SQL_LOGGERS)
 
 
 def _scrub(value: Any, depth: int = 0) -> Any:
@@ -116,6 +150,7 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         root.removeHandler(h)
     for h in handlers:
         h.setFormatter(formatter)
+        h.addFilter(_NoStatementLogs())
         root.addHandler(h)
     root.setLevel(settings.log_level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "litestar", "apscheduler"):
@@ -123,4 +158,6 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logger.handlers.clear()
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True  # our access line carries the request id
+    for name in SQL_LOGGERS:  # statement logs carry bound values: never below WARNING, DEBUG included
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)

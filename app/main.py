@@ -26,6 +26,7 @@ from app.ledger.routes import AuditController
 from app.logs import configure_logging
 from app.people.routes import ProfileController
 from app.pii.engine import resolve_ner_model
+from app.pii.routes import FieldReviewController
 from app.problems import EXCEPTION_HANDLERS
 from app.ratelimit import STORE_NAME, rate_limit_middleware, rate_limit_store
 from app.request_context import request_id_middleware
@@ -89,6 +90,7 @@ def create_app() -> Litestar:
             AuditController,
             JobController,
             TextController,
+            FieldReviewController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

@@ -45,6 +45,8 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/v1/audit/tree-heads"): {"auditor", "admin"},
     ("GET", "/v1/audit/consistency"): {"auditor", "admin"},
     ("GET", "/v1/audit/inclusion"): {"auditor", "admin"},
+    ("GET", "/v1/fields/review"): ADMIN,
+    ("POST", "/v1/fields/review"): ADMIN,
     ("GET", "/v1/jobs"): ADMIN,
     ("GET", "/v1/jobs/runs"): ADMIN,
 }

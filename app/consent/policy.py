@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -65,17 +66,35 @@ class PolicySet:
     text_channels: tuple[str, ...]
     """Free-text channels texts may come from."""
     properties_not_personal: frozenset[str] = frozenset()
+    non_personal: frozenset[str] = frozenset()
+    """Normalised names that are not personal data by policy (``non_personal``)."""
+    name_patterns: tuple[tuple[re.Pattern[str], str], ...] = ()
+    """(pattern searched in a normalised name, category), in policy order."""
+    normal_traits: dict[str, str] = field(default_factory=dict)
+    """Normalised trait names and aliases → the trait."""
 
     def personal_property(self, name: str) -> bool:
         """Is an event property of this name declared personal data?"""
         return name not in self.properties_not_personal and self.trait(name) is not None
 
     def trait(self, name: str) -> TraitRule | None:
-        """The rule for a trait name or one of its aliases (None: not personal data)."""
-        return self.traits.get(self.aliases.get(name, name))
+        """The rule for a trait name or one of its aliases, compared exactly and then after
+        normalising case and separators (``First Name`` = ``first_name`` = ``firstName``);
+        None: not a declared personal trait."""
+        rule = self.traits.get(self.aliases.get(name, name))
+        if rule is None:
+            target = self.normal_traits.get(normal_name(name))
+            rule = self.traits.get(target) if target else None
+        return rule
 
     def canonical_trait(self, name: str) -> str:
         return self.aliases.get(name, name)
+
+
+@lru_cache(maxsize=65536)
+def normal_name(name: str) -> str:
+    """A field name compared by policy: case folded, only letters and digits kept (any script)."""
+    return "".join(c for c in name.casefold() if c.isalnum())
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
@@ -124,4 +143,15 @@ def load_policies(policy_dir: Path) -> PolicySet:
     t = _load_yaml(policy_dir / "text_channels.yaml")
     channels = tuple(t["channels"])
     exempt = frozenset(c.get("properties_not_personal") or [])
-    return PolicySet(purposes, defaults, traits, aliases, identity, channels, exempt)
+    normal_traits = {normal_name(n): n for n in traits}
+    for alias, target in aliases.items():
+        normal_traits.setdefault(normal_name(alias), target)
+    non_personal = frozenset(normal_name(str(n)) for n in c.get("non_personal") or [])
+    patterns = tuple(
+        (re.compile(str(pattern)), str(category))
+        for category, items in (c.get("name_patterns") or {}).items()
+        for pattern in items
+    )
+    return PolicySet(
+        purposes, defaults, traits, aliases, identity, channels, exempt, non_personal, patterns, normal_traits
+    )

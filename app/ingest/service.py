@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
+from app.consent.policy import TraitRule
 from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
@@ -23,7 +24,8 @@ from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
-from app.pii.classify import classify_property
+from app.pii.fields import FieldPolicy, Splitter, split_traits_by_policy
+from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
 from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
 from app.vault.cipher import seal_field
@@ -55,6 +57,10 @@ class Prepared:
     personal_props: dict[str, Any]
     undeclared: list[str] = field(default_factory=list)
     """Property names that were not declared personal data but look like it."""
+    unknown: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Names sealed as ``user.unknown``, by (name, scope), for review."""
+    categories: dict[str, str] = field(default_factory=dict)
+    """Path → data category of each sealed property and trait."""
     trusted: bool = False
     """Did a ``server`` source (or a verified user hash) send it?"""
 
@@ -99,40 +105,47 @@ def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tup
     return out
 
 
-def _prepare(ctx: VaultContext, msg: Message) -> Prepared:
-    personal: dict[str, tuple[Any, Any]] = {}
-    plain: dict[str, Any] = {}
-    for name, value in msg.traits.items():
-        rule = ctx.policies.trait(name)
-        if rule is None:
-            plain[name] = value
-        elif value is not None:
-            personal[rule.name] = (rule, normalize_trait(rule, value, ctx.region, f"traits.{name}"))
+def _prepare(ctx: VaultContext, msg: Message, fp: FieldPolicy | None = None) -> Prepared:
+    """Split a message into what identifies, what is personal (sealed, with its category)
+    and what stays plain: names by policy, then string values by the pattern detectors."""
+    fp = fp or cached_field_policy(ctx.policies, ctx.keys.index_key)
+    _check_event_name(fp, msg)
+    region = ctx.region
+
+    def normalize(rule: TraitRule, value: Any, where: str) -> Any:
+        return normalize_trait(rule, value, region, where)
+
+    scope = "group_traits" if msg.type == "group" else "traits"
+    traits = split_traits_by_policy(fp, msg.traits, normalize, keep_none=False)
+    personal, plain = traits.personal, traits.plain
     link_only: dict[str, tuple[Any, Any]] = {}
     ctx_traits = msg.context.get("traits")
     if msg.type != "identify" and isinstance(ctx_traits, dict):
-        for name in ("email", "phone"):  # a tracked event's context.traits still identify the person
-            rule = ctx.policies.trait(name)
-            if rule is not None and name in ctx_traits:
+        for name, value in ctx_traits.items():  # a tracked event's context.traits still identify the person
+            rule = ctx.policies.trait(name) if isinstance(name, str) else None
+            if rule is not None and rule.name in ("email", "phone") and rule.name not in link_only:
                 with contextlib.suppress(InvalidField):
-                    link_only[name] = (rule, normalize_trait(rule, ctx_traits[name], ctx.region, name))
-    props_plain: dict[str, Any] = {}
-    props_personal: dict[str, Any] = {}
-    flagged: list[str] = []
-    for name, value in msg.properties.items():
-        if ctx.policies.personal_property(name):
-            props_personal[name] = value
-        elif name not in ctx.policies.properties_not_personal and classify_property(name, value):
-            # undeclared personal data: sealed like declared, and flagged in the ledger
-            props_personal[name] = value
-            flagged.append(name)
-        else:
-            props_plain[name] = value
+                    link_only[rule.name] = (rule, normalize_trait(rule, value, region, rule.name))
+    props = Splitter(fp, ctx.policies.properties_not_personal).split(msg.properties, "properties")
     idents = extract_identifiers(ctx, msg, {**link_only, **personal})
-    if msg.type != "identify":
-        personal = {}  # only identify sets profile traits
-        plain = plain if msg.type == "group" else {}
-    return Prepared(msg, idents, personal, plain, props_plain, props_personal, flagged)
+    unknown: Counter[tuple[str, str]] = Counter()
+    categories = dict(props.categories)
+    if msg.type in ("identify", "group"):
+        unknown.update((name, scope) for name in traits.unknown)
+        categories.update({f"traits.{name}": rule.category for name, (rule, _v) in personal.items()})
+    else:
+        personal, plain = {}, {}  # only identify sets profile traits; group traits stay on the event
+    unknown.update((name, "properties") for name in props.unknown)
+    return Prepared(
+        msg, idents, personal, plain, props.plain, props.sealed, props.flagged, unknown=unknown, categories=categories
+    )
+
+
+def _check_event_name(fp: FieldPolicy, msg: Message) -> None:
+    """An event name that carries personal data (an email, a phone number…) is refused, never stored."""
+    if msg.name and fp.value_category(msg.name) is not None:
+        where = "event" if msg.type == "track" else "name"
+        raise InvalidField("looks like personal data (an email, phone number or id): not stored", field=where)
 
 
 def _insert(session: AsyncSession, table: Table) -> Any:
@@ -174,7 +187,8 @@ async def ingest_messages(
     if not decide(principal, None).allowed:
         await authorize(session, principal, "ingest.events", [], None)
     result = BatchResult()
-    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, require_ids, now)
+    fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
+    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, require_ids, now, fp)
     seen: set[str] = set()
     unique = []
     for p in prepared:
@@ -188,6 +202,11 @@ async def ingest_messages(
     stored.rejected = result.rejected
     by_msg = stored.by_message
     stored.profile_ids = [by_msg.get(p.msg.message_id) for p in prepared]
+    sightings: Counter[tuple[str, str]] = Counter()
+    for p in unique:
+        if p.unknown and p.msg.message_id in by_msg:
+            sightings.update(p.unknown)
+    await record_sightings(session, fp, sightings)
     return stored
 
 
@@ -200,6 +219,7 @@ def _validated(
     expected_type: str | None,
     require_ids: bool,
     now: datetime,
+    fp: FieldPolicy | None = None,
 ) -> list[Prepared]:
     prepared: list[Prepared] = []
     for i, raw in enumerate(raw_messages):
@@ -208,7 +228,7 @@ def _validated(
             result.rejected.append(checked)
             continue
         try:
-            ready = _prepare(ctx, checked)
+            ready = _prepare(ctx, checked, fp)
         except InvalidField as exc:
             result.rejected.append(Rejection(i, exc.field or "", exc.detail))
             continue
@@ -303,6 +323,7 @@ def _event_rows(
             "context": m.context,
             "properties": p.personal_props,
             "traits": {k: v for k, (_r, v) in p.personal.items()},
+            "categories": p.categories,
         }
         events.append(
             {

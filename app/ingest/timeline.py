@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.ingest.models import Event
+from app.pii.fields import deep_merge
 from app.vault.cipher import open_field
 from app.vault.service import DataKey
 
@@ -38,8 +39,8 @@ def open_event(ev: Event, dk: DataKey | None) -> dict[str, Any]:
     }
     if dk is not None:
         sealed = open_field(dk.key, ev.origin_id, "event", ev.key_version, ev.sealed)
-        out["properties"].update(sealed.pop("properties", {}) or {})
-        out["traits"].update(sealed.pop("traits", {}) or {})
+        out["properties"] = deep_merge(out["properties"], sealed.pop("properties", {}) or {})
+        out["traits"] = deep_merge(out["traits"], sealed.pop("traits", {}) or {})
         out.update({k: v for k, v in sealed.items() if v is not None})
     return out
 

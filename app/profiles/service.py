@@ -92,23 +92,24 @@ def normalize_trait(rule: TraitRule, value: Any, region: str, field_name: str) -
 
 
 def split_traits(ctx: VaultContext, traits: dict[str, Any]) -> tuple[dict[str, tuple[TraitRule, Any]], dict[str, Any]]:
-    """Separate personal-data traits (normalised) from plain ones; ``None`` values delete."""
+    """Separate personal-data traits (normalised) from plain ones; ``None`` values delete.
+
+    Names are decided by policy after normalising case and separators, and a plain name's
+    value still passes the PII detectors (``app.pii.fields``): unknown names are sealed as
+    ``user.unknown``, so only names declared non-personal stay plain."""
+    from app.pii.fields import split_traits_by_policy
+    from app.pii.review import cached_field_policy
+
     if len(traits) > MAX_TRAITS:
         raise InvalidField(f"at most {MAX_TRAITS} traits", field="traits")
-    personal: dict[str, tuple[TraitRule, Any]] = {}
-    plain: dict[str, Any] = {}
-    for raw_name, value in traits.items():
-        rule = ctx.policies.trait(raw_name)
-        if rule is None:
-            if len(raw_name) > 64:
-                raise InvalidField("trait names are at most 64 characters", field="traits")
-            plain[raw_name] = value
-            continue
-        personal[rule.name] = (
-            rule,
-            None if value is None else normalize_trait(rule, value, ctx.region, f"traits.{raw_name}"),
-        )
-    return personal, plain
+    for raw_name in traits:
+        if len(raw_name) > 64 and ctx.policies.trait(raw_name) is None:
+            raise InvalidField("trait names are at most 64 characters", field="traits")
+    fp = cached_field_policy(ctx.policies, ctx.keys.index_key)
+    split = split_traits_by_policy(
+        fp, traits, lambda rule, value, where: normalize_trait(rule, value, ctx.region, where)
+    )
+    return split.personal, split.plain
 
 
 # --- the person's row -------------------------------------------------------------------
