@@ -78,22 +78,19 @@ class Resolver:
 
         On PostgreSQL, advisory locks on the identifiers' digests (sorted) serialise batches
         that introduce the same new identifier; then the rows of every profile holding one
-        of them are locked (``FOR UPDATE``), re-reading until no concurrent merge moved an
-        identifier to a profile not yet locked. On SQLite the batch takes the database's
-        write lock first, so nothing it reads can change before it commits.
+        of them are locked (``FOR UPDATE``) in the statement that finds them, again while a
+        locked row turns out merged away (a concurrent merge moved its identifiers). On
+        SQLite the batch takes the database's write lock first, so nothing it reads can
+        change before it commits.
         """
         keys = sorted({i.key for i in idents})
         sqlite = await self._writer_lock(keys)
-        locked: dict[str, Any] = {}
-        owners = await self._owners_in_db(keys)
+        rows = await self._lock_owners(keys)
         for _ in range(20):
-            if owners <= set(locked):
+            if sqlite or all(r.merged_into is None for r in rows.values()):
                 break
-            locked.update(await lock_profiles(self.session, owners - set(locked)))
-            if sqlite:
-                break
-            owners = await self._owners_in_db(keys)
-        await self._load_profiles({p: locked[p] for p in owners})
+            rows = await self._lock_owners(keys)  # a concurrent merge moved identifiers: follow them
+        await self._load_profiles({p: r for p, r in rows.items() if r.merged_into is None})
 
     async def _writer_lock(self, keys: list[Key]) -> bool:
         """Take the database's write lock (SQLite) or the digests' advisory locks (PostgreSQL);
@@ -110,14 +107,15 @@ class Resolver:
         )
         return False
 
-    async def _owners_in_db(self, keys: list[Key]) -> set[str]:
-        pids: set[str] = set()
+    async def _lock_owners(self, keys: list[Key]) -> dict[str, Any]:
+        """Lock and return the profile rows holding any of these identifiers (one statement a chunk)."""
+        rows: dict[str, Any] = {}
         for start in range(0, len(keys), LOOKUP_CHUNK):
-            q = select(col(Identifier.profile_id)).where(
+            owners = select(col(Identifier.profile_id)).where(
                 tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys[start : start + LOOKUP_CHUNK])
             )
-            pids.update((await self.session.execute(q)).scalars())
-        return pids
+            rows.update(await lock_profiles(self.session, owners))
+        return rows
 
     async def _load_profiles(self, rows: dict[str, Any]) -> None:
         """Load what the locked profiles (``rows``: id → locked profile row) hold, and their keys."""

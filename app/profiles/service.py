@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, insert, tuple_, update
+from sqlalchemy import Select, bindparam, delete, insert, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -125,12 +125,13 @@ async def create_profiles(session: AsyncSession, rows: list[dict[str, Any]]) -> 
         await session.execute(insert(table_of(Profile)), rows)
 
 
-async def lock_profiles(session: AsyncSession, profile_ids: Collection[str]) -> dict[str, Profile]:
+async def lock_profiles(session: AsyncSession, profile_ids: Collection[str] | Select[Any]) -> dict[str, Profile]:
     """Lock these profiles' rows (``FOR UPDATE`` in id order, so lockers never deadlock on
-    one batch) and return them as they are once locked."""
-    if not profile_ids:
+    one batch) and return them as they are once locked. ``profile_ids`` may be a subquery."""
+    if not isinstance(profile_ids, Select) and not profile_ids:
         return {}
-    q = select(Profile).where(col(Profile.id).in_(sorted(profile_ids))).order_by(col(Profile.id))
+    ids = profile_ids if isinstance(profile_ids, Select) else sorted(profile_ids)
+    q = select(Profile).where(col(Profile.id).in_(ids)).order_by(col(Profile.id))
     q = q.with_for_update().execution_options(populate_existing=True)
     return {p.id: p for p in (await session.execute(q)).scalars()}
 
