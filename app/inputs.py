@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from app.errors import InvalidField, TooLarge, UnreadableBody
-from app.ingest.spec import MAX_JSON_DEPTH, json_depth
+from app.ingest.spec import MAX_JSON_DEPTH, has_nul, json_depth
 
 MAX_PURPOSE_LEN = 128
 CHECKED_BODY_LIMIT = 1024 * 1024
@@ -29,6 +30,23 @@ def check_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
         raise UnreadableBody("the body is not valid UTF-8", field="body") from exc
     if json_depth(body, max_depth) > max_depth:
         raise UnreadableBody(f"the body is nested deeper than {max_depth} levels", field="body")
+
+
+def check_no_nul(body: bytes) -> None:
+    """422 naming the top-level field when a JSON string or key holds NUL (no database stores it)."""
+    if b"\\u0000" not in body:
+        return
+    try:
+        data = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return  # not JSON: the handler's own decoding answers
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if has_nul(key) or has_nul(value):
+                name = key if key.isidentifier() and len(key) <= 64 else "body"
+                raise InvalidField("contains a NUL character", field=name)
+    elif has_nul(data):
+        raise InvalidField("contains a NUL character", field="body")
 
 
 def check_query(query_string: bytes) -> None:
@@ -96,6 +114,7 @@ def input_checks_middleware(app: ASGIApp) -> ASGIApp:
         body = b"".join(chunks)
         if not more and first_other is None:
             check_json_body(body)
+            check_no_nul(body)
         replay: list[ReceiveMessage] = [{"type": "http.request", "body": body, "more_body": more}]
         if first_other is not None:
             replay.append(first_other)

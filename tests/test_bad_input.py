@@ -199,3 +199,22 @@ def test_a_purpose_over_128_characters_is_a_422_naming_it(env: Env) -> None:
             f"/v1/profiles/{pid}", params={"purpose": long_purpose}, json={"traits": {}}, headers=auth(keys["admin"])
         )
         assert _problem(r, 422)["invalid-params"][0]["name"] == "purpose"
+
+
+def test_nul_characters_in_other_bodies_are_422_naming_the_field(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        for path, body, key, field in (
+            ("/v1/texts", {"text": f"hi{NUL}{SECRET}", "channel": "chat"}, keys["ingest"], "text"),
+            ("/v1/texts", {"texts": [{"text": f"{NUL}{SECRET}", "channel": "chat"}]}, keys["ingest"], "texts"),
+            ("/v1/profiles", {"traits": {"plan": f"x{NUL}{SECRET}"}}, keys["admin"], "traits"),
+            ("/v1/keys", {"role": "ingest", "name": f"n{NUL}{SECRET}"}, keys["admin"], "name"),
+            ("/v1/pii/scan", {"text": f"a{NUL}{SECRET}"}, keys["compliance"], "text"),
+        ):
+            body = _problem(c.post(path, json=body, headers=auth(key)), 422)
+            assert body["invalid-params"][0]["name"] == field, (path, body)
+        # an escaped backslash before "u0000" is no NUL
+        ok = c.post("/v1/texts", json={"text": "path C:\\u0000 ok", "channel": "chat"}, auth=(keys["ingest"], ""))
+        assert ok.status_code == 201, ok.text
+    with sync_db() as conn:
+        assert conn.execute(text("SELECT count(*) FROM text_record")).scalar() == 1

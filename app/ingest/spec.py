@@ -60,7 +60,7 @@ def json_depth(body: bytes, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     """True if a string or key anywhere inside ``value`` holds a NUL character (iterative)."""
     stack = [value]
     while stack:
@@ -196,7 +196,7 @@ def validate(
             raise Invalid("", f"is nested deeper than {MAX_JSON_DEPTH} levels")
         if b"\\u0000" in encoded:  # NUL cannot be stored (PostgreSQL refuses it): name the field it is in
             for name, value in raw.items():
-                if _has_nul(name) or _has_nul(value):
+                if has_nul(name) or has_nul(value):
                     raise Invalid(name if name in SPEC_FIELDS else "", "contains a NUL character")
         defaults = defaults or {}
         mtype = raw.get("type") or expected_type
@@ -210,7 +210,7 @@ def validate(
         message_id = _ident(raw.get("messageId"), "messageId") or f"auto-{uuid.uuid4()}"
         if len(message_id) > MAX_MESSAGE_ID_LEN:
             raise Invalid("messageId", f"is longer than {MAX_MESSAGE_ID_LEN} characters")
-        if "context" in defaults and _has_nul(defaults["context"]):
+        if "context" in defaults and has_nul(defaults["context"]):
             raise Invalid("context", "contains a NUL character")
         context = {**_object(defaults, "context"), **_object(raw, "context")}
         timestamp = parse_time(raw.get("timestamp") or raw.get("originalTimestamp"), "timestamp")
