@@ -465,3 +465,29 @@ def test_data_files_and_folders_are_private_to_the_service_user(tmp_path: Path) 
     writer = EncryptedWriter(data / "imports" / "x.enc", new_data_key(), "x")
     writer.close()
     assert stat.S_IMODE((data / "imports" / "x.enc").stat().st_mode) == 0o600
+
+
+def test_an_upload_is_imported_with_the_trust_of_the_key_that_sent_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.imports import service
+
+    seen: list[str] = []
+    real = service.ingest_messages
+
+    async def spy(session: Any, ctx: Any, principal: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(principal.trust)
+        return await real(session, ctx, principal, *args, **kwargs)
+
+    monkeypatch.setattr(service, "ingest_messages", spy)
+    keys = make_keys()
+    with client() as c:
+        admin = auth(keys["admin"])
+        web = c.post("/v1/keys", json={"role": "ingest", "name": "web", "trust": "client"}, headers=admin)
+        shop = c.post("/v1/keys", json={"role": "ingest", "name": "shop", "trust": "server"}, headers=admin)
+        assert web.status_code == 201 and shop.status_code == 201, (web.text, shop.text)
+        for key, trust in ((web.json()["key"], "client"), (shop.json()["key"], "server")):
+            r = c.post("/v1/imports", files={"file": ("t.csv", b"email\nt@example.com\n")}, auth=(key, ""))
+            assert r.status_code == 202, r.text
+            assert _wait(c, key, r.json()["id"])["status"] == "done"
+            assert seen[-1] == trust

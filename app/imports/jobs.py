@@ -60,7 +60,9 @@ async def process_import(import_id: str) -> str:
     file_key = unwrap_key(
         keys.master.get(job.master_version), job.master_version, f"import:{job.id}", 1, job.wrapped_key
     )
-    principal = Principal(key_id=job.actor_key_id, role="ingest", name=job.source, source=job.source)
+    principal = Principal(
+        key_id=job.actor_key_id, role="ingest", name=job.source, source=job.source, trust=job.actor_trust
+    )
     rejects = io.StringIO()
 
     async def heartbeat(_rows: int) -> None:

@@ -32,6 +32,8 @@ class ImportJob(SQLModel, table=True):
     mapping: str | None = Field(default=None, sa_type=Text)
     """The YAML mapping sent with the upload (column names only)."""
     actor_key_id: str = Field(max_length=64)
+    actor_trust: str = Field(default="client", max_length=8, sa_column_kwargs={"server_default": "client"})
+    """Trust of the uploading key (``client`` or ``server``): the background run acts with it."""
     wrapped_key: bytes | None = None
     """The upload's file key, wrapped under the master key (the upload is stored encrypted)."""
     master_version: int | None = None

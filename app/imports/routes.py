@@ -211,6 +211,7 @@ class ImportController(Controller):
             format=fmt,
             mapping=mapping,
             actor_key_id=principal.key_id,
+            actor_trust=principal.trust,
             wrapped_key=wrap_key(master, mv, f"import:{job_id}", 1, file_key),
             master_version=mv,
             created_at=datetime.now(UTC),
