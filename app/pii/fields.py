@@ -224,6 +224,8 @@ class Splitter:
 
     def _seal(self, name: str, value: Any, path: str, out: Split, decision: NameDecision) -> tuple[Any, Any]:
         category = decision.category or UNKNOWN
+        if category == UNKNOWN:
+            category = self.fp.value_category(value) or UNKNOWN  # what the value shows, if anything
         out.categories[path] = category
         if decision.kind != "trait":
             out.flagged.append(path[path.index(".") + 1 :])
@@ -255,17 +257,31 @@ def split_traits_by_policy(
     sealed as they are under their category; a plain name's value sealed when the value
     detectors find personal data anywhere in it."""
     out = TraitSplit()
+    taken: dict[str, str] = {}
     for raw, value in traits.items():
         d = fp.decide(raw)
         if value is None and not keep_none:
             continue
         if d.kind == "trait":
             assert d.rule is not None
-            out.personal[d.rule.name] = (d.rule, None if value is None else normalize(d.rule, value, f"traits.{raw}"))
+            canonical = d.rule.name
+            if canonical in taken and taken[canonical] != raw:
+                # two spellings of one trait in a payload: the exact name keeps the trait,
+                # the other is sealed under its own name (nothing is dropped)
+                if raw != canonical:
+                    out.personal[fp.label(raw)] = (_rule(fp.label(raw), d.rule.category), value)
+                    continue
+                other = taken[canonical]
+                out.personal[fp.label(other)] = (_rule(fp.label(other), d.rule.category), traits[other])
+            taken[canonical] = raw
+            out.personal[canonical] = (d.rule, None if value is None else normalize(d.rule, value, f"traits.{raw}"))
             continue
         if d.personal:
             assert d.rule is not None
-            out.personal[d.rule.name] = (d.rule, value)
+            rule = d.rule
+            if d.kind == "unknown" and (found := fp.value_category(value)):
+                rule = _rule(rule.name, found)  # an unknown name, but the value shows what it is
+            out.personal[rule.name] = (rule, value)
             out.flagged.append(d.rule.name)
             if d.kind == "unknown":
                 out.unknown[raw] = d.rule.name
