@@ -1294,3 +1294,43 @@ def test_gpp_vectors_regenerate_identically_with_the_reference(tmp_path: Path) -
     for new, old in zip(fresh, GPP_VECTORS, strict=True):
         assert new["expected"] == old["expected"]
         assert _mask_tcfeuv2_dates(new["string"]) == _mask_tcfeuv2_dates(old["string"])
+
+
+# ---------------------------------------------------------------------------------------------- adversarial sizes
+
+
+def _core_with_vendor_ranges(entries: list[tuple[int, int]], max_id: int = 65535) -> str:
+    head = b64_to_bits(encode_tcf({1}))[:213]
+    body = "".join("1" + _int(a, 16) + _int(b, 16) for a, b in entries)
+    return bits_to_b64(head + _int(max_id, 16) + "1" + _int(len(entries), 12) + body + _int(0, 16) + "0" + _int(0, 12))
+
+
+def test_tcf_largest_range_encoding_decodes_and_overlaps_are_rejected() -> None:
+    entries = [(16 * i + 1, 16 * i + 16) for i in range(4095)]
+    r = decode_tcf(_core_with_vendor_ranges(entries))
+    assert isinstance(r, TcfConsent)
+    assert len(r.vendor_consents) == 4095 * 16
+    # The same number of entries, each claiming every vendor: refused before anything is expanded.
+    r2 = decode_tcf(_core_with_vendor_ranges([(1, 65535)] * 4095))
+    assert isinstance(r2, TcfRejection)
+    assert "invalid range" in r2.reason
+    # A range reaching past MaxVendorId.
+    r3 = decode_tcf(_core_with_vendor_ranges([(1, 11)], max_id=10))
+    assert isinstance(r3, TcfRejection)
+
+
+def test_tcf_largest_disclosed_vendors_segment_decodes() -> None:
+    entries = [(16 * i + 1, 16 * i + 16) for i in range(4095)]
+    body = "".join("1" + _int(a, 16) + _int(b, 16) for a, b in entries)
+    disclosed = bits_to_b64(_int(1, 3) + _int(65535, 16) + "1" + _int(len(entries), 12) + body)
+    r = decode_tcf(encode_tcf({1, 2}) + "." + disclosed)
+    assert isinstance(r, TcfConsent)
+    assert r.disclosed_vendors is not None and len(r.disclosed_vendors) == 4095 * 16
+
+
+def test_gpp_header_with_an_impossible_section_id_is_rejected() -> None:
+    # One range entry from 1 to 1 + 2584 (Fibonacci-coded): refused before the ids are listed.
+    bits = _int(3, 6) + _int(1, 6) + _int(1, 12) + "1" + "11" + "0" * 16 + "11"
+    r = decode_gpp(bits_to_b64(bits, lcm=6) + "~AAAA")
+    assert isinstance(r, GppRejection)
+    assert "impossible section id" in r.reason

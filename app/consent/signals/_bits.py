@@ -9,6 +9,7 @@ from __future__ import annotations
 
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _VALUE = {c: i for i, c in enumerate(_ALPHABET)}
+_BITS = {c: format(i, "06b") for i, c in enumerate(_ALPHABET)}
 
 
 class SignalError(Exception):
@@ -35,11 +36,8 @@ class BitReader:
             raise SignalError(f"{what} is empty")
         if not is_base64url(segment):
             raise SignalError(f"{what} has characters outside the base64url alphabet")
-        value = 0
-        for c in segment:
-            value = (value << 6) | _VALUE[c]
-        self._value = value
-        self.length = 6 * len(segment)
+        self._bits = "".join(_BITS[c] for c in segment)
+        self.length = len(self._bits)
         self.pos = 0
         self.what = what
 
@@ -51,7 +49,7 @@ class BitReader:
         start = self.pos + at
         if start + n > self.length:
             raise Truncated(f"{self.what} is truncated")
-        return (self._value >> (self.length - start - n)) & ((1 << n) - 1)
+        return int(self._bits[start : start + n], 2) if n else 0
 
     def uint(self, n: int) -> int:
         v = self.peek_int(n)
@@ -67,8 +65,10 @@ class BitReader:
 
     def bitfield(self, n: int) -> set[int]:
         """n bits as the set of 1-based positions that are set."""
-        v = self.uint(n)
-        return {i + 1 for i in range(n) if (v >> (n - 1 - i)) & 1}
+        self.peek_int(0, n)  # raises if the n bits are not all present
+        bits = self._bits[self.pos : self.pos + n]
+        self.pos += n
+        return {i + 1 for i, bit in enumerate(bits) if bit == "1"}
 
     def letters(self, n: int, field: str) -> str:
         out = []
@@ -97,8 +97,8 @@ class BitReader:
 
     def bytes_padded(self) -> bytes:
         """All bits present, zero-padded to whole bytes (for decoders that want bytes)."""
-        pad = -self.length % 8
-        return (self._value << pad).to_bytes((self.length + pad) // 8, "big")
+        bits = self._bits + "0" * (-self.length % 8)
+        return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
     def finish(self, max_padding: int) -> None:
         """The bits after the last field must be zero padding, and fewer than ``max_padding``."""

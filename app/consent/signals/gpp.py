@@ -137,13 +137,12 @@ def _header(text: str) -> list[int]:
         if r.flag():
             start = last + r.fibonacci()
             end = start + r.fibonacci()
-            ids.extend(range(start, end + 1))
-            last = end
         else:
-            last += r.fibonacci()
-            ids.append(last)
-        if last > MAX_SECTION_ID:
+            start = end = last + r.fibonacci()
+        if end > MAX_SECTION_ID:
             raise SignalError("GPP header lists an impossible section id")
+        ids.extend(range(start, end + 1))
+        last = end
     r.finish(MAX_PADDING_BITS)
     if not ids:
         raise SignalError("GPP header lists no sections")

@@ -115,23 +115,34 @@ class _Walk:
     restrictions: int = 0
 
 
-def _ranges(r: BitReader, count: int, max_id: int | None, what: str) -> set[int]:
-    ids: set[int] = set()
+def _ranges(r: BitReader, count: int, what: str) -> list[tuple[int, int]]:
+    entries = []
     for _ in range(count):
         is_range = r.flag()
         start = r.uint(16)
         end = r.uint(16) if is_range else start
-        if start < 1 or end < start or (max_id is not None and end > max_id):
+        if start < 1 or end < start:
             raise SignalError(f"{what} has an invalid range entry")
-        ids.update(range(start, end + 1))
-    return ids
+        entries.append((start, end))
+    return entries
 
 
 def _vendor_section(r: BitReader, what: str) -> set[int]:
+    """MaxVendorId, IsRangeEncoding, then a bit field or range entries.  Range entries must lie
+    within 1..MaxVendorId and must not overlap, which also bounds the work to MaxVendorId ids."""
     max_id = r.uint(16)
-    if r.flag():
-        return _ranges(r, r.uint(12), max_id, what)
-    return r.bitfield(max_id) if max_id else set()
+    if not r.flag():
+        return r.bitfield(max_id) if max_id else set()
+    entries = sorted(_ranges(r, r.uint(12), what))
+    previous_end = 0
+    for start, end in entries:
+        if start <= previous_end or end > max_id:
+            raise SignalError(f"{what} has an invalid range entry")
+        previous_end = end
+    ids: set[int] = set()
+    for start, end in entries:
+        ids.update(range(start, end + 1))
+    return ids
 
 
 def _walk_core(r: BitReader) -> _Walk:
@@ -157,19 +168,22 @@ def _walk_core(r: BitReader) -> _Walk:
     w.restrictions = r.uint(12)
     for _ in range(w.restrictions):
         r.skip(6 + 2)  # PurposeId, RestrictionType
-        _ranges(r, r.uint(12), None, "publisher restriction")
+        _ranges(r, r.uint(12), "publisher restriction")
     r.finish(MAX_PADDING_BITS)
     return w
 
 
-def _walk_segment(r: BitReader, kind: int) -> None:
+def _walk_segment(r: BitReader, kind: int) -> set[int] | None:
+    """Checks a non-core segment's structure; returns the vendor ids of a vendors segment."""
+    vendors = None
     if kind in (SEGMENT_DISCLOSED_VENDORS, SEGMENT_ALLOWED_VENDORS):
-        _vendor_section(r, r.what)
+        vendors = _vendor_section(r, r.what)
     else:
         r.skip(24 + 24)  # PubPurposesConsent, PubPurposesLITransparency
         custom = r.uint(6)
         r.skip(2 * custom)
     r.finish(MAX_PADDING_BITS)
+    return vendors
 
 
 def _as_set(bits: dict[int, bool]) -> set[int]:
@@ -211,7 +225,7 @@ def _decode(s: str) -> TcfConsent:
         raise SignalError("IsServiceSpecific is 0 (global consent is not valid in TCF 2.2)")
 
     seen: set[int] = set()
-    others: list[tuple[int, bytes]] = []
+    others: list[tuple[int, bytes, set[int] | None]] = []
     for text in segments[1:]:
         r = BitReader(text, "segment")
         kind = r.uint(3)
@@ -221,8 +235,7 @@ def _decode(s: str) -> TcfConsent:
             raise SignalError(f"duplicate {_SEGMENT_NAMES[kind]}")
         seen.add(kind)
         r.what = _SEGMENT_NAMES[kind]
-        _walk_segment(r, kind)
-        others.append((kind, r.bytes_padded()))
+        others.append((kind, r.bytes_padded(), _walk_segment(r, kind)))
 
     lib = ConsentV2(core.bytes_padded())
     purposes = _as_set(lib.purposes_consent)
@@ -247,12 +260,13 @@ def _decode(s: str) -> TcfConsent:
     disclosed: frozenset[int] | None = None
     pub_consent: frozenset[int] | None = None
     pub_li: frozenset[int] | None = None
-    for kind, data in others:
-        seg = NonCoreSegment(data)
-        if kind == SEGMENT_DISCLOSED_VENDORS:
-            disclosed = frozenset(_as_set(seg.read_vendors()))
+    for kind, data, walked_vendors in others:
+        if kind == SEGMENT_DISCLOSED_VENDORS and walked_vendors is not None:
+            # From the strict walk: iab-tcf's range reading of this segment is quadratic in the
+            # number of entries (it rebuilds a dict per entry), a cost an attacker could choose.
+            disclosed = frozenset(walked_vendors)
         elif kind == SEGMENT_PUBLISHER_TC:
-            pub = seg.read_publisher_tc()
+            pub = NonCoreSegment(data).read_publisher_tc()
             pub_consent = frozenset(_as_set(pub.purposes_consent))
             pub_li = frozenset(_as_set(pub.purposes_lit_transparency))
 
