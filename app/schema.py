@@ -6,6 +6,7 @@ from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
 import app.access.models
+import app.consent.models
 import app.identity.models
 import app.imports.models
 import app.ingest.models

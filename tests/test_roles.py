@@ -47,6 +47,10 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/v1/audit/inclusion"): {"auditor", "admin"},
     ("GET", "/v1/fields/review"): ADMIN,
     ("POST", "/v1/fields/review"): ADMIN,
+    ("POST", "/v1/consents"): {"admin", "compliance"},
+    ("GET", "/v1/profiles/{profile_id:str}/consents"): {"admin", "compliance"},
+    ("POST", "/v1/decisions"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/decisions/explain"): {"admin", "compliance", "auditor"},
     ("GET", "/v1/jobs"): ADMIN,
     ("GET", "/v1/jobs/runs"): ADMIN,
 }

@@ -35,6 +35,9 @@ class Identifier(SQLModel, table=True):
     key_version: int | None = None
     sealed: bytes | None = None
     """The identifier's value, encrypted under the origin profile's key (for access requests)."""
+    gpc_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When a Global Privacy Control signal came from this device or browser id: it opts out
+    whichever profile holds the id, now or after later links and merges."""
 
 
 class IdentityClaim(SQLModel, table=True):

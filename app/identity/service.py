@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import ColumnElement, delete, exists, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -142,3 +143,27 @@ async def set_identifier(
             )
         )
         await session.flush()
+
+
+async def mark_gpc(session: AsyncSession, profile_id: str, kinds: tuple[str, ...], at: datetime) -> int:
+    """Record a Global Privacy Control signal on the person's device-level ids it came with
+    (by kind: anonymous_id, device_id); it then opts out whoever holds those ids, now or later."""
+    result = await session.execute(
+        update(Identifier)
+        .where(
+            col(Identifier.profile_id) == profile_id, col(Identifier.kind).in_(kinds), col(Identifier.gpc_at).is_(None)
+        )
+        .values(gpc_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def gpc_clause(person: Any, unless: Callable[[Any], ColumnElement[bool]] | None = None) -> ColumnElement[bool]:
+    """SQL: a device or browser id the person holds sent GPC; with ``unless`` (given the
+    signal's time column), a later explicit choice that overrides it."""
+    t = Identifier.__table__  # type: ignore[attr-defined]
+    cond = [t.c.profile_id == person, t.c.gpc_at.is_not(None)]
+    if unless is not None:
+        cond.append(~unless(t.c.gpc_at))
+    return exists().where(*cond)

@@ -21,6 +21,9 @@ class Profile(SQLModel, table=True):
     """Traits that policy does not class as personal data (plan, tier, counts)."""
     trait_sources: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     """For each plain trait: ``{"source": …, "at": ISO time}`` of the value kept."""
+    region: str | None = Field(default=None, max_length=8, index=True)
+    """Coarse, non-personal region (ISO 3166 country, or subdivision such as US-CA) that picks
+    the person's privacy regime; from an explicit region/country trait or the phone's country."""
     merged_into: str | None = Field(default=None, max_length=36)
     """Set when this profile was merged into another; its data then lives there."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, bindparam, delete, insert, tuple_, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, insert, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -427,3 +427,10 @@ async def personal_field_rows(session: AsyncSession, person: Person) -> list[Pro
     """Every personal-field row the person holds, from every origin (for export)."""
     q = select(ProfileField).where(col(ProfileField.profile_id) == person.root)
     return list((await session.execute(q)).scalars())
+
+
+def population() -> tuple[Any, Any, Any, ColumnElement[bool]]:
+    """The profile table for population queries: (table, person id column, region column,
+    condition for surviving profiles). Callers join their predicates onto it."""
+    t = table_of(Profile)
+    return t, t.c.id, t.c.region, t.c.merged_into.is_(None)

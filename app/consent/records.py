@@ -1,0 +1,231 @@
+"""Recording consent: append to the history, and move the current state only when the new
+choice is the newest one — except that a withdrawal or a denial always applies.
+
+Order is the time the person chose (the event's skew-corrected time), then the server's
+receipt time. A grant older than the current state never overrides it (a delayed or
+replayed grant stays in history and changes nothing); when in doubt the more restrictive
+state wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, exists, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.consent.models import FLAGS, METHODS, STATES, ConsentRecord, ConsentState, PrivacyFlag
+from app.db import table_of
+from app.errors import InvalidField
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A consent choice to record for a person (``profile_id`` is the surviving profile)."""
+
+    profile_id: str
+    purpose: str
+    state: str
+    method: str
+    source: str
+    decided_at: datetime
+    legal_basis: str | None = None
+    jurisdiction: str | None = None
+    notice_version: str | None = None
+    expires_at: datetime | None = None
+    client_id: str | None = None
+
+    def check(self, purposes: Iterable[str], field: str = "") -> None:
+        if self.state not in STATES:
+            raise InvalidField(f"must be one of {', '.join(STATES)}", field=f"{field}state")
+        if self.method not in METHODS:
+            raise InvalidField(f"must be one of {', '.join(METHODS)}", field=f"{field}method")
+        if self.purpose not in set(purposes) and not self.purpose.startswith(("sensitive:", "cross_border:")):
+            raise InvalidField("is not a purpose in policies/purposes.yaml", field=f"{field}purpose")
+
+
+def restrictive(state: str) -> bool:
+    return state in ("denied", "withdrawn")
+
+
+def _wins(new: Choice, old: Mapping[str, Any] | None, received: datetime) -> bool:
+    """Does the new choice become the current state over ``old`` (a state row)?"""
+    if old is None or restrictive(new.state):
+        return True
+    return (new.decided_at, received) > (old["decided_at"], old["received_at"])
+
+
+async def record_choices(session: AsyncSession, choices: list[Choice]) -> list[ConsentRecord]:
+    """Append the choices (idempotent by ``(source, client_id)``) and update current states
+    in the same transaction. Returns the records stored now (replays are skipped)."""
+    now = datetime.now(UTC)
+    table = table_of(ConsentRecord)
+    states = await _current(session, {(c.profile_id, c.purpose) for c in choices})
+    stored: list[ConsentRecord] = []
+    for c in choices:
+        rec_id = str(uuid.uuid4())
+        current = states.get((c.profile_id, c.purpose))
+        applied = _wins(c, current, now)
+        row: dict[str, Any] = {
+            "id": rec_id,
+            "profile_id": c.profile_id,
+            "origin_id": c.profile_id,
+            "purpose": c.purpose,
+            "state": c.state,
+            "legal_basis": c.legal_basis,
+            "jurisdiction": c.jurisdiction,
+            "method": c.method,
+            "source": c.source,
+            "notice_version": c.notice_version,
+            "decided_at": c.decided_at,
+            "received_at": now,
+            "expires_at": c.expires_at,
+            "client_id": c.client_id,
+            "applied": applied,
+        }
+        insert_stmt = _upsert_ignore(session, table).values(row).on_conflict_do_nothing().returning(table.c.id)
+        if (await session.execute(insert_stmt)).scalar() is None:
+            continue  # the same client id from the same source: stored once
+        stored.append(ConsentRecord(**row))
+        if applied:
+            state = {
+                "origin_id": c.profile_id,
+                "purpose": c.purpose,
+                "profile_id": c.profile_id,
+                "state": c.state,
+                "method": c.method,
+                "decided_at": c.decided_at,
+                "received_at": now,
+                "expires_at": c.expires_at,
+                "record_id": rec_id,
+            }
+            await _put_state(session, state)
+            states[(c.profile_id, c.purpose)] = state
+    return stored
+
+
+def _upsert_ignore(session: AsyncSession, table: Any) -> Any:
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+async def _current(session: AsyncSession, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest state per (person, purpose) over every origin merged into the person."""
+    if not keys:
+        return {}
+    t = table_of(ConsentState)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in (await session.execute(select(t).where(t.c.profile_id.in_({p for p, _ in keys})))).all():
+        k, row = (r.profile_id, r.purpose), dict(r._mapping)
+        if k not in out or (row["decided_at"], row["received_at"]) > (out[k]["decided_at"], out[k]["received_at"]):
+            out[k] = row
+    return out
+
+
+async def _put_state(session: AsyncSession, state: dict[str, Any]) -> None:
+    """The person's own row takes the new state, and so do the rows of profiles merged into
+    them: a choice the person makes now applies to the whole person."""
+    t = table_of(ConsentState)
+    values = {k: v for k, v in state.items() if k not in ("origin_id", "purpose", "profile_id")}
+    await session.execute(
+        update(t).where(t.c.profile_id == state["profile_id"], t.c.purpose == state["purpose"]).values(values)
+    )
+    await session.execute(delete(t).where(t.c.origin_id == state["origin_id"], t.c.purpose == state["purpose"]))
+    await session.execute(insert(t).values(state))
+
+
+async def set_flags(session: AsyncSession, profile_id: str, flags: Mapping[str, bool], source: str) -> None:
+    """Set or clear privacy flags on a person (restricted, suppressed, profiling refused, minor…)."""
+    t = table_of(PrivacyFlag)
+    for flag, on in flags.items():
+        if flag not in FLAGS:
+            raise InvalidField(f"must be one of {', '.join(FLAGS)}", field=f"flags.{flag}")
+        await session.execute(delete(t).where(t.c.profile_id == profile_id, t.c.flag == flag))
+        if on:
+            row = {"origin_id": profile_id, "flag": flag, "profile_id": profile_id}
+            await session.execute(insert(t).values({**row, "set_at": datetime.now(UTC), "source": source}))
+
+
+async def consent_view(session: AsyncSession, profile_id: str) -> dict[str, Any]:
+    """The person's current state per purpose (most restrictive over merged origins, with a
+    ``conflict`` mark where origins disagree), flags, and the full history."""
+    s, r, f = table_of(ConsentState), table_of(ConsentRecord), table_of(PrivacyFlag)
+    rows = (await session.execute(select(s).where(s.c.profile_id == profile_id))).all()
+    current: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        seen = current.get(row.purpose)
+        entry = {"state": row.state, "method": row.method, "decided_at": row.decided_at.isoformat()}
+        if seen is None:
+            current[row.purpose] = {**entry, "conflict": False}
+        else:
+            seen["conflict"] = seen["conflict"] or seen["state"] != row.state
+            if restrictive(row.state) and not restrictive(seen["state"]):
+                current[row.purpose] = {**entry, "conflict": True}
+    history = (
+        await session.execute(select(r).where(r.c.profile_id == profile_id).order_by(r.c.decided_at, r.c.received_at))
+    ).all()
+    flags = sorted({row.flag for row in (await session.execute(select(f).where(f.c.profile_id == profile_id))).all()})
+    return {
+        "current": current,
+        "flags": flags,
+        "history": [
+            {
+                "id": h.id,
+                "purpose": h.purpose,
+                "state": h.state,
+                "method": h.method,
+                "source": h.source,
+                "legal_basis": h.legal_basis,
+                "jurisdiction": h.jurisdiction,
+                "notice_version": h.notice_version,
+                "decided_at": h.decided_at.isoformat(),
+                "received_at": h.received_at.isoformat(),
+                "applied": h.applied,
+            }
+            for h in history
+        ],
+    }
+
+
+async def merge_conflicts(session: AsyncSession, profile_id: str) -> list[str]:
+    """Purposes on which the origins merged into this person disagree."""
+    view = await consent_view(session, profile_id)
+    return sorted(p for p, s in view["current"].items() if s["conflict"])
+
+
+def state_clause(
+    person: Any, purpose: str, states: Iterable[str], now: datetime, after: Any = None
+) -> ColumnElement[bool]:
+    """SQL: the person (a column holding the surviving profile id) has a current state in
+    ``states`` for ``purpose`` on any origin (grants must not have expired); with ``after``,
+    only states the person chose after that time (a column or value)."""
+    t = table_of(ConsentState)
+    cond = [t.c.profile_id == person, t.c.purpose == purpose, t.c.state.in_(list(states))]
+    if "granted" in states:
+        cond.append(or_(t.c.expires_at.is_(None), t.c.expires_at > now))
+    if after is not None:
+        cond.append(t.c.decided_at > after)
+    return exists().where(and_(*cond))
+
+
+def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
+    """SQL: the person (a column holding the surviving profile id) carries this privacy flag."""
+    t = table_of(PrivacyFlag)
+    return exists().where(t.c.profile_id == person, t.c.flag == flag)
+
+
+def guardian_clause(person: Any, purpose: str, now: datetime) -> ColumnElement[bool]:
+    """SQL: a guardian granted this purpose for the person (a minor) and it still stands."""
+    t = table_of(ConsentState)
+    return exists().where(
+        t.c.profile_id == person,
+        t.c.purpose == purpose,
+        t.c.state == "granted",
+        t.c.method == "guardian",
+        or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+    )

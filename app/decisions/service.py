@@ -1,0 +1,138 @@
+"""Deciding for one person or a population, and recording what was decided.
+
+A denial is recorded in its own transaction (never by committing the caller's): per person
+for a single decision, one entry with counts by reason for a population.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.service import Principal
+from app.consent.gate import decide
+from app.consent.rules import Rules, load_rules
+from app.db import unit_of_work
+from app.decisions.engine import RULES, Ask, Verdict, allowed_categories, jurisdiction_expr, reason_expr
+from app.errors import InvalidField
+from app.ledger.service import record
+from app.profiles.service import population, resolve_merged
+from app.settings import get_settings
+
+
+@dataclass
+class PopulationVerdict:
+    total: int
+    allowed: int
+    denied: dict[str, int] = field(default_factory=dict)
+    """Counts by reason."""
+    policy_version: str = ""
+
+
+def current_rules() -> Rules:
+    return load_rules(get_settings().policy_dir)
+
+
+def _check(rules: Rules, ask: Ask) -> None:
+    if ask.purpose not in rules.purposes:
+        raise InvalidField("is not a purpose in policies/purposes.yaml", field="purpose")
+
+
+async def decide_person(
+    session: AsyncSession,
+    principal: Principal,
+    ask: Ask,
+    profile_id: str,
+    now: datetime | None = None,
+    *,
+    explain: bool = False,
+) -> Verdict:
+    """The decision for one person (merged-away ids follow to the survivor); a denial is
+    recorded. ``explain`` evaluates the person's rules whatever the caller's role, records nothing."""
+    rules = current_rules()
+    _check(rules, ask)
+    root = await resolve_merged(session, profile_id)
+    role = decide(principal, ask.purpose)
+    if not role.allowed and not explain:
+        verdict = Verdict(False, "role may not use purpose", "-", rules.version, rule=role.reason)
+    else:
+        table, person, region, _live = population()
+        q = select(reason_expr(rules, ask, person, region, now or datetime.now(UTC)), jurisdiction_expr(rules, region))
+        reason, jurisdiction = (await session.execute(q.select_from(table).where(person == root))).one()
+        allowed = reason == "allowed"
+        verdict = Verdict(
+            allowed,
+            reason,
+            jurisdiction,
+            rules.version,
+            allowed_categories(rules, ask) if allowed else [],
+            RULES[reason],
+        )
+    if not verdict.allowed and not explain:
+        await _record_denial(principal, ask, {root: verdict.reason}, rules.version)
+    return verdict
+
+
+async def decide_population(
+    session: AsyncSession, principal: Principal, ask: Ask, now: datetime | None = None
+) -> PopulationVerdict:
+    """Counts over every surviving profile: how many may be used for the ask, and why not the rest."""
+    rules = current_rules()
+    _check(rules, ask)
+    table, person, region, live = population()
+    role = decide(principal, ask.purpose)
+    if not role.allowed:
+        total = int((await session.execute(select(func.count()).select_from(table).where(live))).scalar() or 0)
+        out = PopulationVerdict(total, 0, {"role may not use purpose": total} if total else {}, rules.version)
+    else:
+        reason = reason_expr(rules, ask, person, region, now or datetime.now(UTC)).label("reason")
+        rows = (
+            await session.execute(select(reason, func.count()).select_from(table).where(live).group_by(reason))
+        ).all()
+        counts = {str(r): int(n) for r, n in rows}
+        allowed = counts.pop("allowed", 0)
+        out = PopulationVerdict(allowed + sum(counts.values()), allowed, counts, rules.version)
+    if out.denied:
+        await _record_population(principal, ask, out)
+    return out
+
+
+def population_predicate(ask: Ask, person: Any, region: Any, now: datetime | None = None) -> Any:
+    """SQL condition for a caller's query over people: the person may be used for ``ask``
+    (segments and activation join this; no loop over people)."""
+    rules = current_rules()
+    _check(rules, ask)
+    return reason_expr(rules, ask, person, region, now or datetime.now(UTC)) == "allowed"
+
+
+async def _record_denial(principal: Principal, ask: Ask, reasons: dict[str, str], version: str) -> None:
+    async with unit_of_work() as own:  # its own transaction: the caller's is never committed for it
+        for pid, reason in reasons.items():
+            await record(
+                own,
+                principal,
+                "decision.denied",
+                subject_id=pid,
+                purpose=ask.purpose,
+                details={"reason": reason, "policy_version": version, "categories": list(ask.categories)},
+            )
+
+
+async def _record_population(principal: Principal, ask: Ask, out: PopulationVerdict) -> None:
+    async with unit_of_work() as own:
+        await record(
+            own,
+            principal,
+            "decision.population",
+            purpose=ask.purpose,
+            details={
+                "total": out.total,
+                "allowed": out.allowed,
+                "denied_by_reason": out.denied,
+                "policy_version": out.policy_version,
+            },
+        )
