@@ -277,6 +277,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policy(args: argparse.Namespace) -> int:
+    """Validate the policy files (``check``) or print their version (``version``)."""
+    from app.consent.check import check_policies
+    from app.consent.rules import policy_version
+
+    policy_dir = Path(args.dir) if args.dir else get_settings().policy_dir
+    if args.action == "version":
+        print(policy_version(policy_dir))
+        return 0
+    problems = check_policies(policy_dir)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) in {policy_dir}", file=sys.stderr)
+        return 1
+    print(f"OK: policy version {policy_version(policy_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consentry", description="Consentry customer data platform")
     sub = p.add_subparsers(dest="command", required=True)
@@ -344,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--count", type=int, default=40)
     dm.add_argument("--keys-file", help="also write the keys here (mode 0600)")
     dm.set_defaults(func=_demo)
+
+    po = sub.add_parser("policy", help="the policy files: check them, or print their version")
+    po.add_argument("action", choices=["check", "version"])
+    po.add_argument("--dir", help="policy directory (default: CONSENTRY_POLICY_DIR)")
+    po.set_defaults(func=_policy)
     return p
 
 
