@@ -211,6 +211,12 @@ def test_unknown_and_duplicate_keys_and_missing_files(policies: Path) -> None:
     assert [str(p) for p in check_policies(policies)] == ["notices.yaml: file is missing"]
 
 
+def test_a_value_yaml_cannot_build_is_reported_on_its_line(policies: Path) -> None:
+    line = replace(policies / "notices.yaml", "effective: 2026-09-01", "effective: 2026-02-30")
+    p = only(check_policies(policies), "notices.yaml")
+    assert p.line == line and "2026-02-30" in p.problem
+
+
 def test_unquoted_no_is_not_norway(policies: Path) -> None:
     line = replace(policies / "jurisdictions.yaml", '"NO", GB]', "NO, GB]")
     p = only(check_policies(policies), "jurisdictions.yaml")

@@ -113,7 +113,28 @@ _CONSTRUCTOR = yaml.SafeLoader("")
 
 def _value(node: Node) -> Any:
     """The Python value of a node (SafeLoader's own resolution: ints, bools, dates…)."""
-    return _CONSTRUCTOR.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    try:
+        return _CONSTRUCTOR.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    finally:
+        _CONSTRUCTOR.constructed_objects.clear()
+        _CONSTRUCTOR.recursive_objects.clear()
+
+
+def _unconstructable(root: Node) -> tuple[Node, Exception] | None:
+    """The first scalar whose value cannot be built (``2026-02-30``, a bad ``!!int``)."""
+    stack = [root]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, MappingNode):
+            stack[:0] = [n for pair in node.value for n in pair]
+        elif isinstance(node, SequenceNode):
+            stack[:0] = list(node.value)
+        else:
+            try:
+                _value(node)
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+                return node, exc
+    return None
 
 
 class _Checker:
@@ -146,8 +167,6 @@ class _Checker:
             return None
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-            if root is not None:
-                _value(root)  # tags and scalars that do not construct (e.g. a bad !!int)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             what = " ".join(str(s) for s in (exc.context, exc.problem) if s)
@@ -160,6 +179,11 @@ class _Checker:
             return None
         if not isinstance(root, MappingNode):
             self.problems.append(PolicyProblem(name, _line(root) if root else 1, "must hold a mapping"))
+            return None
+        bad = _unconstructable(root)
+        if bad is not None:
+            node, error = bad
+            self.add(node, f"unreadable value {node.value!r}: {error}")
             return None
         return root
 
