@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.cli import main as cli_main
-from app.consent.check import PolicyError, PolicyProblem, check_policies
+from app.consent.check import CHECKED_FILES, PolicyError, PolicyProblem, check_policies
 from app.consent.rules import POLICY_FILES, policy_version
 from app.settings import get_settings
 from tests.conftest import Env
@@ -51,6 +51,11 @@ def only(problems: list[PolicyProblem], file: str) -> PolicyProblem:
 
 def test_shipped_policies_are_sound() -> None:
     assert check_policies(SHIPPED) == []
+
+
+def test_every_versioned_file_is_checked() -> None:
+    assert set(POLICY_FILES) <= set(CHECKED_FILES)
+    assert {p.name for p in SHIPPED.glob("*.yaml")} <= set(CHECKED_FILES)
 
 
 def test_yaml_syntax_error_names_the_parsers_line(policies: Path) -> None:
