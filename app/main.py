@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import structlog
 from litestar import Litestar, get
@@ -15,7 +17,9 @@ from sqlalchemy import text
 
 from app.access.guards import require_role
 from app.access.routes import ApiKeyController
+from app.consent.check import PolicyError, check_policies
 from app.db import dispose_engines, unit_of_work
+from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
 from app.imports.routes import ImportController
 from app.ingest.routes import EventController
@@ -45,9 +49,23 @@ async def health() -> dict[str, str]:
     return {"status": "ok", "database": "ok"}
 
 
+def check_policy_files(policy_dir: Path) -> None:
+    """Validate every policy file before anything uses one; on problems log each (file, line,
+    problem), print them on stderr and raise ``PolicyError``: the service does not start."""
+    problems = check_policies(policy_dir)
+    if not problems:
+        log.info("policy_checked", policy_dir=str(policy_dir))
+        return
+    for p in problems:
+        log.error("policy_invalid", file=p.file, line=p.line, problem=p.problem)
+        print(f"policy error: {p}", file=sys.stderr, flush=True)
+    raise PolicyError(policy_dir, problems)
+
+
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings = get_settings()
+    check_policy_files(settings.policy_dir)  # refuse to start on a broken policy (file:line: problem)
     key_material(settings)  # fail fast on bad key configuration; create dev keys once
     model, has_ner = resolve_ner_model(settings.ner_model, settings.nlp_dir)
     log.info("pii_ner_model", model=model if has_ner else None, names_and_places=has_ner)
@@ -90,6 +108,7 @@ def create_app() -> Litestar:
             AuditController,
             JobController,
             TextController,
+            ConsentController,
             FieldReviewController,
         ],
         guards=[require_role],

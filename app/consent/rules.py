@@ -24,6 +24,7 @@ POLICY_FILES = (
     "notices.yaml",
     "consent_mapping.yaml",
     "retention.yaml",
+    "taxonomy.yaml",
 )
 
 
