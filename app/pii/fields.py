@@ -74,6 +74,7 @@ class FieldPolicy:
         self.scanner = scanner or quick_scanner()
         self._names: dict[str, NameDecision] = {}
         self._labels: dict[str, str] = {}
+        self._clean: set[str] = set()
 
     def key(self, name: str) -> str:
         return name_key(self.index_key, name)
@@ -121,8 +122,17 @@ class FieldPolicy:
         return got
 
     def value_category(self, value: Any) -> str | None:
-        """The category the value detectors give a string (None for clean values)."""
-        return self.scanner.category(value) if isinstance(value, str) else None
+        """The category the value detectors give a string (None for clean values). Short
+        strings found clean are remembered (SKUs, currencies, product names repeat); strings
+        with findings never are."""
+        if not isinstance(value, str) or value in self._clean:
+            return None
+        category = self.scanner.category(value)
+        if category is None and len(value) <= 64:
+            if len(self._clean) >= 100_000:
+                self._clean.clear()
+            self._clean.add(value)
+        return category
 
 
 def _rule(label: str, category: str) -> TraitRule:

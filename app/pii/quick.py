@@ -119,7 +119,7 @@ class QuickScanner:
         hits: list[Hit] = []
         if "@" in text:
             hits += [Hit("EMAIL_ADDRESS", m.start(), m.end()) for m in EMAIL.finditer(text)]
-        digits = sum(c.isdigit() for c in text)
+        digits = sum(map(str.isdigit, text))
         has_han = HAN.search(text) is not None
         if digits >= 7:
             for r in self.digit_recognizers:
