@@ -210,13 +210,13 @@ def state_clause(
         cond.append(or_(t.c.expires_at.is_(None), t.c.expires_at > now))
     if after is not None:
         cond.append(t.c.decided_at > after)
-    return exists().where(and_(*cond))
+    return exists().where(and_(*cond)).correlate_except(t)
 
 
 def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) carries this privacy flag."""
     t = table_of(PrivacyFlag)
-    return exists().where(t.c.profile_id == person, t.c.flag == flag)
+    return exists().where(t.c.profile_id == person, t.c.flag == flag).correlate_except(t)
 
 
 def guardian_clause(person: Any, purpose: str, now: datetime) -> ColumnElement[bool]:
@@ -228,4 +228,4 @@ def guardian_clause(person: Any, purpose: str, now: datetime) -> ColumnElement[b
         t.c.state == "granted",
         t.c.method == "guardian",
         or_(t.c.expires_at.is_(None), t.c.expires_at > now),
-    )
+    ).correlate_except(t)

@@ -100,9 +100,11 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: dateti
         whens += [(flag_clause(person, "restricted"), "restricted"), (flag_clause(person, "suppressed"), "suppressed")]
         if purpose.profiling and j.profiling_refusal:
             whens.append((flag_clause(person, "profiling_refused"), "profiling refused"))
-        minor = "minor_under_14" if j.minor_age <= 14 else "minor_under_16"
+        minor = flag_clause(person, "minor_under_14")  # under 14 is under 16 as well
+        if j.minor_age > 14:
+            minor = or_(minor, flag_clause(person, "minor_under_16"))
         no_guardian = ~guardian_clause(person, ask.purpose, now)
-        whens.append((and_(flag_clause(person, minor), no_guardian), "minor without guardian consent"))
+        whens.append((and_(minor, no_guardian), "minor without guardian consent"))
         if ask.purpose in j.gpc:
             whens.append((gpc_clause(person, _later_grant(person, ask.purpose, now, j)), "GPC"))
     for category in sensitive:

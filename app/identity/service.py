@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, update
+from sqlalchemy import ColumnElement, delete, exists, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -145,14 +145,14 @@ async def set_identifier(
         await session.flush()
 
 
-async def mark_gpc(session: AsyncSession, profile_id: str, kinds: tuple[str, ...], at: datetime) -> int:
-    """Record a Global Privacy Control signal on the person's device-level ids it came with
-    (by kind: anonymous_id, device_id); it then opts out whoever holds those ids, now or later."""
+async def mark_gpc(session: AsyncSession, keys: list[Key], at: datetime) -> int:
+    """Record a Global Privacy Control signal on the device-level ids (``(kind, digest)``) it
+    came with; it then opts out whoever holds those ids, now or after later links and merges."""
+    if not keys:
+        return 0
     result = await session.execute(
         update(Identifier)
-        .where(
-            col(Identifier.profile_id) == profile_id, col(Identifier.kind).in_(kinds), col(Identifier.gpc_at).is_(None)
-        )
+        .where(tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys), col(Identifier.gpc_at).is_(None))
         .values(gpc_at=at)
         .execution_options(synchronize_session=False)
     )
@@ -166,4 +166,4 @@ def gpc_clause(person: Any, unless: Callable[[Any], ColumnElement[bool]] | None 
     cond = [t.c.profile_id == person, t.c.gpc_at.is_not(None)]
     if unless is not None:
         cond.append(~unless(t.c.gpc_at))
-    return exists().where(*cond)
+    return exists().where(*cond).correlate_except(t)

@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
 from app.consent.policy import TraitRule
+from app.consent.rules import load_rules
 from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
+from app.ingest.consent_signals import device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
@@ -28,6 +30,7 @@ from app.pii.fields import FieldPolicy, Splitter, split_traits_by_policy
 from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
 from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
+from app.settings import get_settings
 from app.vault.cipher import seal_field
 from app.vault.service import DataKey
 
@@ -279,6 +282,14 @@ async def _store(
     await session.execute(insert(table_of(Event)), events)
     if signals:
         await session.execute(insert(table_of(ConsentSignal)), signals)
+    rules = load_rules(get_settings().policy_dir)
+    choices = [
+        c
+        for p, pid in final
+        for c in event_choices(rules, source, pid, p.msg.message_id, p.msg.context, p.msg.occurred_at)
+    ]
+    devices = [k for p, _pid in final for k in device_keys(p.idents)] if gpc else []
+    await record_event_signals(session, choices, devices, now)
     await resolver.finish()
     live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
     touched = Counter(pid for _p, pid in final)
@@ -289,6 +300,20 @@ async def _store(
     await _record_batch(session, principal, source, final)
     result.by_message = {p.msg.message_id: pid for p, pid in final}
     return result
+
+
+async def _consent_signals(
+    session: AsyncSession, source: str, final: list[tuple[Prepared, str]], gpc: bool, now: datetime
+) -> None:
+    """Consent preferences in the events' context become consent records; GPC marks the devices."""
+    rules = load_rules(get_settings().policy_dir)
+    choices = [
+        c
+        for p, pid in final
+        for c in event_choices(rules, source, pid, p.msg.message_id, p.msg.context, p.msg.occurred_at)
+    ]
+    devices = [k for p, _pid in final for k in device_keys(p.idents)] if gpc else []
+    await record_event_signals(session, choices, devices, now)
 
 
 def _observations(source: str, final: list[tuple[Prepared, str]]) -> list[Observation]:

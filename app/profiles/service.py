@@ -8,11 +8,13 @@ a person may hold several rows for one trait (one per origin); the one shown is 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import phonenumbers
 from sqlalchemy import ColumnElement, Select, bindparam, delete, insert, tuple_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -287,7 +289,46 @@ async def apply_observations(
         changed.add(o.profile_id)
     await _write_fields(session, fields, wipe)
     await _write_plain(session, {pid: profiles[pid] for pid in changed if pid in profiles}, now)
+    await _write_regions(session, observations)
     return changed
+
+
+REGION_TRAITS = frozenset({"region", "country", "countrycode"})
+_REGION = re.compile(r"^[A-Z]{2}(?:-[A-Z0-9]{1,3})?$")
+
+
+def region_of(o: Observation) -> str | None:
+    """The coarse region an observation tells (an explicit region/country code, or a phone
+    number's country), computed while the value is at hand so nothing is decrypted later."""
+    if not isinstance(o.value, str):
+        return None
+    name = "".join(ch for ch in o.name.casefold() if ch.isalnum())
+    if name in REGION_TRAITS:
+        code = o.value.strip().upper()
+        return code if _REGION.match(code) else None
+    if name == "phone":
+        try:
+            return phonenumbers.region_code_for_number(phonenumbers.parse(o.value.split(";")[0])) or None
+        except phonenumbers.NumberParseException:
+            return None
+    return None
+
+
+async def _write_regions(session: AsyncSession, observations: list[Observation]) -> None:
+    """Keep ``profile.region``: an explicit region beats one read from a phone number."""
+    regions: dict[str, tuple[int, str]] = {}
+    for o in observations:
+        region = region_of(o)
+        if region is not None:
+            rank = 0 if "phone" in o.name.casefold() else 1
+            if o.profile_id not in regions or rank >= regions[o.profile_id][0]:
+                regions[o.profile_id] = (rank, region)
+    if regions:
+        table = table_of(Profile)
+        await session.execute(
+            update(table).where(table.c.id == bindparam("pid")).values(region=bindparam("r")),
+            [{"pid": pid, "r": r} for pid, (_rank, r) in sorted(regions.items())],
+        )
 
 
 def _set_plain(traits: dict[str, Any], sources: dict[str, Any], o: Observation) -> None:

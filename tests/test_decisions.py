@@ -1,0 +1,414 @@
+"""Consent decisions: the table of regimes, stale replays, GPC that follows a device, and the
+population predicate agreeing with single decisions."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+from sqlalchemy import text
+
+from tests.conftest import Env, run
+from tests.helpers import auth, client, make_keys, sync_db
+
+M = "marketing.advertising.first_party.targeted"
+A = "analytics.reporting"
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+NOW = -1
+"""A day offset meaning: decided now (after the GPC signal the person's browser sent)."""
+
+
+def _at(days: int) -> datetime:
+    return datetime.now(UTC) if days == NOW else T0 + timedelta(days=days)
+
+
+def _person(c: TestClient[Any], keys: dict[str, str], n: int, region: str | None, gpc: bool = False) -> str:
+    traits = {"country": region} if region else {"plan": "x"}
+    body = {"userId": f"p-{n}", "anonymousId": f"dev-{n}", "traits": traits}
+    headers = {"Sec-GPC": "1"} if gpc else {}
+    assert c.post("/v1/identify", json=body, auth=(keys["ingest"], ""), headers=headers).status_code == 200
+    found = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": f"p-{n}"}, headers=auth(keys["admin"]))
+    return str(found.json()["profiles"][0]["id"])
+
+
+def _consent(c: TestClient[Any], keys: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    r = c.post("/v1/consents", json=body, headers=auth(keys["compliance"]))
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def _grant(pid: str, purpose: str, state: str = "granted", at: datetime = T0, method: str = "form") -> dict[str, Any]:
+    return {"profile_id": pid, "purpose": purpose, "state": state, "decided_at": at.isoformat(), "method": method}
+
+
+# region, purpose, consents (purpose, state, days after T0, method), flags, gpc, categories, cross_border
+# → decision, reason
+CASES: list[tuple[str | None, str, list[tuple[str, str, int, str]], list[str], bool, list[str], bool, str, str]] = [
+    ("DE", M, [], [], False, [], False, "deny", "no consent"),
+    ("DE", M, [(M, "granted", 0, "form")], [], False, [], False, "allow", "allowed"),
+    ("DE", M, [(M, "granted", 0, "form"), (M, "withdrawn", 1, "form")], [], False, [], False, "deny", "withdrawn"),
+    ("DE", A, [], [], False, [], False, "allow", "allowed"),
+    ("DE", M, [(M, "granted", 0, "form")], ["restricted"], False, [], False, "deny", "restricted"),
+    ("DE", M, [(M, "granted", 0, "form")], ["suppressed"], False, [], False, "deny", "suppressed"),
+    ("DE", M, [(M, "granted", 0, "form")], ["profiling_refused"], False, [], False, "deny", "profiling refused"),
+    ("DE", A, [], ["profiling_refused"], False, [], False, "allow", "allowed"),  # reporting is not profiling
+    (
+        "DE",
+        M,
+        [(M, "granted", 0, "form")],
+        [],
+        False,
+        ["user.health_and_medical"],
+        False,
+        "deny",
+        "sensitive category without explicit consent",
+    ),
+    (
+        "DE",
+        M,
+        [(M, "granted", 0, "form"), ("sensitive:user.health_and_medical", "granted", 0, "form")],
+        [],
+        False,
+        ["user.health_and_medical"],
+        False,
+        "allow",
+        "allowed",
+    ),
+    (
+        "DE",
+        M,
+        [(M, "granted", 0, "form")],
+        ["minor_under_16"],
+        False,
+        [],
+        False,
+        "deny",
+        "minor without guardian consent",
+    ),
+    ("DE", M, [(M, "granted", 0, "guardian")], ["minor_under_16"], False, [], False, "allow", "allowed"),
+    ("US-CA", M, [], [], False, [], False, "allow", "allowed"),
+    ("US-CA", M, [(M, "denied", 0, "form")], [], False, [], False, "deny", "denied"),
+    ("US-CA", M, [], [], True, [], False, "deny", "GPC"),
+    (
+        "US-CA",
+        M,
+        [(M, "granted", NOW, "form")],
+        [],
+        True,
+        [],
+        False,
+        "allow",
+        "allowed",
+    ),  # a later opt-in overrides GPC
+    ("US-CA", A, [], [], True, [], False, "allow", "allowed"),  # GPC is about sale/sharing, not reporting
+    ("US-CA", M, [], ["minor_under_14"], False, [], False, "deny", "minor without guardian consent"),
+    ("CN", M, [], [], False, [], False, "deny", "no consent"),
+    ("CN", A, [], [], False, [], False, "deny", "no consent"),
+    ("CN", M, [(M, "granted", 0, "form")], [], False, [], False, "allow", "allowed"),
+    ("CN", M, [(M, "granted", 0, "form")], ["minor_under_16"], False, [], False, "allow", "allowed"),  # PIPL: under 14
+    (
+        "CN",
+        M,
+        [(M, "granted", 0, "form")],
+        ["minor_under_14"],
+        False,
+        [],
+        False,
+        "deny",
+        "minor without guardian consent",
+    ),
+    ("CN", M, [(M, "granted", 0, "form")], [], False, [], True, "deny", "cross-border transfer not consented"),
+    (
+        "CN",
+        M,
+        [(M, "granted", 0, "form"), (f"cross_border:{M}", "granted", 0, "form")],
+        [],
+        False,
+        [],
+        True,
+        "allow",
+        "allowed",
+    ),
+    (
+        "CN",
+        M,
+        [(M, "granted", 0, "form")],
+        [],
+        False,
+        ["user.government_id"],
+        False,
+        "deny",
+        "sensitive category without explicit consent",
+    ),
+    (None, M, [], [], False, [], False, "deny", "no consent"),  # unknown jurisdiction: the strictest regime
+    (None, A, [], [], False, [], False, "deny", "no consent"),
+    (None, M, [(M, "granted", 0, "form")], [], True, [], False, "deny", "GPC"),  # strict: GPC is not overridable
+    (None, M, [(M, "granted", 0, "form")], [], False, [], False, "allow", "allowed"),
+]
+
+
+def test_the_decision_table(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        people = []
+        for n, (region, _p, consents, flags, gpc, *_rest) in enumerate(CASES):
+            pid = _person(c, keys, n, region, gpc)
+            body: dict[str, Any] = {
+                "consents": [
+                    _grant(pid, p, s, _at(d), method) | {"client_id": f"case-{n}-{i}"}
+                    for i, (p, s, d, method) in enumerate(consents)
+                ],
+                "flags": {pid: {f: True for f in flags}} if flags else {},
+            }
+            if consents or flags:
+                _consent(c, keys, body)
+            people.append(pid)
+        for n, (region, purpose, _c, _f, _gpc, cats, xb, decision, reason) in enumerate(CASES):
+            ask = {"person": people[n], "purpose": purpose, "categories": cats, "cross_border": xb}
+            r = c.post("/v1/decisions", json=ask, headers=auth(keys["marketer"]))
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert (got["decision"], got["reason"]) == (decision, reason), (n, region, purpose, got)
+            assert len(got["policy_version"]) == 16
+        denied = c.get(
+            "/v1/audit/entries", params={"action": "decision.denied", "limit": 1000}, headers=auth(keys["auditor"])
+        )
+        role = c.post(
+            "/v1/decisions", json={"person": people[1], "purpose": M}, headers=auth(keys["compliance"])
+        ).json()
+        explained = c.get(
+            "/v1/decisions/explain", params={"person": people[2], "purpose": M}, headers=auth(keys["auditor"])
+        )
+    expected_denials = sum(1 for case in CASES if case[7] == "deny")
+    entries = denied.json()["entries"]
+    assert len(entries) == expected_denials + 0
+    assert all(e["details"]["policy_version"] and e["details"]["reason"] for e in entries)
+    assert (role["decision"], role["reason"]) == ("deny", "role may not use purpose")
+    assert explained.json()["reason"] == "withdrawn" and "withdrew" in explained.json()["rule"]
+    assert explained.json()["jurisdiction"] == "GDPR"
+
+
+def test_a_stale_replayed_grant_loses_to_a_newer_withdrawal(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        pid = _person(c, keys, 1, "DE")
+        _consent(c, keys, {"consents": [_grant(pid, M, "granted", T0) | {"client_id": "g1"}]})
+        _consent(c, keys, {"consents": [_grant(pid, M, "withdrawn", T0 + timedelta(days=2)) | {"client_id": "w1"}]})
+        # the old grant arrives again, late, under a new client id: history only
+        late = _consent(
+            c, keys, {"consents": [_grant(pid, M, "granted", T0 + timedelta(days=1)) | {"client_id": "g1-late"}]}
+        )
+        again = _consent(c, keys, {"consents": [_grant(pid, M, "granted", T0) | {"client_id": "g1"}]})  # exact replay
+        decision = c.post("/v1/decisions", json={"person": pid, "purpose": M}, headers=auth(keys["marketer"])).json()
+        view = c.get(f"/v1/profiles/{pid}/consents", headers=auth(keys["compliance"])).json()
+    assert late["stored"] == 1 and again == {"stored": 0, "duplicates": 1, "ids": []}
+    assert (decision["decision"], decision["reason"]) == ("deny", "withdrawn")
+    assert view["current"][M]["state"] == "withdrawn"
+    assert [(h["state"], h["applied"]) for h in view["history"]] == [
+        ("granted", True),
+        ("granted", False),
+        ("withdrawn", True),
+    ]
+
+
+def test_gpc_on_a_device_opts_out_a_profile_linked_to_it_later(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        w = (keys["client"], "")
+        # browsing with GPC on, before anyone knows who this is
+        assert (
+            c.post(
+                "/v1/page", json={"anonymousId": "ca-browser", "name": "Home"}, auth=w, headers={"Sec-GPC": "1"}
+            ).status_code
+            == 200
+        )
+        member = _person(c, keys, 7, "US-CA")  # a known Californian, opted in to nothing, opted out of nothing
+        before = c.post("/v1/decisions", json={"person": member, "purpose": M}, headers=auth(keys["marketer"])).json()
+        # later the browser logs in as that member: the GPC signal follows the browser to them
+        c.post("/v1/identify", json={"userId": "p-7", "anonymousId": "ca-browser"}, auth=w)
+        after = c.post("/v1/decisions", json={"person": member, "purpose": M}, headers=auth(keys["marketer"])).json()
+    assert before["decision"] == "allow"
+    assert (after["decision"], after["reason"]) == ("deny", "GPC")
+
+
+def test_consent_preferences_sent_with_events_become_records(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        pid = _person(c, keys, 3, "DE")
+        prefs = {"consent": {"categoryPreferences": {"Advertising": True, "Analytics": False}}}
+        c.post("/v1/track", json={"userId": "p-3", "event": "Viewed", "context": prefs}, auth=(keys["ingest"], ""))
+        allowed = c.post("/v1/decisions", json={"person": pid, "purpose": M}, headers=auth(keys["marketer"])).json()
+        refused = c.post("/v1/decisions", json={"person": pid, "purpose": A}, headers=auth(keys["marketer"])).json()
+        rudder = {"consentManagement": {"deniedConsentIds": ["marketing"]}}
+        c.post("/v1/track", json={"userId": "p-3", "event": "Viewed", "context": rudder}, auth=(keys["ingest"], ""))
+        withdrawn = c.post("/v1/decisions", json={"person": pid, "purpose": M}, headers=auth(keys["marketer"])).json()
+    assert allowed["decision"] == "allow"
+    assert (refused["decision"], refused["reason"]) == ("deny", "denied")
+    assert (withdrawn["decision"], withdrawn["reason"]) == ("deny", "denied")
+
+
+def test_merged_people_keep_the_most_restrictive_choice_and_show_the_conflict(env: Env) -> None:
+    keys = make_keys()
+    s = (keys["ingest"], "")
+    with client() as c:
+        for anon, traits in (("ma", {"email": "a@example.com"}), ("mb", {"phone": "+4915112345678"})):
+            c.post("/v1/identify", json={"anonymousId": anon, "traits": {**traits, "country": "DE"}}, auth=s)
+        ids = [
+            c.post(
+                "/v1/profiles/lookup", json={"kind": "anonymous_id", "value": k}, headers=auth(keys["admin"])
+            ).json()["profiles"][0]["id"]
+            for k in ("ma", "mb")
+        ]
+        a, b = ids
+        _consent(c, keys, {"consents": [_grant(a, M, "granted", T0), _grant(b, M, "denied", T0 + timedelta(days=1))]})
+        both = {"email": "a@example.com", "phone": "+4915112345678"}
+        c.post("/v1/track", json={"anonymousId": "mz", "event": "x", "context": {"traits": both}}, auth=s)
+        decision = c.post("/v1/decisions", json={"person": b, "purpose": M}, headers=auth(keys["marketer"])).json()
+        view = c.get(f"/v1/profiles/{b}/consents", headers=auth(keys["compliance"])).json()
+        # the person chooses again: the new choice applies to the whole merged person
+        _consent(c, keys, {"consents": [_grant(a, M, "granted", T0 + timedelta(days=3))]})
+        again = c.post("/v1/decisions", json={"person": b, "purpose": M}, headers=auth(keys["marketer"])).json()
+    assert view["profile_id"] == a
+    assert (decision["decision"], decision["reason"]) == ("deny", "denied")
+    assert view["current"][M]["state"] == "denied" and view["current"][M]["conflict"] is True
+    assert again["decision"] == "allow"
+
+
+@pytest.mark.slow
+def test_population_counts_agree_with_single_decisions_for_every_person(env: Env) -> None:
+    """10,000 generated people: the population predicate, each single decision and an
+    independent Python reading of the rules give the same reason for every one."""
+    from app.access.service import Principal
+    from app.db import unit_of_work
+    from app.decisions.engine import Ask, reason_expr
+    from app.decisions.service import current_rules, decide_person, decide_population
+    from app.profiles.service import population
+
+    rng = random.Random(7)
+    n = 10_000
+    regions = ["DE", "FR", "US-CA", "CN", None, "JP"]
+    people = []
+    for i in range(n):
+        people.append(
+            {
+                "id": f"00000000-0000-4000-8000-{i:012d}",
+                "region": rng.choice(regions),
+                "state": rng.choice([None, "granted", "denied", "withdrawn"]),
+                "guardian": rng.random() < 0.1,
+                "flags": [
+                    f
+                    for f in ("restricted", "profiling_refused", "minor_under_14", "minor_under_16")
+                    if rng.random() < 0.05
+                ],
+                "gpc": rng.random() < 0.1,
+                "later_grant": rng.random() < 0.5,
+            }
+        )
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    _bulk_people(people, now)
+    principal = Principal("k", "marketer", "m")
+    ask = Ask(M)
+
+    async def check() -> tuple[dict[str, str], dict[str, int], int]:
+        rules = current_rules()
+        _table, person, region, live = population()
+        async with unit_of_work() as s:
+            from sqlalchemy import select
+
+            rows = (await s.execute(select(person, reason_expr(rules, ask, person, region, now)).where(live))).all()
+            counts = await decide_population(s, principal, ask, now)
+            sample = rng.sample([p["id"] for p in people], 300)
+            single = {pid: (await decide_person(s, principal, ask, pid, now, explain=True)).reason for pid in sample}
+        by_row = {str(a): str(b) for a, b in rows}
+        assert all(by_row[pid] == reason for pid, reason in single.items())
+        return by_row, counts.denied, counts.allowed
+
+    by_row, denied, allowed = run(check())
+    rules = _oracle_rules()
+    for p in people:
+        assert by_row[p["id"]] == _oracle(rules, p), p
+    expected: dict[str, int] = {}
+    for reason in by_row.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    assert allowed == expected.pop("allowed", 0) and denied == expected
+
+
+def _bulk_people(people: list[dict[str, Any]], now: datetime) -> None:
+    t = now - timedelta(days=10)
+    with sync_db() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO profile (id, created_at, updated_at, traits, trait_sources, region) "
+                "VALUES (:id, :t, :t, '{}', '{}', :region)"
+            ),
+            [{"id": p["id"], "t": t, "region": p["region"]} for p in people],
+        )
+        states = [p for p in people if p["state"]]
+        conn.execute(
+            text(
+                "INSERT INTO consent_state (origin_id, purpose, profile_id, state, method, decided_at,"
+                " received_at, record_id) VALUES (:id, :purpose, :id, :state, :method, :at, :at, :id)"
+            ),
+            [
+                {
+                    "id": p["id"],
+                    "purpose": M,
+                    "state": p["state"],
+                    "method": "guardian" if p["guardian"] else "form",
+                    "at": t + timedelta(days=5) if p["later_grant"] else t - timedelta(days=5),
+                }
+                for p in states
+            ],
+        )
+        flags = [{"id": p["id"], "flag": f, "t": t} for p in people for f in p["flags"]]
+        if flags:
+            conn.execute(
+                text(
+                    "INSERT INTO privacy_flag (origin_id, flag, profile_id, set_at, source)"
+                    " VALUES (:id, :flag, :id, :t, 'test')"
+                ),
+                flags,
+            )
+        gpc = [{"id": p["id"], "t": t} for p in people if p["gpc"]]
+        conn.execute(
+            text(
+                "INSERT INTO identifier (origin_id, kind, digest, profile_id, first_seen, trust, gpc_at)"
+                " VALUES (:id, 'anonymous_id', :id, :id, :t, 'client', :t)"
+            ),
+            gpc,
+        )
+
+
+def _oracle_rules() -> Any:
+    from app.consent.rules import load_rules
+    from app.settings import get_settings
+
+    return load_rules(get_settings().policy_dir)
+
+
+def _oracle(rules: Any, p: dict[str, Any]) -> str:
+    """The rules of jurisdictions.yaml read independently, for the marketing purpose."""
+    j = rules.jurisdiction_of(p["region"])
+    mode = j.mode(M)
+    flags, state = set(p["flags"]), p["state"]
+    if mode == "none":
+        return "allowed"
+    if "restricted" in flags:
+        return "restricted"
+    if j.profiling_refusal and "profiling_refused" in flags:
+        return "profiling refused"
+    minor = "minor_under_14" in flags or (j.minor_age > 14 and "minor_under_16" in flags)
+    if minor and not (state == "granted" and p["guardian"]):
+        return "minor without guardian consent"
+    if M in j.gpc and p["gpc"] and not (j.gpc_overridable and state == "granted" and p["later_grant"]):
+        return "GPC"
+    if state == "withdrawn":
+        return "withdrawn"
+    if state == "denied":
+        return "denied"
+    if mode == "opt_in" and state != "granted":
+        return "no consent"
+    return "allowed"
