@@ -296,6 +296,20 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _retention(args: argparse.Namespace) -> int:
+    """Apply ``policies/retention.yaml`` now (``--dry-run``: count only) and print the report."""
+    from datetime import UTC, datetime
+
+    from app.db import unit_of_work
+    from app.retention.service import run_retention
+
+    async with unit_of_work() as session:
+        report = await run_retention(session, datetime.now(UTC), dry_run=args.dry_run)
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="consentry", description="Consentry customer data platform")
     sub = p.add_subparsers(dest="command", required=True)
@@ -368,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     po.add_argument("action", choices=["check", "version"])
     po.add_argument("--dir", help="policy directory (default: CONSENTRY_POLICY_DIR)")
     po.set_defaults(func=_policy)
+
+    rt = sub.add_parser("retention", help="apply policies/retention.yaml through the personal-data inventory")
+    rt.add_argument("action", choices=["run"])
+    rt.add_argument("--dry-run", action="store_true", help="count what would be removed and queued; change nothing")
+    rt.set_defaults(func=lambda ns: asyncio.run(_retention(ns)))
     return p
 
 

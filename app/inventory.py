@@ -64,8 +64,24 @@ class PersonalDataHolder(Protocol):
         """Delete what is held about the person (erasure); returns rows removed."""
         ...
 
-    async def expire(self, session: AsyncSession, before: datetime) -> int:
-        """Delete rows older than ``before`` (retention); returns rows removed."""
+    async def expire(self, session: AsyncSession, cutoffs: Mapping[str, datetime], dry_run: bool) -> dict[str, int]:
+        """Retention: delete the rows whose data category has a cutoff in ``cutoffs`` (data
+        category → oldest time kept; a category covers its sub-categories) and whose time is
+        older than it. Returns, by table, the rows removed (or, with ``dry_run``, that would be)."""
+        ...
+
+    def expiry_category(self, table: str) -> str | None:
+        """The data category retention expires ``table``'s rows under (None: never expires)."""
+        ...
+
+    async def last_seen(self, session: AsyncSession, roots: Collection[str]) -> dict[str, datetime]:
+        """For each of these surviving profile ids, the newest activity this domain holds
+        (events, texts, the profile's creation); people it knows nothing of are left out."""
+        ...
+
+    async def expiring_activity(self, session: AsyncSession, cutoffs: Mapping[str, datetime]) -> dict[str, datetime]:
+        """Person → the newest activity among the rows ``expire`` is about to remove, so the
+        inactivity check still knows of it once the rows are gone."""
         ...
 
     async def residue(self, session: AsyncSession, person: Person) -> dict[str, int]:
@@ -91,8 +107,11 @@ class TableHolder:
 
     domain: str
     tables: tuple[Table, ...]
-    expires_by: Mapping[str, str] = field(default_factory=dict)
-    """Table name → the time column retention compares (tables not listed never expire)."""
+    expires_by: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    """Table name → (time column, data category): retention removes rows older than the
+    category's cutoff (tables not listed never expire)."""
+    seen_by: Mapping[str, str] = field(default_factory=dict)
+    """Table name → the time column that shows a person was active (the inactivity check)."""
     keyed_by: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Table name → the columns naming the person, where not the usual ``profile_id``/``origin_id``."""
 
@@ -127,13 +146,52 @@ class TableHolder:
             removed += _count(await session.execute(delete(t).where(self.about(t, person))))
         return removed
 
-    async def expire(self, session: AsyncSession, before: datetime) -> int:
-        removed = 0
+    def expiry_category(self, table: str) -> str | None:
+        spec = self.expires_by.get(table)
+        return spec[1] if spec else None
+
+    def expired(self, table: Table, cutoffs: Mapping[str, datetime]) -> ColumnElement[bool] | None:
+        """Rows of ``table`` that retention removes now (None: none of them expire)."""
+        spec = self.expires_by.get(table.name)
+        cutoff = cutoff_for(cutoffs, spec[1]) if spec else None
+        if spec is None or cutoff is None:
+            return None
+        return table.c[spec[0]] < cutoff
+
+    async def expire(self, session: AsyncSession, cutoffs: Mapping[str, datetime], dry_run: bool) -> dict[str, int]:
+        out = {}
         for t in self.tables:
-            column = self.expires_by.get(t.name)
-            if column is not None:
-                removed += _count(await session.execute(delete(t).where(t.c[column] < before)))
-        return removed
+            where = self.expired(t, cutoffs)
+            if where is not None:
+                out[t.name] = await _remove(session, t, where, dry_run)
+        return out
+
+    async def last_seen(self, session: AsyncSession, roots: Collection[str]) -> dict[str, datetime]:
+        seen: dict[str, datetime] = {}
+        for t in self.tables:
+            column = self.seen_by.get(t.name)
+            if column is None or not roots:
+                continue
+            key = t.c[self.keyed_by.get(t.name, ("profile_id",))[0]]
+            q = select(key, func.max(t.c[column])).where(key.in_(list(roots))).group_by(key)
+            for who, at in (await session.execute(q)).all():
+                if at is not None and (who not in seen or at > seen[who]):
+                    seen[who] = at
+        return seen
+
+    async def expiring_activity(self, session: AsyncSession, cutoffs: Mapping[str, datetime]) -> dict[str, datetime]:
+        seen: dict[str, datetime] = {}
+        for t in self.tables:
+            column = self.seen_by.get(t.name)
+            where = self.expired(t, cutoffs) if column is not None else None
+            if column is None or where is None:
+                continue
+            key = t.c[self.keyed_by.get(t.name, ("profile_id",))[0]]
+            q = select(key, func.max(t.c[column])).where(where).group_by(key)
+            for who, at in (await session.execute(q)).all():
+                if at is not None and (who not in seen or at > seen[who]):
+                    seen[who] = at
+        return seen
 
     async def residue(self, session: AsyncSession, person: Person) -> dict[str, int]:
         out = {}
@@ -149,7 +207,34 @@ def _count(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def _remove(session: AsyncSession, table: Table, where: ColumnElement[bool], dry_run: bool) -> int:
+    """Delete the rows of ``table`` matching ``where``, or only count them (``dry_run``)."""
+    if dry_run:
+        return int((await session.execute(select(func.count()).select_from(table).where(where))).scalar() or 0)
+    return _count(await session.execute(delete(table).where(where)))
+
+
+remove_rows = _remove
+"""For holders that override ``expire`` (dependent rows first)."""
+
+
+def within(category: str, parent: str) -> bool:
+    """Whether data category ``category`` is ``parent`` or one of its sub-categories."""
+    return category == parent or category.startswith(parent + ".")
+
+
+def cutoff_for(cutoffs: Mapping[str, datetime], category: str) -> datetime | None:
+    """The cutoff of ``category``: its own, else that of its nearest parent category listed."""
+    parts = category.split(".")
+    for n in range(len(parts), 0, -1):
+        found = cutoffs.get(".".join(parts[:n]))
+        if found is not None:
+            return found
+    return None
+
+
 _registered: dict[str, PersonalDataHolder] = {}
+_loaded: list[bool] = []
 
 
 def register(holder: PersonalDataHolder) -> PersonalDataHolder:
@@ -160,8 +245,9 @@ def register(holder: PersonalDataHolder) -> PersonalDataHolder:
 
 def holders() -> Sequence[PersonalDataHolder]:
     """Every registered holder, in a stable order. Loads each domain's ``holder.py`` on first
-    use, so a domain joins the inventory by having one (no list to keep in step)."""
-    if not _registered:
+    use, so a domain joins the inventory by having one (no list to keep in step). Loading
+    does not stop at holders already imported on their own (retention imports one)."""
+    if not _loaded:
         import app
 
         for mod in pkgutil.iter_modules(app.__path__):
@@ -171,4 +257,5 @@ def holders() -> Sequence[PersonalDataHolder]:
                 except ModuleNotFoundError as exc:
                     if exc.name != f"app.{mod.name}.holder":
                         raise
+        _loaded.append(True)
     return [_registered[d] for d in sorted(_registered)]

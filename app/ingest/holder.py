@@ -35,5 +35,10 @@ class IngestHolder(TableHolder):
 
 
 HOLDER = register(
-    IngestHolder("ingest", (table_of(Event), table_of(ConsentSignal)), expires_by={"event": "occurred_at"})
+    IngestHolder(
+        "ingest",
+        (table_of(Event), table_of(ConsentSignal)),
+        expires_by={"event": ("occurred_at", "user.behavior")},
+        seen_by={"event": "occurred_at"},
+    )
 )

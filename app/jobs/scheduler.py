@@ -100,10 +100,12 @@ def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
     from app.imports.jobs import resume_imports
     from app.ledger.jobs import sign_checkpoint
+    from app.retention.jobs import DAILY, apply_retention
     from app.settings import get_settings
 
     s = get_settings()
     return [
         JobSpec("audit.checkpoint", sign_checkpoint, s.checkpoint_interval_s, "sign the ledger head"),
         JobSpec("imports.resume", resume_imports, 60, "run queued imports and those whose runner died"),
+        JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
     ]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, Table, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import table_of
@@ -44,11 +46,36 @@ class ProfilesHolder(TableHolder):
             "personal_fields": out_fields,
         }
 
+    def expired(self, table: Table, cutoffs: Mapping[str, datetime]) -> ColumnElement[bool] | None:
+        """Personal fields expire only when they are of the declared category (or under it):
+        ``user.unknown`` fields nobody has classified; classified fields stay."""
+        where = super().expired(table, cutoffs)
+        category = self.expiry_category(table.name)
+        if where is None or category is None:
+            return where
+        c = table.c.category
+        return and_(where, or_(c == category, c.startswith(category + ".", autoescape=True)))
+
+
+async def surviving_profiles(session: AsyncSession, created_before: datetime, after: str, limit: int) -> list[str]:
+    """Ids of profiles not merged into another and created before ``created_before``, in id
+    order after ``after`` (one page): the people retention checks for inactivity."""
+    p = table_of(Profile)
+    q = (
+        select(p.c.id)
+        .where(p.c.merged_into.is_(None), p.c.created_at < created_before, p.c.id > after)
+        .order_by(p.c.id)
+        .limit(limit)
+    )
+    return list((await session.execute(q)).scalars())
+
 
 HOLDER = register(
     ProfilesHolder(
         "profiles",
         (table_of(Profile), table_of(ProfileField)),
         keyed_by={"profile": ("id", "merged_into")},
+        expires_by={"profile_field": ("updated_at", "user.unknown")},
+        seen_by={"profile": "created_at"},
     )
 )

@@ -1,0 +1,1 @@
+"""Retention: ``policies/retention.yaml`` applied through the personal-data inventory."""
