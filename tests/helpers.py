@@ -95,3 +95,14 @@ def live_server(environ: dict[str, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+MARKETING = "marketing.advertising.first_party.targeted"
+
+
+def grant_marketing(c: Any, compliance: str, profile_id: str) -> None:
+    """Record the person's consent to first-party marketing (``c`` is a TestClient or an
+    ``httpx`` module/client with a base URL), so a marketer may see their masked profile."""
+    body = {"consents": [{"profile_id": profile_id, "purpose": MARKETING, "state": "granted", "method": "form"}]}
+    r = c.post("/v1/consents", json=body, headers=auth(compliance))
+    assert r.status_code == 201, r.text

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from app.settings import get_settings
 from tests.conftest import Env
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import auth, client, grant_marketing, make_keys, sync_db
 
 
 def _source_key(c: TestClient[Any], admin: str, source: str, trust: str = "server") -> tuple[str, str]:
@@ -325,6 +325,7 @@ def test_undeclared_pii_in_event_properties_is_sealed_and_flagged(env: Env) -> N
     with client() as c:
         assert c.post("/v1/track", json=event, auth=(keys["ingest"], "")).status_code == 200
         pid = _lookup(c, keys["admin"], kind="user_id", value="p1")[0]["id"]
+        grant_marketing(c, keys["compliance"], pid)
         marketer_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["marketer"])).json()["events"][0]
         compliance_view = c.get(f"/v1/profiles/{pid}/events", headers=auth(keys["compliance"])).json()["events"][0]
         entry = c.get(

@@ -47,7 +47,8 @@ def _stranded() -> int:
             int(
                 conn.execute(
                     text(
-                        f"SELECT count(*) FROM {t} x JOIN profile p ON p.id = x.profile_id WHERE p.merged_into IS NOT NULL"
+                        f"SELECT count(*) FROM {t} x JOIN profile p ON p.id = x.profile_id"
+                        " WHERE p.merged_into IS NOT NULL"
                     )
                 ).scalar()
                 or 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import text
 
 from tests.conftest import Env
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import auth, client, grant_marketing, make_keys, sync_db
 
 ALICE = {"email": " Alice.Smith@Example.COM ", "phone": "(212) 555-0142", "firstName": "Alice", "plan": "pro"}
 
@@ -29,6 +29,9 @@ def test_create_then_read_plain_for_compliance_and_masked_for_marketer(env: Env)
             "plan": "pro",
         }
 
+        refused = c.get(f"/v1/profiles/{pid}", headers=auth(keys["marketer"]))
+        assert refused.status_code == 403 and "no consent" in refused.json()["detail"]  # unknown region: opt-in
+        grant_marketing(c, keys["compliance"], pid)
         masked = c.get(f"/v1/profiles/{pid}", headers=auth(keys["marketer"])).json()
         assert masked["reveal"] == "masked"
         assert masked["traits"]["email"] == "a***@example.com"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import Env
-from tests.helpers import auth, live_server, make_keys
+from tests.helpers import auth, grant_marketing, live_server, make_keys
 
 
 @pytest.fixture
@@ -71,6 +71,7 @@ def test_segment_sdk_anonymous_browsing_then_login_is_one_profile_with_full_hist
     assert kinds == ["anonymous_id", "email", "user_id"]
     assert full["summary"]["events"] == 4 and full["summary"]["tracked"]["Order Completed"] == 1
     assert full["sources"]["email"]["source"] == "test-source"
+    grant_marketing(httpx.Client(base_url=base, timeout=30), keys["compliance"], pid)
     masked = httpx.get(f"{base}/v1/profiles/{pid}", headers=auth(keys["marketer"]), timeout=30).json()
     assert masked["traits"]["email"] == "j***@example.com"
     assert all("anonymousId" not in e and "context" not in e for e in masked["recent_events"])

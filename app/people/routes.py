@@ -23,7 +23,7 @@ from app.people.schemas import (
     ProfileWritten,
     Unmerged,
 )
-from app.people.service import open_person, write_profile
+from app.people.service import open_person, usable, write_profile
 from app.profiles.service import ProfileView, VaultContext, read_profiles
 
 WRITERS = ("admin", "compliance")
@@ -129,6 +129,6 @@ class ProfileController(Controller):
         if len(given) != 1:
             raise InvalidField("give exactly one of email, phone, or kind with value", field="email")
         ctx = VaultContext.from_settings()
-        ids = await profiles_holding(db, lookup_ident(ctx, *given[0]))
+        ids = await usable(db, principal, await profiles_holding(db, lookup_ident(ctx, *given[0])), purpose)
         views = await read_profiles(db, ctx, principal, ids, purpose) if ids else []
         return ProfileList([_out(v) for v in views])

@@ -15,6 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
+from app.decisions.engine import Ask
+from app.decisions.service import current_rules, decide_person
+from app.errors import PolicyDenied
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, make_ident, set_identifier
 from app.profiles.precedence import Stamp
@@ -108,10 +111,37 @@ class OpenedPerson:
     """Data keys by origin profile id (empty when values are not revealed)."""
 
 
+async def require_consent(session: AsyncSession, principal: Principal, profile_id: str, purpose: str | None) -> None:
+    """Refuse (403, recorded by the decision engine) when the person's consent, flags or regime
+    rule out this purpose; purposes that need no consent anywhere pass straight on."""
+    role = decide(principal, purpose)
+    rules = current_rules()
+    if not role.allowed or role.purpose not in rules.purposes:
+        return  # the role gate answers (and records) this one
+    if all(j.mode(role.purpose) == "none" for j in rules.jurisdictions.values()):
+        return
+    verdict = await decide_person(session, principal, Ask(role.purpose), profile_id)
+    if not verdict.allowed:
+        raise PolicyDenied(f"purpose '{role.purpose}' denied for this person: {verdict.reason}", field="purpose")
+
+
+async def usable(session: AsyncSession, principal: Principal, profile_ids: list[str], purpose: str | None) -> list[str]:
+    """The profiles among these that may be used for the purpose (denials are recorded)."""
+    kept = []
+    for pid in profile_ids:
+        try:
+            await require_consent(session, principal, pid, purpose)
+        except PolicyDenied:
+            continue
+        kept.append(pid)
+    return kept
+
+
 async def open_person(
     session: AsyncSession, ctx: VaultContext, principal: Principal, profile_id: str, purpose: str | None
 ) -> OpenedPerson:
     """Authorise and audit access to one person (following merges), with their keys if values may be shown."""
+    await require_consent(session, principal, profile_id, purpose)
     view = (await read_profiles(session, ctx, principal, [profile_id], purpose))[0]
     keys: dict[str, DataKey] = {}
     if view.reveal != "none":
