@@ -139,3 +139,19 @@ def test_a_refused_create_writes_nothing_but_the_refusal(env: Env) -> None:
         assert conn.execute(text("SELECT count(*) FROM identifier")).scalar() == 0
         denied = conn.execute(text("SELECT count(*) FROM audit_entry WHERE action = 'profile.create.denied'")).scalar()
     assert denied == 1
+
+
+def test_an_unknown_purpose_is_a_422_recorded_by_hash_and_never_echoed(env: Env) -> None:
+    keys = make_keys()
+    chosen = "exfiltrate.everything.to.my-server"
+    with client() as c:
+        pid = c.post("/v1/profiles", json={"traits": ALICE}, headers=auth(keys["admin"])).json()["id"]
+        r = c.get(f"/v1/profiles/{pid}", params={"purpose": chosen}, headers=auth(keys["compliance"]))
+        long_name = c.post("/v1/keys", json={"role": "admin", "name": "k" * 200}, headers=auth(keys["admin"]))
+        huge = c.get("/v1/audit/entries", params={"after": str(2**70)}, headers=auth(keys["auditor"]))
+    assert r.status_code == 422 and r.json()["invalid-params"][0]["name"] == "purpose"
+    assert chosen not in r.text
+    assert long_name.status_code == 422 and huge.status_code in (400, 422)
+    with sync_db() as conn:
+        rows = conn.execute(text("SELECT purpose, details FROM audit_entry WHERE action = 'profile.read.denied'")).all()
+    assert len(rows) == 1 and rows[0][0].startswith("unknown:") and chosen not in str(rows)

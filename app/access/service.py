@@ -55,6 +55,10 @@ async def create_api_key(
         raise InvalidField(f"ingest keys only, one of {', '.join(TRUST_LEVELS)}", field="trust")
     if not name.strip():
         raise InvalidField("must not be empty", field="name")
+    if len(name.strip()) > 128:
+        raise InvalidField("is longer than 128 characters", field="name")
+    if source is not None and not 0 < len(source) <= 128:
+        raise InvalidField("must be 1 to 128 characters", field="source")
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(24)
     record = ApiKey(

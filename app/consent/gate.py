@@ -3,12 +3,14 @@
 Segment counts, exports, webhooks, triggers, API reads and writes of personal data all
 call ``authorize`` before they touch a person's data. Today it applies purposes and roles from
 ``policies/purposes.yaml``; per-person consent plugs in here, so no caller changes.
-Allowed and denied decisions both go to the ledger; a denial is committed at once
-(it survives the failed request) and raised as ``PolicyDenied``.
+Allowed and denied decisions both go to the ledger; a denial is recorded in its own
+transaction (it survives the failed request) and raised as ``PolicyDenied`` (an unknown
+purpose as a 422, recorded by hash: the ledger keeps no text a client chose).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.policy import Reveal, load_policies
-from app.errors import PolicyDenied
+from app.db import unit_of_work
+from app.errors import InvalidField, PolicyDenied
 from app.ledger.service import record, record_many
 from app.settings import get_settings
 
@@ -63,27 +66,10 @@ async def authorize(
         "reveal": decision.reveal,
     }
     if not decision.allowed:
-        if subject_ids:
-            await record_many(
-                session,
-                principal,
-                f"{action}.denied",
-                list(subject_ids),
-                purpose=decision.purpose,
-                legal_basis=decision.legal_basis,
-                details=details,
-            )
-        else:
-            await record(
-                session,
-                principal,
-                f"{action}.denied",
-                purpose=decision.purpose,
-                legal_basis=decision.legal_basis,
-                details=details,
-            )
-        await session.commit()
-        raise PolicyDenied(f"purpose '{decision.purpose}' denied: {decision.reason}", field="purpose")
+        await _record_denial(principal, f"{action}.denied", subject_ids, decision, details)
+        if decision.reason == "unknown purpose":
+            raise InvalidField("is not a purpose in policies/purposes.yaml", field="purpose")
+        raise PolicyDenied(f"this purpose is denied: {decision.reason}", field="purpose")
     if subject_ids:
         await record_many(
             session,
@@ -95,3 +81,31 @@ async def authorize(
             details=details,
         )
     return decision
+
+
+def ledger_purpose(decision: Decision) -> str:
+    """The purpose as the ledger may hold it: an unknown one (text a client chose) by hash."""
+    if decision.reason != "unknown purpose":
+        return decision.purpose
+    return "unknown:" + hashlib.sha256(decision.purpose.encode()).hexdigest()[:16]
+
+
+async def _record_denial(
+    principal: Principal, action: str, subject_ids: Sequence[str], decision: Decision, details: dict[str, Any]
+) -> None:
+    """Record a refusal in its own transaction: it survives the failed request, and the
+    caller's transaction is never committed for it."""
+    async with unit_of_work() as own:
+        purpose = ledger_purpose(decision)
+        if subject_ids:
+            await record_many(
+                own,
+                principal,
+                action,
+                list(subject_ids),
+                purpose=purpose,
+                legal_basis=decision.legal_basis,
+                details=details,
+            )
+        else:
+            await record(own, principal, action, purpose=purpose, legal_basis=decision.legal_basis, details=details)

@@ -26,7 +26,7 @@ from app.ingest.consent_signals import device_keys, event_choices, record_event_
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
-from app.pii.fields import FieldPolicy, Splitter, split_traits_by_policy
+from app.pii.fields import FieldPolicy, Splitter, name_key, split_traits_by_policy
 from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
 from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
@@ -297,7 +297,7 @@ async def _store(
     result.profiles_created = len(live_new)
     result.profiles_updated = len([pid for pid in touched if pid not in live_new])
     result.merges = resolver.merges
-    await _record_batch(session, principal, source, final)
+    await _record_batch(session, ctx, principal, source, final)
     result.by_message = {p.msg.message_id: pid for p, pid in final}
     return result
 
@@ -389,9 +389,11 @@ def _event_rows(
 
 
 async def _record_batch(
-    session: AsyncSession, principal: Principal, source: str, final: list[tuple[Prepared, str]]
+    session: AsyncSession, ctx: VaultContext, principal: Principal, source: str, final: list[tuple[Prepared, str]]
 ) -> None:
-    """One ledger entry per person the batch touched, with its event counts."""
+    """One ledger entry per person the batch touched, with its event counts. Undeclared fields
+    that held personal data are named by the keyed hash ``GET /v1/fields/review`` lists them
+    by, never verbatim (a client chose those names)."""
     types: dict[str, Counter[str]] = defaultdict(Counter)
     undeclared: dict[str, set[str]] = defaultdict(set)
     for p, pid in final:
@@ -401,7 +403,7 @@ async def _record_batch(
     def details(pid: str) -> dict[str, Any]:
         d: dict[str, Any] = {"source": source, "events": dict(types[pid])}
         if undeclared[pid]:
-            d["undeclared_pii"] = sorted(undeclared[pid])
+            d["undeclared_pii"] = sorted({name_key(ctx.keys.index_key, n) for n in undeclared[pid]})
         return d
 
     decision = decide(principal, None)

@@ -89,7 +89,7 @@ class AuditController(Controller):
     async def entries(
         self,
         db: Db,
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,

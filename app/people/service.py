@@ -122,7 +122,7 @@ async def require_consent(session: AsyncSession, principal: Principal, profile_i
         return
     verdict = await decide_person(session, principal, Ask(role.purpose), profile_id)
     if not verdict.allowed:
-        raise PolicyDenied(f"purpose '{role.purpose}' denied for this person: {verdict.reason}", field="purpose")
+        raise PolicyDenied(f"this purpose is denied for this person: {verdict.reason}", field="purpose")
 
 
 async def usable(session: AsyncSession, principal: Principal, profile_ids: list[str], purpose: str | None) -> list[str]:
