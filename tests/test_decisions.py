@@ -412,3 +412,38 @@ def _oracle(rules: Any, p: dict[str, Any]) -> str:
     if mode == "opt_in" and state != "granted":
         return "no consent"
     return "allowed"
+
+
+def test_tcf_and_gpp_strings_sent_with_events_become_consent_or_are_refused_with_a_reason(env: Env) -> None:
+    from tests.test_consent_signals import GPP_VECTORS, TCF_VECTORS
+
+    def string(vectors: list[dict[str, Any]], prefix: str) -> str:
+        return str(next(v["string"] for v in vectors if v["name"].startswith(prefix)))
+
+    all_purposes = string(TCF_VECTORS, "all eleven purposes")
+    refused_all = string(TCF_VECTORS, "everything refused")
+    version_2 = string(TCF_VECTORS, "policy version 2")
+    opted_out = string(GPP_VECTORS, "usnat v2 opted out of everything")
+    keys = make_keys()
+    s = (keys["ingest"], "")
+    with client() as c:
+        eu, ca = _person(c, keys, 1, "DE"), _person(c, keys, 2, "US-CA")
+        batch = [
+            {"type": "track", "userId": "p-1", "event": "Consent", "context": {"tcf": all_purposes}},
+            {"type": "track", "userId": "p-1", "event": "Consent", "context": {"tcf": version_2}},
+            {"type": "track", "userId": "p-1", "event": "Consent", "context": {"tcf": all_purposes[:26]}},
+            {"type": "track", "userId": "p-2", "event": "Consent", "context": {"gpp": opted_out}},
+        ]
+        body = c.post("/v1/batch", json={"batch": batch}, auth=s).json()
+        granted = c.post("/v1/decisions", json={"person": eu, "purpose": M}, headers=auth(keys["marketer"])).json()
+        opted = c.post("/v1/decisions", json={"person": ca, "purpose": M}, headers=auth(keys["marketer"])).json()
+        later = [{"type": "track", "userId": "p-1", "event": "Consent", "context": {"tcf": refused_all}}]
+        c.post("/v1/batch", json={"batch": later}, auth=s)
+        withdrawn = c.post("/v1/decisions", json={"person": eu, "purpose": M}, headers=auth(keys["marketer"])).json()
+    rejected = {r["index"]: r for r in body["rejected"]}
+    assert body["accepted"] == 2 and set(rejected) == {1, 2}
+    assert rejected[1]["field"] == "context.tcf" and "below 4" in rejected[1]["reason"]
+    assert rejected[2]["field"] == "context.tcf" and all_purposes[:26] not in str(body)
+    assert granted["decision"] == "allow"
+    assert (opted["decision"], opted["reason"]) == ("deny", "denied")
+    assert (withdrawn["decision"], withdrawn["reason"]) == ("deny", "denied")

@@ -1,7 +1,8 @@
 """Consent signals that arrive with events become consent records through the consent
 domain's own code: Segment's ``context.consent.categoryPreferences``, RudderStack's
-``context.consentManagement`` (mapped to purposes by ``policies/consent_mapping.yaml``) and
-the ``Sec-GPC: 1`` header (kept on the device or browser id the event came from)."""
+``context.consentManagement``, an IAB TCF v2.2 string in ``context.tcf`` and a GPP string in
+``context.gpp`` (decoded strictly; mapped to purposes by ``policies/consent_mapping.yaml``),
+and the ``Sec-GPC: 1`` header (kept on the device or browser id the event came from)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.consent.records import Choice, record_choices
 from app.consent.rules import Rules
+from app.consent.signals import GppConsent, GppRejection, TcfConsent, TcfRejection, decode_gpp, decode_tcf
 from app.identity.service import Ident, Key, mark_gpc
 
 
@@ -45,16 +47,54 @@ def _rudderstack(cm: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, s
     return out
 
 
+def signal_rejection(context: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, reason) when the event carries a TCF or GPP string that does not decode
+    strictly (truncated, garbled, TCF policy version below 4…); the event is then refused."""
+    for key, decode in (("tcf", decode_tcf), ("gpp", decode_gpp)):
+        value = context.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return (f"context.{key}", "must be a string")
+        result = decode(value)
+        if isinstance(result, TcfRejection | GppRejection):
+            return (f"context.{key}", result.reason)
+    return None
+
+
+def _tcf(value: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    decoded = decode_tcf(value) if isinstance(value, str) else None
+    if not isinstance(decoded, TcfConsent):
+        return {}
+    out: dict[str, str] = {}
+    for tcf_id, purposes in mapping.items():
+        state = "granted" if int(tcf_id) in decoded.purposes_consent else "denied"
+        for p in purposes:
+            out[p] = "denied" if "denied" in (state, out.get(p)) else state
+    return out
+
+
+def _gpp(value: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    decoded = decode_gpp(value) if isinstance(value, str) else None
+    if not isinstance(decoded, GppConsent):
+        return {}
+    return {p: "denied" for flag, purposes in mapping.items() if getattr(decoded, flag, False) for p in purposes}
+
+
 def event_choices(
     rules: Rules, source: str, pid: str, message_id: str, context: Mapping[str, Any], at: datetime
 ) -> list[Choice]:
     """The consent choices one event's context carries, as records for the person it resolved to."""
-    found = {
-        **_rudderstack(context.get("consentManagement"), rules.mapping.get("rudderstack", {})),
-    }
     consent = context.get("consent")
-    if isinstance(consent, dict):
-        for p, state in _segment(consent.get("categoryPreferences"), rules.mapping.get("segment", {})).items():
+    prefs = consent.get("categoryPreferences") if isinstance(consent, dict) else None
+    found: dict[str, str] = {}
+    for signals in (
+        _rudderstack(context.get("consentManagement"), rules.mapping.get("rudderstack", {})),
+        _segment(prefs, rules.mapping.get("segment", {})),
+        _tcf(context.get("tcf"), rules.mapping.get("tcf", {})),
+        _gpp(context.get("gpp"), rules.mapping.get("gpp", {})),
+    ):
+        for p, state in signals.items():  # the more restrictive wins when signals disagree
             found[p] = "denied" if "denied" in (state, found.get(p)) else state
     return [
         Choice(pid, p, state, "event", source, at, client_id=f"{message_id}#{p}"[:128])

@@ -22,7 +22,7 @@ from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
-from app.ingest.consent_signals import device_keys, event_choices, record_event_signals
+from app.ingest.consent_signals import device_keys, event_choices, record_event_signals, signal_rejection
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
@@ -234,6 +234,10 @@ def _validated(
             ready = _prepare(ctx, checked, fp)
         except InvalidField as exc:
             result.rejected.append(Rejection(i, exc.field or "", exc.detail))
+            continue
+        refused = signal_rejection(checked.context)
+        if refused is not None:
+            result.rejected.append(Rejection(i, *refused))
             continue
         if not ready.idents:
             result.rejected.append(Rejection(i, "userId", "no identifier: give a user id, email, phone or external id"))
