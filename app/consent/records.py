@@ -24,6 +24,10 @@ from app.db import table_of
 from app.errors import InvalidField
 
 
+When = datetime | ColumnElement[Any]
+"""A time for the SQL clauses: a value, or a bound parameter or column standing for one."""
+
+
 @dataclass(frozen=True)
 class Choice:
     """A consent choice to record for a person (``profile_id`` is the surviving profile)."""
@@ -198,9 +202,7 @@ async def merge_conflicts(session: AsyncSession, profile_id: str) -> list[str]:
     return sorted(p for p, s in view["current"].items() if s["conflict"])
 
 
-def state_clause(
-    person: Any, purpose: str, states: Iterable[str], now: datetime, after: Any = None
-) -> ColumnElement[bool]:
+def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, after: Any = None) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) has a current state in
     ``states`` for ``purpose`` on any origin (grants must not have expired); with ``after``,
     only states the person chose after that time (a column or value)."""
@@ -219,13 +221,17 @@ def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
     return exists().where(t.c.profile_id == person, t.c.flag == flag).correlate_except(t)
 
 
-def guardian_clause(person: Any, purpose: str, now: datetime) -> ColumnElement[bool]:
+def guardian_clause(person: Any, purpose: str, now: When) -> ColumnElement[bool]:
     """SQL: a guardian granted this purpose for the person (a minor) and it still stands."""
     t = table_of(ConsentState)
-    return exists().where(
-        t.c.profile_id == person,
-        t.c.purpose == purpose,
-        t.c.state == "granted",
-        t.c.method == "guardian",
-        or_(t.c.expires_at.is_(None), t.c.expires_at > now),
-    ).correlate_except(t)
+    return (
+        exists()
+        .where(
+            t.c.profile_id == person,
+            t.c.purpose == purpose,
+            t.c.state == "granted",
+            t.c.method == "guardian",
+            or_(t.c.expires_at.is_(None), t.c.expires_at > now),
+        )
+        .correlate_except(t)
+    )

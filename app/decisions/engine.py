@@ -16,12 +16,11 @@ before any person is looked at.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_
 
-from app.consent.records import flag_clause, guardian_clause, state_clause
+from app.consent.records import When, flag_clause, guardian_clause, state_clause
 from app.consent.rules import Jurisdiction, Rules
 from app.identity.service import gpc_clause
 
@@ -89,7 +88,7 @@ def jurisdiction_expr(rules: Rules, region: Any) -> ColumnElement[str]:
     return case(*whens, else_=literal(rules.default))
 
 
-def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: datetime) -> ColumnElement[str]:
+def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) -> ColumnElement[str]:
     mode = j.mode(ask.purpose)
     purpose = rules.purposes[ask.purpose]
     sensitive = [c for c in ask.categories if j.is_sensitive(c)]
@@ -121,16 +120,17 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: dateti
     return case(*[(cond, literal(reason)) for cond, reason in whens], else_=literal("allowed"))
 
 
-def _later_grant(person: Any, purpose: str, now: datetime, j: Jurisdiction) -> Any:
+def _later_grant(person: Any, purpose: str, now: When, j: Jurisdiction) -> Any:
     """Where the regime lets a later explicit opt-in override GPC: that grant, given the signal's time."""
     if not j.gpc_overridable:
         return None
     return lambda at: state_clause(person, purpose, ["granted"], now, after=at)
 
 
-def reason_expr(rules: Rules, ask: Ask, person: Any, region: Any, now: datetime) -> ColumnElement[str]:
+def reason_expr(rules: Rules, ask: Ask, person: Any, region: Any, now: When) -> ColumnElement[str]:
     """SQL: the reason the person (a column with the surviving profile id, and its region
-    column) may not be used for ``ask`` — ``'allowed'`` when nothing stands in the way."""
+    column) may not be used for ``ask`` — ``'allowed'`` when nothing stands in the way.
+    ``now`` is a time or a bound parameter standing for one."""
     whens = [
         (region_clause(region, j), _reason_in(j, rules, ask, person, now))
         for j in rules.jurisdictions.values()

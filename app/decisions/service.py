@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import decide
 from app.consent.rules import Rules, load_rules
-from app.db import unit_of_work
+from app.db import UtcDateTime, unit_of_work
 from app.decisions.engine import RULES, Ask, Verdict, allowed_categories, jurisdiction_expr, reason_expr
 from app.errors import InvalidField
 from app.ledger.service import record
@@ -35,6 +35,24 @@ class PopulationVerdict:
 
 def current_rules() -> Rules:
     return load_rules(get_settings().policy_dir)
+
+
+_PERSON_QUERIES: dict[tuple[int, Ask], tuple[Rules, Any]] = {}
+
+
+def _person_query(rules: Rules, ask: Ask) -> Any:
+    """The single-decision statement for ``ask`` — ``reason_expr`` for one person, with the
+    person (``:person``) and the time (``:now``) bound at execution: built once per rules
+    and ask, so a request neither rebuilds nor re-keys the expression."""
+    hit = _PERSON_QUERIES.get((id(rules), ask))
+    if hit is None or hit[0] is not rules:
+        table, person, region, _live = population()
+        now = bindparam("now", type_=UtcDateTime())
+        q = select(reason_expr(rules, ask, person, region, now), jurisdiction_expr(rules, region))
+        if len(_PERSON_QUERIES) > 512:
+            _PERSON_QUERIES.clear()
+        hit = _PERSON_QUERIES[(id(rules), ask)] = (rules, q.select_from(table).where(person == bindparam("person")))
+    return hit[1]
 
 
 def _check(rules: Rules, ask: Ask) -> None:
@@ -60,9 +78,8 @@ async def decide_person(
     if not role.allowed and not explain:
         verdict = Verdict(False, "role may not use purpose", "-", rules.version, rule=role.reason)
     else:
-        table, person, region, _live = population()
-        q = select(reason_expr(rules, ask, person, region, now or datetime.now(UTC)), jurisdiction_expr(rules, region))
-        reason, jurisdiction = (await session.execute(q.select_from(table).where(person == root))).one()
+        q = _person_query(rules, ask)
+        reason, jurisdiction = (await session.execute(q, {"person": root, "now": now or datetime.now(UTC)})).one()
         allowed = reason == "allowed"
         verdict = Verdict(
             allowed,
