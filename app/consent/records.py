@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.consent.models import FLAGS, METHODS, STATES, ConsentRecord, ConsentState, PrivacyFlag
 from app.db import table_of
 from app.errors import InvalidField
-
 
 When = datetime | ColumnElement[Any]
 """A time for the SQL clauses: a value, or a bound parameter or column standing for one."""
@@ -57,60 +56,110 @@ def restrictive(state: str) -> bool:
     return state in ("denied", "withdrawn")
 
 
-def _wins(new: Choice, old: Mapping[str, Any] | None, received: datetime) -> bool:
-    """Does the new choice become the current state over ``old`` (a state row)?"""
-    if old is None or restrictive(new.state):
-        return True
-    return (new.decided_at, received) > (old["decided_at"], old["received_at"])
-
-
 async def record_choices(session: AsyncSession, choices: list[Choice]) -> list[ConsentRecord]:
     """Append the choices (idempotent by ``(source, client_id)``) and update current states
-    in the same transaction. Returns the records stored now (replays are skipped)."""
+    in the same transaction. Returns the records stored now (replays are skipped).
+
+    A fixed number of statements whatever the number of choices: one read of the current
+    states, one of the client ids already stored, one insert of the records, and the new
+    states (the last one applied per person and purpose) in one upsert."""
+    if not choices:
+        return []
     now = datetime.now(UTC)
     table = table_of(ConsentRecord)
     states = await _current(session, {(c.profile_id, c.purpose) for c in choices})
-    stored: list[ConsentRecord] = []
+    seen = await _stored_client_ids(session, choices)
+    rows: list[dict[str, Any]] = []
     for c in choices:
-        rec_id = str(uuid.uuid4())
-        current = states.get((c.profile_id, c.purpose))
-        applied = _wins(c, current, now)
-        row: dict[str, Any] = {
-            "id": rec_id,
-            "profile_id": c.profile_id,
-            "origin_id": c.profile_id,
-            "purpose": c.purpose,
-            "state": c.state,
-            "legal_basis": c.legal_basis,
-            "jurisdiction": c.jurisdiction,
-            "method": c.method,
-            "source": c.source,
-            "notice_version": c.notice_version,
-            "decided_at": c.decided_at,
-            "received_at": now,
-            "expires_at": c.expires_at,
-            "client_id": c.client_id,
-            "applied": applied,
-        }
-        insert_stmt = _upsert_ignore(session, table).values(row).on_conflict_do_nothing().returning(table.c.id)
-        if (await session.execute(insert_stmt)).scalar() is None:
-            continue  # the same client id from the same source: stored once
-        stored.append(ConsentRecord(**row))
-        if applied:
-            state = {
-                "origin_id": c.profile_id,
-                "purpose": c.purpose,
-                "profile_id": c.profile_id,
-                "state": c.state,
-                "method": c.method,
-                "decided_at": c.decided_at,
-                "received_at": now,
-                "expires_at": c.expires_at,
-                "record_id": rec_id,
-            }
-            await _put_state(session, state)
-            states[(c.profile_id, c.purpose)] = state
-    return stored
+        if c.client_id is not None:
+            if (c.source, c.client_id) in seen:
+                continue  # the same client id from the same source: stored once
+            seen.add((c.source, c.client_id))
+        rows.append(_record_row(c, now))
+    new_states = _apply(rows, states)
+    inserted = await _insert_records(session, table, rows)
+    if len(inserted) < len(rows):  # a concurrent request stored some of the same client ids first
+        rows = [r for r in rows if r["id"] in inserted]
+        was = {r["id"]: r["applied"] for r in rows}
+        new_states = _apply(rows, states)
+        changed = [{"rid": r["id"], "now_applied": r["applied"]} for r in rows if r["applied"] != was[r["id"]]]
+        if changed:
+            stmt = update(table).where(table.c.id == bindparam("rid")).values(applied=bindparam("now_applied"))
+            await session.execute(stmt, changed)
+    await _put_states(session, list(new_states.values()), states)
+    return [ConsentRecord.model_construct(**row) for row in rows]  # the rows are built here: no validation
+
+
+def _apply(
+    rows: list[dict[str, Any]], states: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Set each record row's ``applied`` in order; the last state applied per (person, purpose)."""
+    new_states: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["profile_id"], row["purpose"])
+        row["applied"] = _wins(row, new_states.get(key) or states.get(key))
+        if row["applied"]:
+            new_states[key] = _state_row(row)
+    return new_states
+
+
+def _wins(row: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Does the new choice (a record row) become the current state over ``old`` (a state row)?"""
+    if old is None or restrictive(row["state"]):
+        return True
+    return (row["decided_at"], row["received_at"]) > (old["decided_at"], old["received_at"])
+
+
+def _record_row(c: Choice, now: datetime) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "profile_id": c.profile_id,
+        "origin_id": c.profile_id,
+        "purpose": c.purpose,
+        "state": c.state,
+        "legal_basis": c.legal_basis,
+        "jurisdiction": c.jurisdiction,
+        "method": c.method,
+        "source": c.source,
+        "notice_version": c.notice_version,
+        "decided_at": c.decided_at,
+        "received_at": now,
+        "expires_at": c.expires_at,
+        "client_id": c.client_id,
+        "applied": True,
+    }
+
+
+def _state_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "origin_id": row["profile_id"],
+        "purpose": row["purpose"],
+        "profile_id": row["profile_id"],
+        "state": row["state"],
+        "method": row["method"],
+        "decided_at": row["decided_at"],
+        "received_at": row["received_at"],
+        "expires_at": row["expires_at"],
+        "record_id": row["id"],
+    }
+
+
+async def _stored_client_ids(session: AsyncSession, choices: list[Choice]) -> set[tuple[str, str]]:
+    """(source, client id) pairs of these choices that are already stored."""
+    wanted = {(c.source, c.client_id) for c in choices if c.client_id is not None}
+    if not wanted:
+        return set()
+    t = table_of(ConsentRecord)
+    q = select(t.c.source, t.c.client_id).where(t.c.client_id.in_({cid for _, cid in wanted}))
+    return {(r.source, r.client_id) for r in (await session.execute(q)).all()} & wanted
+
+
+async def _insert_records(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the records, skipping any whose (source, client id) is stored meanwhile; the ids stored."""
+    if not rows:
+        return set()
+    stmt = _upsert_ignore(session, table).on_conflict_do_nothing().returning(table.c.id)
+    return set((await session.execute(stmt, rows)).scalars())
 
 
 def _upsert_ignore(session: AsyncSession, table: Any) -> Any:
@@ -119,28 +168,47 @@ def _upsert_ignore(session: AsyncSession, table: Any) -> Any:
 
 
 async def _current(session: AsyncSession, keys: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The newest state per (person, purpose) over every origin merged into the person."""
+    """The newest state per (person, purpose) over every origin merged into the person;
+    ``"merged"`` in a value is true when another origin of the person holds a row too."""
     if not keys:
         return {}
     t = table_of(ConsentState)
     out: dict[tuple[str, str], dict[str, Any]] = {}
+    origins: dict[tuple[str, str], set[str]] = {}
     for r in (await session.execute(select(t).where(t.c.profile_id.in_({p for p, _ in keys})))).all():
         k, row = (r.profile_id, r.purpose), dict(r._mapping)
+        origins.setdefault(k, set()).add(r.origin_id)
         if k not in out or (row["decided_at"], row["received_at"]) > (out[k]["decided_at"], out[k]["received_at"]):
             out[k] = row
+    for k, row in out.items():
+        row["merged"] = bool(origins[k] - {k[0]})
     return out
 
 
-async def _put_state(session: AsyncSession, state: dict[str, Any]) -> None:
+async def _put_states(
+    session: AsyncSession, new: list[dict[str, Any]], before: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> None:
     """The person's own row takes the new state, and so do the rows of profiles merged into
-    them: a choice the person makes now applies to the whole person."""
+    them: a choice the person makes now applies to the whole person. Only the last state
+    applied per (person, purpose) is written (each one overwrote the same rows)."""
+    if not new:
+        return
     t = table_of(ConsentState)
-    values = {k: v for k, v in state.items() if k not in ("origin_id", "purpose", "profile_id")}
-    await session.execute(
-        update(t).where(t.c.profile_id == state["profile_id"], t.c.purpose == state["purpose"]).values(values)
+    fields = ("state", "method", "decided_at", "received_at", "expires_at", "record_id")
+    merged = [s for s in new if (before.get((s["profile_id"], s["purpose"])) or {}).get("merged")]
+    if merged:
+        await session.execute(
+            update(t)
+            .where(t.c.profile_id == bindparam("pid"), t.c.purpose == bindparam("pp"))
+            .values({f: bindparam(f"v_{f}") for f in fields}),
+            [{"pid": s["profile_id"], "pp": s["purpose"], **{f"v_{f}": s[f] for f in fields}} for s in merged],
+        )
+    stmt = _upsert_ignore(session, t)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[t.c.origin_id, t.c.purpose],
+        set_={"profile_id": stmt.excluded.profile_id, **{f: stmt.excluded[f] for f in fields}},
     )
-    await session.execute(delete(t).where(t.c.origin_id == state["origin_id"], t.c.purpose == state["purpose"]))
-    await session.execute(insert(t).values(state))
+    await session.execute(stmt, new)
 
 
 async def set_flags(session: AsyncSession, profile_id: str, flags: Mapping[str, bool], source: str) -> None:
