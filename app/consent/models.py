@@ -49,6 +49,7 @@ class ConsentState(SQLModel, table=True):
     restrictive over their origins (so a merge keeps every choice and an unmerge restores them)."""
 
     __tablename__ = "consent_state"
+    __table_args__ = (Index("ix_consent_state_decision", "profile_id", "purpose", "state"),)
 
     origin_id: str = Field(primary_key=True, max_length=36)
     purpose: str = Field(primary_key=True, max_length=128)
@@ -65,6 +66,7 @@ class PrivacyFlag(SQLModel, table=True):
     """A standing condition on a person: restricted, suppressed, profiling refused, minor, GPC."""
 
     __tablename__ = "privacy_flag"
+    __table_args__ = (Index("ix_privacy_flag_decision", "profile_id", "flag"),)
 
     origin_id: str = Field(primary_key=True, max_length=36)
     flag: str = Field(primary_key=True, max_length=32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -22,6 +22,13 @@ class Identifier(SQLModel, table=True):
     __table_args__ = (
         Index("ix_identifier_lookup", "kind", "digest"),
         Index("ix_identifier_profile", "profile_id"),
+        Index(
+            "ix_identifier_gpc",
+            "profile_id",
+            "gpc_at",
+            sqlite_where=text("gpc_at IS NOT NULL"),
+            postgresql_where=text("gpc_at IS NOT NULL"),
+        ),
     )
 
     origin_id: str = Field(primary_key=True, max_length=36)
