@@ -289,6 +289,12 @@ def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
     return exists().where(t.c.profile_id == person, t.c.flag == flag).correlate_except(t)
 
 
+def flags_clause(person: Any, flags: Iterable[str]) -> ColumnElement[bool]:
+    """SQL: the person carries any of these privacy flags."""
+    t = table_of(PrivacyFlag)
+    return exists().where(t.c.profile_id == person, t.c.flag.in_(sorted(flags))).correlate_except(t)
+
+
 def guardian_clause(person: Any, purpose: str, now: When) -> ColumnElement[bool]:
     """SQL: a guardian granted this purpose for the person (a minor) and it still stands."""
     t = table_of(ConsentState)

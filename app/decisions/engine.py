@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_
 
-from app.consent.records import When, flag_clause, guardian_clause, state_clause
+from app.consent.records import When, flag_clause, flags_clause, guardian_clause, state_clause
 from app.consent.rules import Jurisdiction, Rules
 from app.identity.service import gpc_clause
 
@@ -95,15 +95,22 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) 
     if mode == "none" and not sensitive and not (ask.cross_border and j.cross_border_consent):
         return literal("allowed")
     whens: list[tuple[ColumnElement[bool], str]] = []
+    flagged: list[str] = []  # the flags the first ``flag_whens`` conditions look at
+    flag_whens = 0
     if mode != "none":
         whens += [(flag_clause(person, "restricted"), "restricted"), (flag_clause(person, "suppressed"), "suppressed")]
+        flagged += ["restricted", "suppressed"]
         if purpose.profiling and j.profiling_refusal:
             whens.append((flag_clause(person, "profiling_refused"), "profiling refused"))
+            flagged.append("profiling_refused")
         minor = flag_clause(person, "minor_under_14")  # under 14 is under 16 as well
+        flagged.append("minor_under_14")
         if j.minor_age > 14:
             minor = or_(minor, flag_clause(person, "minor_under_16"))
+            flagged.append("minor_under_16")
         no_guardian = ~guardian_clause(person, ask.purpose, now)
         whens.append((and_(minor, no_guardian), "minor without guardian consent"))
+        flag_whens = len(whens)
         if ask.purpose in j.gpc:
             whens.append((gpc_clause(person, _later_grant(person, ask.purpose, now, j)), "GPC"))
     for category in sensitive:
@@ -117,7 +124,14 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) 
         whens.append((state_clause(person, ask.purpose, ["denied"], now), "denied"))
         if mode == "opt_in":
             whens.append((~state_clause(person, ask.purpose, ["granted"], now), "no consent"))
-    return case(*[(cond, literal(reason)) for cond, reason in whens], else_=literal("allowed"))
+    full = case(*[(cond, literal(reason)) for cond, reason in whens], else_=literal("allowed"))
+    if not flagged:
+        return full
+    # Most people carry none of these flags: one probe for all of them, and without any the
+    # flag conditions are all false, so the remaining conditions decide alone (same result).
+    rest = whens[flag_whens:]
+    unflagged = case(*[(c, literal(r)) for c, r in rest], else_=literal("allowed")) if rest else literal("allowed")
+    return case((flags_clause(person, flagged), full), else_=unflagged)
 
 
 def _later_grant(person: Any, purpose: str, now: When, j: Jurisdiction) -> Any:
