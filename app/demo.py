@@ -47,6 +47,7 @@ def demo_customers(count: int, seed: int = 7) -> list[dict[str, object]]:
             "plan": rng.choice(["free", "plus", "pro"]),
             "loyalty_tier": rng.choice(["bronze", "silver", "gold"]),
             "favourite_category": rng.choice(CATEGORIES),
+            "country": "CN" if chinese else rng.choice(["US-CA", "DE", "GB"]),
             "demo": True,
         }
         people.append(traits)
@@ -73,6 +74,12 @@ def demo_events(i: int, email: str, profile_id: str) -> list[dict[str, object]]:
             "userId": f"demo-user-{i:03d}",
             "messageId": f"demo-{i}-3",
             "traits": {"email": email},
+            # the cookie banner's answer: two in three accept advertising, most accept analytics
+            "context": {
+                "consent": {
+                    "categoryPreferences": {"Advertising": rng.random() < 0.67, "Analytics": rng.random() < 0.8}
+                }
+            },
         },
     ]
     if rng.random() < 0.6:

@@ -31,7 +31,7 @@ from app.identity.merges import merge_profiles
 from app.identity.models import Identifier, IdentityClaim, identifier_aad_name
 from app.identity.service import Ident, Key
 from app.ledger.service import record_each
-from app.profiles.service import VaultContext, create_profiles, lock_profiles, new_profile_row
+from app.profiles.service import VaultContext, create_profiles, lock_profile_rows, new_profile_row
 from app.vault.cipher import seal_field
 from app.vault.service import DataKey, new_subject_key, store_subject_keys, subject_keys
 
@@ -114,7 +114,7 @@ class Resolver:
             owners = select(col(Identifier.profile_id)).where(
                 tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys[start : start + LOOKUP_CHUNK])
             )
-            rows.update(await lock_profiles(self.session, owners))
+            rows.update(await lock_profile_rows(self.session, owners))
         return rows
 
     async def _load_profiles(self, rows: dict[str, Any]) -> None:

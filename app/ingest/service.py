@@ -157,17 +157,14 @@ def _insert(session: AsyncSession, table: Table) -> Any:
 
 
 async def _new_message_ids(session: AsyncSession, source: str, ids: list[str], now: datetime) -> set[str]:
-    """Register message ids; returns those not seen before (safe against concurrent replays)."""
+    """Register message ids; returns those not seen before (safe against concurrent replays).
+    One cached statement run over all ids (no statement compiled per batch)."""
     if not ids:
         return set()
     table: Table = IngestedMessage.__table__  # type: ignore[attr-defined]
-    stmt = (
-        _insert(session, table)
-        .values([{"source": source, "message_id": m, "received_at": now} for m in ids])
-        .on_conflict_do_nothing()
-        .returning(table.c.message_id)
-    )
-    return set((await session.execute(stmt)).scalars())
+    stmt = _insert(session, table).on_conflict_do_nothing().returning(table.c.message_id)
+    rows = [{"source": source, "message_id": m, "received_at": now} for m in ids]
+    return set((await session.execute(stmt, rows)).scalars())
 
 
 async def ingest_messages(

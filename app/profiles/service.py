@@ -12,6 +12,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import phonenumbers
@@ -136,6 +137,14 @@ async def lock_profiles(session: AsyncSession, profile_ids: Collection[str] | Se
     q = select(Profile).where(col(Profile.id).in_(ids)).order_by(col(Profile.id))
     q = q.with_for_update().execution_options(populate_existing=True)
     return {p.id: p for p in (await session.execute(q)).scalars()}
+
+
+async def lock_profile_rows(session: AsyncSession, profile_ids: Select[Any]) -> dict[str, Any]:
+    """Like ``lock_profiles`` for a subquery of ids, as plain rows (id, created_at, merged_into):
+    the hot path of identity resolution needs no ORM objects."""
+    t = table_of(Profile)
+    q = select(t.c.id, t.c.created_at, t.c.merged_into).where(t.c.id.in_(profile_ids)).order_by(t.c.id)
+    return {row.id: row for row in (await session.execute(q.with_for_update())).all()}
 
 
 async def resolve_merged(session: AsyncSession, profile_id: str) -> str:
@@ -302,15 +311,26 @@ def region_of(o: Observation) -> str | None:
     number's country), computed while the value is at hand so nothing is decrypted later."""
     if not isinstance(o.value, str):
         return None
-    name = "".join(ch for ch in o.name.casefold() if ch.isalnum())
-    if name in REGION_TRAITS:
+    if o.name == "phone":
+        return phone_region(o.value)
+    if _normal(o.name) in REGION_TRAITS:
         code = o.value.strip().upper()
         return code if _REGION.match(code) else None
-    if name == "phone":
-        try:
-            return phonenumbers.region_code_for_number(phonenumbers.parse(o.value.split(";")[0])) or None
-        except phonenumbers.NumberParseException:
-            return None
+    return None
+
+
+@lru_cache(maxsize=4096)
+def _normal(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def phone_region(e164: str) -> str | None:
+    """The main region of an E.164 number's country calling code (``+86…`` → ``CN``), without parsing it."""
+    digits = e164[1:4] if e164.startswith("+") else ""
+    for n in (1, 2, 3):
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(digits[:n])) if digits[:n].isdigit() else None
+        if regions:
+            return str(regions[0]) if regions[0] != "001" else None
     return None
 
 
@@ -320,7 +340,7 @@ async def _write_regions(session: AsyncSession, observations: list[Observation])
     for o in observations:
         region = region_of(o)
         if region is not None:
-            rank = 0 if "phone" in o.name.casefold() else 1
+            rank = 0 if o.name == "phone" else 1
             if o.profile_id not in regions or rank >= regions[o.profile_id][0]:
                 regions[o.profile_id] = (rank, region)
     if regions:
