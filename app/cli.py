@@ -191,6 +191,9 @@ def _import(args: argparse.Namespace) -> int:
         open_text,
         run_import,
     )
+    from app.process import tune_garbage_collector
+
+    tune_garbage_collector()
 
     path = Path(args.file)
     if not path.is_file():

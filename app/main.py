@@ -32,6 +32,7 @@ from app.people.routes import ProfileController
 from app.pii.engine import resolve_ner_model
 from app.pii.routes import FieldReviewController
 from app.problems import EXCEPTION_HANDLERS
+from app.process import tune_garbage_collector
 from app.ratelimit import STORE_NAME, rate_limit_middleware, rate_limit_store
 from app.request_context import request_id_middleware
 from app.settings import get_settings
@@ -69,6 +70,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     key_material(settings)  # fail fast on bad key configuration; create dev keys once
     model, has_ner = resolve_ner_model(settings.ner_model, settings.nlp_dir)
     log.info("pii_ner_model", model=model if has_ner else None, names_and_places=has_ner)
+    tune_garbage_collector()
     scheduler = build_scheduler(product_jobs()) if settings.scheduler_enabled else None
     if scheduler is not None:
         scheduler.start()
