@@ -12,7 +12,7 @@ from app.pii.classify import classify_field
 from app.pii.engine import PiiEngine, pii_engine
 from app.pii.redact import redact, restore
 from tests.conftest import Env
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import auth, client, grant_marketing, make_keys, sync_db
 
 RESIDENT_ID = "11010519491231002X"  # a published sample with a valid check character
 USCC = "91350100M000100Y43"
@@ -138,6 +138,9 @@ def test_texts_are_stored_redacted_restored_for_compliance_and_gone_after_shredd
         zh["profile_id"] = plain["profile_id"]
         assert [p["id"] for p in author.json()["profiles"]] == [zh["profile_id"]]
         assert plain["text"] == ZH_CHAT and plain["reveal"] == "plain"
+        refused = c.get(f"/v1/texts/{zh['id']}", headers=auth(keys["marketer"]))
+        assert refused.status_code == 403  # no consent to marketing: a marketer reads none of it
+        grant_marketing(c, keys["compliance"], zh["profile_id"])
         masked = c.get(f"/v1/texts/{zh['id']}", headers=auth(keys["marketer"])).json()
         assert masked["text"] == zh["redacted"] and "13812345678" not in masked["text"]
 

@@ -18,7 +18,7 @@ from app.consent.gate import decide
 from app.consent.rules import Rules, load_rules
 from app.db import UtcDateTime, unit_of_work
 from app.decisions.engine import RULES, Ask, Verdict, allowed_categories, jurisdiction_expr, reason_expr
-from app.errors import InvalidField
+from app.errors import InvalidField, PolicyDenied
 from app.ledger.service import record
 from app.profiles.service import population, resolve_merged
 from app.settings import get_settings
@@ -116,6 +116,20 @@ async def decide_population(
     if out.denied:
         await _record_population(principal, ask, out)
     return out
+
+
+async def require_consent(session: AsyncSession, principal: Principal, profile_id: str, purpose: str | None) -> None:
+    """Refuse (403, recorded by the decision engine) when the person's consent, flags or regime
+    rule out this purpose; purposes that need no consent anywhere pass straight on."""
+    role = decide(principal, purpose)
+    rules = current_rules()
+    if not role.allowed or role.purpose not in rules.purposes:
+        return  # the role gate answers (and records) this one
+    if all(j.mode(role.purpose) == "none" for j in rules.jurisdictions.values()):
+        return
+    verdict = await decide_person(session, principal, Ask(role.purpose), profile_id)
+    if not verdict.allowed:
+        raise PolicyDenied(f"this purpose is denied for this person: {verdict.reason}", field="purpose")
 
 
 def population_predicate(ask: Ask, person: Any, region: Any, now: datetime | None = None) -> Any:

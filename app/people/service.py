@@ -15,8 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
-from app.decisions.engine import Ask
-from app.decisions.service import current_rules, decide_person
+from app.decisions.service import require_consent
 from app.errors import PolicyDenied
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, make_ident, set_identifier
@@ -109,20 +108,6 @@ class OpenedPerson:
     view: ProfileView
     keys: dict[str, DataKey]
     """Data keys by origin profile id (empty when values are not revealed)."""
-
-
-async def require_consent(session: AsyncSession, principal: Principal, profile_id: str, purpose: str | None) -> None:
-    """Refuse (403, recorded by the decision engine) when the person's consent, flags or regime
-    rule out this purpose; purposes that need no consent anywhere pass straight on."""
-    role = decide(principal, purpose)
-    rules = current_rules()
-    if not role.allowed or role.purpose not in rules.purposes:
-        return  # the role gate answers (and records) this one
-    if all(j.mode(role.purpose) == "none" for j in rules.jurisdictions.values()):
-        return
-    verdict = await decide_person(session, principal, Ask(role.purpose), profile_id)
-    if not verdict.allowed:
-        raise PolicyDenied(f"this purpose is denied for this person: {verdict.reason}", field="purpose")
 
 
 async def usable(session: AsyncSession, principal: Principal, profile_ids: list[str], purpose: str | None) -> list[str]:

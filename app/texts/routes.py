@@ -11,13 +11,14 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from app.consent.gate import authorize
+from app.decisions.service import require_consent
 from app.deps import Caller, Db
 from app.errors import InvalidField
 from app.inputs import check_text_size
 from app.ledger.service import record
 from app.pii.engine import detect_language, pii_engine
 from app.profiles.service import VaultContext
-from app.texts.service import TextIn, ingest_texts, read_text
+from app.texts.service import TextIn, ingest_texts, read_text, text_author
 
 
 class TextItem(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,7 +84,9 @@ class TextController(Controller):
     async def read(
         self, text_id: FromPath[str], db: Db, principal: Caller, purpose: FromQuery[str | None] = None
     ) -> dict[str, Any]:
-        """Compliance/admin get the restored text (audited); marketers the redacted one."""
+        """Compliance/admin get the restored text (audited); marketers the redacted one, and only
+        of people who may be used for their purpose (the decision engine decides, and records a refusal)."""
+        await require_consent(db, principal, await text_author(db, text_id), purpose)
         return await read_text(db, VaultContext.from_settings(), principal, text_id, purpose)
 
     @post("/pii/scan", opt={"roles": ("compliance", "admin")}, operation_id="scanPii", status_code=200)

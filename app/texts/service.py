@@ -174,6 +174,14 @@ async def _store(
     return out
 
 
+async def text_author(session: AsyncSession, text_id: str) -> str:
+    """The person a text belongs to now (404 if there is no such text)."""
+    row = await session.get(TextRecord, text_id)
+    if row is None:
+        raise NotFound("no text with this id", field="text_id")
+    return await resolve_merged(session, row.profile_id)
+
+
 async def read_text(
     session: AsyncSession, ctx: VaultContext, principal: Principal, text_id: str, purpose: str | None = None
 ) -> dict[str, Any]:
