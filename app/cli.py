@@ -280,11 +280,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _policy_diff(old_dir: Path, new_dir: Path) -> int:
+    from app.consent.rules import load_rules
+    from app.db import unit_of_work
+    from app.decisions.service import policy_diff
+
+    old, new = load_rules(old_dir.resolve()), load_rules(new_dir.resolve())
+    async with unit_of_work() as session:
+        changes = await policy_diff(session, old, new)
+    print(f"policy {old.version} -> {new.version}")
+    print(f"{'purpose':<48} {'newly allowed':>14} {'newly denied':>13}")
+    for c in changes:
+        print(f"{c.purpose:<48} {c.newly_allowed:>14} {c.newly_denied:>13}")
+    return 0
+
+
 def _policy(args: argparse.Namespace) -> int:
-    """Validate the policy files (``check``) or print their version (``version``)."""
+    """Validate the policy files (``check``), print their version (``version``), or show how
+    many people a change would newly allow or deny per purpose (``diff OLD NEW``)."""
     from app.consent.check import check_policies
     from app.consent.rules import policy_version
 
+    if args.action == "diff":
+        if len(args.dirs) != 2:
+            print("usage: consentry policy diff OLD_DIR NEW_DIR", file=sys.stderr)
+            return 2
+        for d in args.dirs:
+            if problems := check_policies(Path(d)):
+                for problem in problems:
+                    print(problem)
+                return 1
+        return asyncio.run(_policy_diff(Path(args.dirs[0]), Path(args.dirs[1])))
     policy_dir = Path(args.dir) if args.dir else get_settings().policy_dir
     if args.action == "version":
         print(policy_version(policy_dir))
@@ -382,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=_demo)
 
     po = sub.add_parser("policy", help="the policy files: check them, or print their version")
-    po.add_argument("action", choices=["check", "version"])
+    po.add_argument("action", choices=["check", "version", "diff"])
+    po.add_argument("dirs", nargs="*", help="diff: OLD_DIR NEW_DIR")
     po.add_argument("--dir", help="policy directory (default: CONSENTRY_POLICY_DIR)")
     po.set_defaults(func=_policy)
 

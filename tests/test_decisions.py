@@ -447,3 +447,37 @@ def test_tcf_and_gpp_strings_sent_with_events_become_consent_or_are_refused_with
     assert granted["decision"] == "allow"
     assert (opted["decision"], opted["reason"]) == ("deny", "denied")
     assert (withdrawn["decision"], withdrawn["reason"]) == ("deny", "denied")
+
+
+def test_policy_diff_counts_who_a_change_would_newly_allow_or_deny(env: Env, tmp_path: Any) -> None:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from app.settings import get_settings
+
+    keys = make_keys()
+    with client() as c:
+        de = [_person(c, keys, n, "DE") for n in range(3)]
+        _consent(c, keys, {"consents": [_grant(de[0], M, "granted", T0)]})
+        _person(c, keys, 9, "US-CA")
+    new = tmp_path / "policies"
+    shutil.copytree(get_settings().policy_dir, new)
+    j = new / "jurisdictions.yaml"  # GDPR marketing becomes opt-out; CCPA marketing opt-in
+    data = yaml.safe_load(j.read_text())
+    data["jurisdictions"]["GDPR"]["purposes"][M] = "opt_out"
+    data["jurisdictions"]["CCPA"]["purposes"][M] = "opt_in"
+    j.write_text(yaml.safe_dump(data, allow_unicode=True))
+    out = subprocess.run(
+        [sys.executable, "-m", "app", "policy", "diff", str(get_settings().policy_dir), str(Path(new))],
+        env=env.environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith(M))
+    assert line.split()[1:] == ["2", "1"]  # two Germans without consent newly allowed; the Californian denied

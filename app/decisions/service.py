@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -167,3 +167,29 @@ async def _record_population(principal: Principal, ask: Ask, out: PopulationVerd
                 "policy_version": out.policy_version,
             },
         )
+
+
+@dataclass
+class PolicyChange:
+    purpose: str
+    newly_allowed: int
+    newly_denied: int
+
+
+async def policy_diff(session: AsyncSession, old: Rules, new: Rules, now: datetime | None = None) -> list[PolicyChange]:
+    """How many people a policy change would newly allow or deny, per purpose, before it is
+    deployed: both rule sets evaluated side by side over every surviving profile in one query each."""
+    table, person, region, live = population()
+    at = now or datetime.now(UTC)
+    out = []
+    for purpose in sorted(set(old.purposes) & set(new.purposes)):
+        ask = Ask(purpose)
+        before = reason_expr(old, ask, person, region, at) == "allowed"
+        after = reason_expr(new, ask, person, region, at) == "allowed"
+        q = select(
+            func.coalesce(func.sum(case((and_(~before, after), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((and_(before, ~after), 1), else_=0)), 0),
+        ).select_from(table).where(live)
+        allowed, denied = (await session.execute(q)).one()
+        out.append(PolicyChange(purpose, int(allowed), int(denied)))
+    return out
