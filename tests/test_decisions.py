@@ -481,3 +481,19 @@ def test_policy_diff_counts_who_a_change_would_newly_allow_or_deny(env: Env, tmp
     assert out.returncode == 0, out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith(M))
     assert line.split()[1:] == ["2", "1"]  # two Germans without consent newly allowed; the Californian denied
+
+
+def test_each_grant_has_a_consent_receipt(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        pid = _person(c, keys, 1, "DE")
+        stored = _consent(c, keys, {"consents": [_grant(pid, M) | {"notice_version": "privacy-2026-09"}]})
+        r = c.get(f"/v1/consents/{stored['ids'][0]}/receipt", headers=auth(keys["compliance"]))
+        missing = c.get("/v1/consents/nope/receipt", headers=auth(keys["compliance"]))
+    assert r.status_code == 200, r.text
+    receipt = r.json()
+    assert receipt["version"] == "KI-CR-v1.1.0" and receipt["consentReceiptID"] == stored["ids"][0]
+    assert receipt["piiPrincipalId"] == pid and receipt["collectionMethod"] == "form"
+    assert receipt["policyUrl"].endswith("/2026-09") and receipt["services"][0]["service"] == M
+    assert receipt["consentTimestamp"] == int(T0.timestamp())
+    assert missing.status_code == 404

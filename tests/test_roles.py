@@ -50,6 +50,7 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/v1/consents"): {"admin", "compliance"},
     ("GET", "/v1/profiles/{profile_id:str}/consents"): {"admin", "compliance"},
     ("POST", "/v1/decisions"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/consents/{record_id:str}/receipt"): {"admin", "compliance"},
     ("GET", "/v1/decisions/explain"): {"admin", "compliance", "auditor"},
     ("GET", "/v1/jobs"): ADMIN,
     ("GET", "/v1/jobs/runs"): ADMIN,

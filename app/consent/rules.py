@@ -69,6 +69,7 @@ class Rules:
     purposes: dict[str, PurposeUse]
     notices: frozenset[str]
     current_notice: str | None
+    notice_urls: dict[str, str]
     mapping: dict[str, dict[str, tuple[str, ...]]]
     retention: dict[str, Any]
 
@@ -137,6 +138,7 @@ def load_rules(policy_dir: Path) -> Rules:
         purposes,
         frozenset(n.get("notices") or {}),
         n.get("current"),
+        {str(k): str((v or {}).get("url", "")) for k, v in (n.get("notices") or {}).items()},
         mapping,
         _yaml(policy_dir / "retention.yaml"),
     )

@@ -10,12 +10,13 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
-from app.consent.records import Choice, consent_view, record_choices, set_flags
+from app.consent.policy import load_policies
+from app.consent.records import Choice, consent_receipt, consent_view, record_choices, set_flags
 from app.consent.rules import load_rules
 from app.decisions.engine import Ask
 from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
-from app.errors import InvalidField
+from app.errors import InvalidField, NotFound
 from app.ledger.service import record_each
 from app.profiles.service import resolve_merged
 from app.settings import get_settings
@@ -128,6 +129,26 @@ class ConsentController(Controller):
             db, principal, "consent.read", [(root, {})], purpose="legal.compliance.dsr", legal_basis="legal_obligation"
         )
         return {"profile_id": root, **await consent_view(db, root)}
+
+    @get("/consents/{record_id:str}/receipt", opt={"roles": STAFF}, operation_id="getConsentReceipt")
+    async def receipt(self, record_id: FromPath[str], db: Db, principal: Caller) -> dict[str, Any]:
+        """The consent receipt of one recorded choice (Kantara Consent Receipt v1.1 fields)."""
+        settings = get_settings()
+        descriptions = {k: v.description for k, v in load_policies(settings.policy_dir).purposes.items()}
+        found = await consent_receipt(
+            db, record_id, load_rules(settings.policy_dir), settings.audit_origin, descriptions
+        )
+        if found is None:
+            raise NotFound("no consent record with this id", field="record_id")
+        await record_each(
+            db,
+            principal,
+            "consent.receipt",
+            [(found["piiPrincipalId"], {"record_id": record_id})],
+            purpose="legal.compliance.dsr",
+            legal_basis="legal_obligation",
+        )
+        return found
 
     @post("/decisions", opt={"roles": ("admin", "compliance", "marketer")}, operation_id="decide", status_code=200)
     async def decide(self, data: JSONBody[DecisionIn], db: Db, principal: Caller) -> dict[str, Any]:
