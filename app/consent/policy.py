@@ -97,7 +97,8 @@ def normal_name(name: str) -> str:
     return "".join(c for c in name.casefold() if c.isalnum())
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path) -> dict[str, Any]:
+    """A policy file's mapping (a file holding anything else is an error)."""
     with path.open(encoding="utf-8") as fh:
         data = yaml.safe_load(fh) or {}
     if not isinstance(data, dict):
@@ -108,7 +109,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
 @lru_cache(maxsize=4)
 def load_policies(policy_dir: Path) -> PolicySet:
     """Parse and check the policy files (cached per directory)."""
-    p = _load_yaml(policy_dir / "purposes.yaml")
+    p = load_yaml(policy_dir / "purposes.yaml")
     purposes = {
         pid: Purpose(pid, spec.get("description", ""), spec["legal_basis"], frozenset(spec["roles"]), spec["reveal"])
         for pid, spec in p["purposes"].items()
@@ -117,7 +118,7 @@ def load_policies(policy_dir: Path) -> PolicySet:
     for role, pid in defaults.items():
         if pid not in purposes or role not in purposes[pid].roles:
             raise ValueError(f"role_defaults: {role} -> {pid} is not a purpose that role may use")
-    c = _load_yaml(policy_dir / "data_categories.yaml")
+    c = load_yaml(policy_dir / "data_categories.yaml")
     traits = {
         name: TraitRule(
             name, spec["category"], bool(spec.get("identifier")), spec.get("normalize", "any"), spec.get("index")
@@ -128,7 +129,7 @@ def load_policies(policy_dir: Path) -> PolicySet:
     for alias, target in aliases.items():
         if target not in traits:
             raise ValueError(f"alias {alias} points to unknown trait {target}")
-    i = _load_yaml(policy_dir / "identity.yaml")
+    i = load_yaml(policy_dir / "identity.yaml")
     rules = {
         kind: IdentifierRule(
             kind, n, int(spec["cap"]), bool(spec.get("merge", True)), bool(spec.get("stitch_only", False))
@@ -140,7 +141,7 @@ def load_policies(policy_dir: Path) -> PolicySet:
         frozenset(str(v).lower() for v in i.get("blocked_values", [])),
         {t: frozenset(srcs) for t, srcs in (i.get("trait_authority") or {}).items()},
     )
-    t = _load_yaml(policy_dir / "text_channels.yaml")
+    t = load_yaml(policy_dir / "text_channels.yaml")
     channels = tuple(t["channels"])
     exempt = frozenset(c.get("properties_not_personal") or [])
     normal_traits = {normal_name(n): n for n in traits}

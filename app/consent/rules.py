@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from app.consent.policy import load_yaml
 
 Mode = Literal["none", "opt_in", "opt_out"]
 POLICY_FILES = (
@@ -97,18 +97,10 @@ def policy_version(policy_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _yaml(path: Path) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} must hold a mapping")
-    return data
-
-
 @lru_cache(maxsize=4)
 def load_rules(policy_dir: Path) -> Rules:
     """Parse the consent rules (cached per directory; ``check.py`` validates them first)."""
-    j = _yaml(policy_dir / "jurisdictions.yaml")
+    j = load_yaml(policy_dir / "jurisdictions.yaml")
     jurisdictions = {
         name: Jurisdiction(
             name,
@@ -123,13 +115,13 @@ def load_rules(policy_dir: Path) -> Rules:
         )
         for name, spec in j["jurisdictions"].items()
     }
-    p = _yaml(policy_dir / "purposes.yaml")
+    p = load_yaml(policy_dir / "purposes.yaml")
     purposes = {
         pid: PurposeUse(tuple(spec.get("categories") or []), bool(spec.get("profiling", False)))
         for pid, spec in p["purposes"].items()
     }
-    n = _yaml(policy_dir / "notices.yaml")
-    m = _yaml(policy_dir / "consent_mapping.yaml")
+    n = load_yaml(policy_dir / "notices.yaml")
+    m = load_yaml(policy_dir / "consent_mapping.yaml")
     mapping = {tool: {str(k): tuple(v or []) for k, v in (ids or {}).items()} for tool, ids in m.items()}
     return Rules(
         policy_version(policy_dir),
@@ -140,5 +132,5 @@ def load_rules(policy_dir: Path) -> Rules:
         n.get("current"),
         {str(k): str((v or {}).get("url", "")) for k, v in (n.get("notices") or {}).items()},
         mapping,
-        _yaml(policy_dir / "retention.yaml"),
+        load_yaml(policy_dir / "retention.yaml"),
     )

@@ -283,14 +283,7 @@ async def _store(
     await session.execute(insert(table_of(Event)), events)
     if signals:
         await session.execute(insert(table_of(ConsentSignal)), signals)
-    rules = load_rules(get_settings().policy_dir)
-    choices = [
-        c
-        for p, pid in final
-        for c in event_choices(rules, source, pid, p.msg.message_id, p.msg.context, p.msg.occurred_at)
-    ]
-    devices = [k for p, _pid in final for k in device_keys(p.idents)] if gpc else []
-    await record_event_signals(session, choices, devices, now)
+    await _consent_signals(session, source, final, gpc, now)
     await resolver.finish()
     live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
     touched = Counter(pid for _p, pid in final)
