@@ -18,7 +18,7 @@ from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound
 from app.ledger.service import record_each
-from app.profiles.service import resolve_merged
+from app.profiles.service import resolve_many, resolve_merged
 from app.settings import get_settings
 
 STAFF = ("admin", "compliance")
@@ -61,6 +61,12 @@ class DecisionIn(msgspec.Struct, forbid_unknown_fields=True):
     cross_border: bool = False
 
 
+def _root(roots: dict[str, str], profile_id: str, where: str) -> str:
+    if profile_id not in roots:
+        raise NotFound("no profile with this id", field=f"{where}.profile_id")
+    return roots[profile_id]
+
+
 def _choice(c: ConsentIn, root: str, source: str, n: int) -> Choice:
     choice = Choice(
         root,
@@ -92,10 +98,13 @@ class ConsentController(Controller):
         if len(data.consents) > 5000:
             raise InvalidField("at most 5000 consents a request", field="consents")
         source = principal.source or f"api:{principal.name}"
-        choices = [_choice(c, await resolve_merged(db, c.profile_id), source, n) for n, c in enumerate(data.consents)]
+        roots = await resolve_many(db, [c.profile_id for c in data.consents] + list(data.flags))
+        choices = [
+            _choice(c, _root(roots, c.profile_id, f"consents[{n}]"), source, n) for n, c in enumerate(data.consents)
+        ]
         stored = await record_choices(db, choices)
         for pid, flags in data.flags.items():
-            await set_flags(db, await resolve_merged(db, pid), flags, source)
+            await set_flags(db, _root(roots, pid, "flags"), flags, source)
         version = load_rules(get_settings().policy_dir).version
         await record_each(
             db,

@@ -155,6 +155,17 @@ async def resolve_merged(session: AsyncSession, profile_id: str) -> str:
     return row[0] or profile_id
 
 
+async def resolve_many(session: AsyncSession, profile_ids: Collection[str]) -> dict[str, str]:
+    """``resolve_merged`` for many ids in one query: id → surviving id (unknown ids are absent)."""
+    t = table_of(Profile)
+    out: dict[str, str] = {}
+    ids = sorted(set(profile_ids))
+    for start in range(0, len(ids), 1000):
+        q = select(t.c.id, t.c.merged_into).where(t.c.id.in_(ids[start : start + 1000]))
+        out.update({pid: merged or pid for pid, merged in (await session.execute(q)).all()})
+    return out
+
+
 async def person_of(session: AsyncSession, root: str) -> Person:
     """The person whose surviving profile is ``root``: it and every profile merged into it."""
     q = sa_select(col(Profile.id)).where(col(Profile.merged_into) == root).order_by(col(Profile.id))
