@@ -497,3 +497,39 @@ def test_each_grant_has_a_consent_receipt(env: Env) -> None:
     assert receipt["policyUrl"].endswith("/2026-09") and receipt["services"][0]["service"] == M
     assert receipt["consentTimestamp"] == int(T0.timestamp())
     assert missing.status_code == 404
+
+
+def test_a_birthday_makes_a_minor_who_needs_a_guardians_consent(env: Env) -> None:
+    today = datetime.now(UTC).date()
+
+    def born(years: int) -> str:
+        return today.replace(year=today.year - years, day=min(today.day, 28)).isoformat()
+
+    keys = make_keys()
+    s = (keys["ingest"], "")
+    people = {}
+    with client() as c:
+        for name, region, age in (("cn12", "CN", 12), ("cn15", "CN", 15), ("de15", "DE", 15), ("de30", "DE", 30)):
+            body = {"userId": name, "traits": {"country": region, "birthday": born(age)}}
+            assert c.post("/v1/identify", json=body, auth=s).json()["accepted"] == 1
+            pid = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": name}, headers=auth(keys["admin"]))
+            people[name] = pid.json()["profiles"][0]["id"]
+            _consent(c, keys, {"consents": [_grant(people[name], M)]})
+        got = {
+            name: c.post("/v1/decisions", json={"person": pid, "purpose": M}, headers=auth(keys["marketer"])).json()
+            for name, pid in people.items()
+        }
+        # a guardian's consent lets the 12-year-old's data be used
+        _consent(c, keys, {"consents": [_grant(people["cn12"], M, at=T0 + timedelta(days=1), method="guardian")]})
+        guardian = c.post(
+            "/v1/decisions", json={"person": people["cn12"], "purpose": M}, headers=auth(keys["marketer"])
+        )
+        # the birthday corrected: an adult after all
+        c.patch(f"/v1/profiles/{people['de15']}", json={"traits": {"birthday": born(40)}}, headers=auth(keys["admin"]))
+        adult = c.post("/v1/decisions", json={"person": people["de15"], "purpose": M}, headers=auth(keys["marketer"]))
+    assert got["cn12"]["reason"] == "minor without guardian consent"
+    assert got["cn15"]["decision"] == "allow"  # PIPL: under 14
+    assert got["de15"]["reason"] == "minor without guardian consent"  # GDPR marketing: under 16
+    assert got["de30"]["decision"] == "allow"
+    assert guardian.json()["decision"] == "allow"
+    assert adult.json()["decision"] == "allow"

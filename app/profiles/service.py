@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from sqlmodel import col, select
 from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies
+from app.consent.records import set_flags
 from app.db import table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
 from app.inventory import Person
@@ -310,7 +311,29 @@ async def apply_observations(
     await _write_fields(session, fields, wipe)
     await _write_plain(session, {pid: profiles[pid] for pid in changed if pid in profiles}, now)
     await _write_regions(session, observations)
+    await _write_minor_flags(session, observations)
     return changed
+
+
+def age_on(birthday: str, today: date) -> int | None:
+    """Completed years between an ISO birthday and ``today`` (None when it is no date)."""
+    try:
+        born = date.fromisoformat(birthday[:10])
+    except ValueError:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+async def _write_minor_flags(session: AsyncSession, observations: list[Observation]) -> None:
+    """A birthday sets or clears the consent domain's minor flags (under 14, under 16), so
+    decisions need no decryption to know a minor needs a guardian's consent."""
+    today = datetime.now(UTC).date()
+    for o in observations:
+        if o.name != "birthday" or not (o.value is None or isinstance(o.value, str)):
+            continue
+        age = age_on(o.value, today) if o.value else None
+        flags = {"minor_under_14": age is not None and age < 14, "minor_under_16": age is not None and age < 16}
+        await set_flags(session, o.profile_id, flags, o.stamp.source or "profile")
 
 
 REGION_TRAITS = frozenset({"region", "country", "countrycode"})
