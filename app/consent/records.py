@@ -264,12 +264,6 @@ async def consent_view(session: AsyncSession, profile_id: str) -> dict[str, Any]
     }
 
 
-async def merge_conflicts(session: AsyncSession, profile_id: str) -> list[str]:
-    """Purposes on which the origins merged into this person disagree."""
-    view = await consent_view(session, profile_id)
-    return sorted(p for p, s in view["current"].items() if s["conflict"])
-
-
 def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, after: Any = None) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) has a current state in
     ``states`` for ``purpose`` on any origin (grants must not have expired); with ``after``,

@@ -12,7 +12,6 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import phonenumbers
@@ -23,7 +22,7 @@ from sqlmodel import col, select
 
 from app.access.service import Principal
 from app.consent.gate import Decision, authorize
-from app.consent.policy import PolicySet, TraitRule, load_policies
+from app.consent.policy import PolicySet, TraitRule, load_policies, normal_name
 from app.consent.records import set_flags
 from app.db import table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
@@ -129,13 +128,12 @@ async def create_profiles(session: AsyncSession, rows: list[dict[str, Any]]) -> 
         await session.execute(insert(table_of(Profile)), rows)
 
 
-async def lock_profiles(session: AsyncSession, profile_ids: Collection[str] | Select[Any]) -> dict[str, Profile]:
+async def lock_profiles(session: AsyncSession, profile_ids: Collection[str]) -> dict[str, Profile]:
     """Lock these profiles' rows (``FOR UPDATE`` in id order, so lockers never deadlock on
-    one batch) and return them as they are once locked. ``profile_ids`` may be a subquery."""
-    if not isinstance(profile_ids, Select) and not profile_ids:
+    one batch) and return them as they are once locked."""
+    if not profile_ids:
         return {}
-    ids = profile_ids if isinstance(profile_ids, Select) else sorted(profile_ids)
-    q = select(Profile).where(col(Profile.id).in_(ids)).order_by(col(Profile.id))
+    q = select(Profile).where(col(Profile.id).in_(sorted(profile_ids))).order_by(col(Profile.id))
     q = q.with_for_update().execution_options(populate_existing=True)
     return {p.id: p for p in (await session.execute(q)).scalars()}
 
@@ -347,15 +345,10 @@ def region_of(o: Observation) -> str | None:
         return None
     if o.name == "phone":
         return phone_region(o.value)
-    if _normal(o.name) in REGION_TRAITS:
+    if normal_name(o.name) in REGION_TRAITS:
         code = o.value.strip().upper()
         return code if _REGION.match(code) else None
     return None
-
-
-@lru_cache(maxsize=4096)
-def _normal(name: str) -> str:
-    return "".join(ch for ch in name.casefold() if ch.isalnum())
 
 
 def phone_region(e164: str) -> str | None:
@@ -444,17 +437,6 @@ async def _write_plain(
     )
 
 
-async def touch_profiles(session: AsyncSession, profile_ids: Collection[str]) -> None:
-    """Mark profiles updated (a personal field changed)."""
-    if profile_ids:
-        await session.execute(
-            update(Profile)
-            .where(col(Profile.id).in_(list(profile_ids)))
-            .values(updated_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        )
-
-
 # --- reading ----------------------------------------------------------------------------
 
 
@@ -516,12 +498,6 @@ async def _reveal_fields(
                 raise IntegrityFailure(f"field '{name}' has no key to open it", field=name) from exc
             view.traits[name] = value if decision.reveal == "plain" else mask_value(f.category, value)
             view.sources[name] = {"source": f.source, "at": (f.observed_at or f.updated_at).isoformat()}
-
-
-async def personal_field_rows(session: AsyncSession, person: Person) -> list[ProfileField]:
-    """Every personal-field row the person holds, from every origin (for export)."""
-    q = select(ProfileField).where(col(ProfileField.profile_id) == person.root)
-    return list((await session.execute(q)).scalars())
 
 
 def population() -> tuple[Any, Any, Any, ColumnElement[bool]]:

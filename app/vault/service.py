@@ -36,13 +36,6 @@ def new_subject_key(ring: MasterKeyring, profile_id: str) -> tuple[DataKey, dict
     return DataKey(profile_id, 1, dk), row
 
 
-async def create_subject_key(session: AsyncSession, ring: MasterKeyring, profile_id: str) -> DataKey:
-    """A fresh data key for a new subject, stored with the session."""
-    dk, row = new_subject_key(ring, profile_id)
-    session.add(SubjectKey(**row))
-    return dk
-
-
 async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert new key rows (from ``new_subject_key``) in one statement."""
     if rows:
