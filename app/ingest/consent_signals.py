@@ -18,6 +18,11 @@ from app.consent.signals import GppConsent, GppRejection, TcfConsent, TcfRejecti
 from app.identity.service import Ident, Key, mark_gpc
 
 
+def _keep(found: dict[str, str], purpose: str, state: str) -> None:
+    """Record a state for a purpose; when signals disagree the more restrictive wins."""
+    found[purpose] = "denied" if "denied" in (state, found.get(purpose)) else state
+
+
 def _segment(prefs: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     """Purpose → state from Segment's categoryPreferences (empty means every category refused)."""
     if not isinstance(prefs, dict):
@@ -27,10 +32,8 @@ def _segment(prefs: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, st
     out: dict[str, str] = {}
     for category, allowed in prefs.items():
         for p in mapping.get(str(category), ()):
-            if allowed is True and out.get(p) != "denied":
-                out[p] = "granted"
-            elif allowed is False:
-                out[p] = "denied"  # the more restrictive wins when categories map to one purpose
+            if isinstance(allowed, bool):
+                _keep(out, p, "granted" if allowed else "denied")
     return out
 
 
@@ -42,60 +45,67 @@ def _rudderstack(cm: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, s
         ids = cm.get(key)
         for cid in ids if isinstance(ids, list) else []:
             for p in mapping.get(str(cid), ()):
-                if out.get(p) != "denied":
-                    out[p] = state
+                _keep(out, p, state)
     return out
 
 
-def signal_rejection(context: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(field, reason) when the event carries a TCF or GPP string that does not decode
-    strictly (truncated, garbled, TCF policy version below 4…); the event is then refused."""
+def decode_consent_strings(context: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """The TCF and GPP strings an event carries, decoded strictly once: (decoded by key,
+    None), or ({}, (field, reason)) when one is truncated, garbled or below TCF 2.2 — the
+    event is then refused."""
+    decoded: dict[str, Any] = {}
     for key, decode in (("tcf", decode_tcf), ("gpp", decode_gpp)):
         value = context.get(key)
         if value is None:
             continue
         if not isinstance(value, str):
-            return (f"context.{key}", "must be a string")
+            return {}, (f"context.{key}", "must be a string")
         result = decode(value)
         if isinstance(result, TcfRejection | GppRejection):
-            return (f"context.{key}", result.reason)
-    return None
+            return {}, (f"context.{key}", result.reason)
+        decoded[key] = result
+    return decoded, None
 
 
-def _tcf(value: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-    decoded = decode_tcf(value) if isinstance(value, str) else None
+def _tcf(decoded: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     if not isinstance(decoded, TcfConsent):
         return {}
     out: dict[str, str] = {}
     for tcf_id, purposes in mapping.items():
         state = "granted" if int(tcf_id) in decoded.purposes_consent else "denied"
         for p in purposes:
-            out[p] = "denied" if "denied" in (state, out.get(p)) else state
+            _keep(out, p, state)
     return out
 
 
-def _gpp(value: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
-    decoded = decode_gpp(value) if isinstance(value, str) else None
+def _gpp(decoded: Any, mapping: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     if not isinstance(decoded, GppConsent):
         return {}
     return {p: "denied" for flag, purposes in mapping.items() if getattr(decoded, flag, False) for p in purposes}
 
 
 def event_choices(
-    rules: Rules, source: str, pid: str, message_id: str, context: Mapping[str, Any], at: datetime
+    rules: Rules,
+    source: str,
+    pid: str,
+    message_id: str,
+    context: Mapping[str, Any],
+    decoded: Mapping[str, Any],
+    at: datetime,
 ) -> list[Choice]:
-    """The consent choices one event's context carries, as records for the person it resolved to."""
+    """The consent choices one event's context carries (``decoded``: its TCF/GPP strings, from
+    ``decode_consent_strings``), as records for the person it resolved to."""
     consent = context.get("consent")
     prefs = consent.get("categoryPreferences") if isinstance(consent, dict) else None
     found: dict[str, str] = {}
     for signals in (
         _rudderstack(context.get("consentManagement"), rules.mapping.get("rudderstack", {})),
         _segment(prefs, rules.mapping.get("segment", {})),
-        _tcf(context.get("tcf"), rules.mapping.get("tcf", {})),
-        _gpp(context.get("gpp"), rules.mapping.get("gpp", {})),
+        _tcf(decoded.get("tcf"), rules.mapping.get("tcf", {})),
+        _gpp(decoded.get("gpp"), rules.mapping.get("gpp", {})),
     ):
-        for p, state in signals.items():  # the more restrictive wins when signals disagree
-            found[p] = "denied" if "denied" in (state, found.get(p)) else state
+        for p, state in signals.items():
+            _keep(found, p, state)
     return [
         Choice(pid, p, state, "event", source, at, client_id=f"{message_id}#{p}"[:128])
         for p, state in sorted(found.items())

@@ -22,7 +22,7 @@ from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
-from app.ingest.consent_signals import device_keys, event_choices, record_event_signals, signal_rejection
+from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record_each
@@ -66,6 +66,8 @@ class Prepared:
     """Path → data category of each sealed property and trait."""
     trusted: bool = False
     """Did a ``server`` source (or a verified user hash) send it?"""
+    consent_strings: dict[str, Any] = field(default_factory=dict)
+    """Its TCF/GPP strings, decoded once while validating."""
 
 
 def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tuple[Any, Any]]) -> list[Ident]:
@@ -232,7 +234,7 @@ def _validated(
         except InvalidField as exc:
             result.rejected.append(Rejection(i, exc.field or "", exc.detail))
             continue
-        refused = signal_rejection(checked.context)
+        ready.consent_strings, refused = decode_consent_strings(checked.context)
         if refused is not None:
             result.rejected.append(Rejection(i, *refused))
             continue
@@ -304,7 +306,9 @@ async def _consent_signals(
     choices = [
         c
         for p, pid in final
-        for c in event_choices(rules, source, pid, p.msg.message_id, p.msg.context, p.msg.occurred_at)
+        for c in event_choices(
+            rules, source, pid, p.msg.message_id, p.msg.context, p.consent_strings, p.msg.occurred_at
+        )
     ]
     devices = [k for p, _pid in final for k in device_keys(p.idents)] if gpc else []
     await record_event_signals(session, choices, devices, now)
