@@ -123,13 +123,8 @@ async def _audit(args: argparse.Namespace) -> int:
     if args.action == "export":
         async with unit_of_work() as session:
             out = open(args.file, "w", encoding="utf-8") if args.file else sys.stdout  # noqa: SIM115
-            size = 0
-            async for e in store.stream_entries(session):
-                size = e.seq
-                out.write(json.dumps({"kind": "entry", **e.to_json()}, ensure_ascii=False) + "\n")
-            for head in await store.list_checkpoints(session, max_size=size):
-                kind = "tree_head" if head.is_tree_head else "checkpoint"
-                out.write(json.dumps({"kind": kind, **head.to_json()}) + "\n")
+            async for line in store.export_lines(session):
+                out.write(line)
             if out is not sys.stdout:
                 out.close()
         return 0
@@ -152,10 +147,12 @@ async def _audit(args: argparse.Namespace) -> int:
     async with unit_of_work() as session:
         heads = await store.list_checkpoints(session)
         entries = [e async for e in store.stream_entries(session)]
+        subjects = await store.subject_lists(session)
     report = verify_ledger(
         entries,
         heads,
         signing.public_key(),
+        subjects=subjects,
         witness=witness,
         trusted=trusted,
         require_signed_tail=args.require_signed_tail,

@@ -44,9 +44,10 @@ def _read_key(value: str | None) -> Ed25519PublicKey | None:
         raise InputError("--public-key is not a base64 Ed25519 public key") from None
 
 
-def read_export(path: Path) -> tuple[Iterator[Entry], list[TreeHead]]:
-    """Entries (streamed) and signed heads from an NDJSON export."""
+def read_export(path: Path) -> tuple[Iterator[Entry], list[TreeHead], list[tuple[int, list[str]]]]:
+    """Entries (streamed), signed heads and group entries' subjects from an NDJSON export."""
     heads: list[TreeHead] = []
+    subjects: list[tuple[int, list[str]]] = []
     with path.open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if line.strip():
@@ -54,7 +55,9 @@ def read_export(path: Path) -> tuple[Iterator[Entry], list[TreeHead]]:
                     obj = json.loads(line)
                     if obj.get("kind") in ("checkpoint", "tree_head"):
                         heads.append(TreeHead.from_json(obj))
-                except (ValueError, AttributeError) as exc:
+                    elif obj.get("kind") == "subjects":
+                        subjects.append((int(obj["seq"]), [str(i) for i in obj["subject_ids"]]))
+                except (ValueError, AttributeError, KeyError, TypeError) as exc:
                     raise InputError(f"{path} line {number} is not a ledger line ({exc})") from None
 
     def entries() -> Iterator[Entry]:
@@ -65,7 +68,7 @@ def read_export(path: Path) -> tuple[Iterator[Entry], list[TreeHead]]:
                     if obj.get("kind", "entry") == "entry":
                         yield Entry.from_json(obj)
 
-    return entries(), heads
+    return entries(), heads, subjects
 
 
 def read_heads_file(path: Path) -> list[TreeHead]:
@@ -107,19 +110,24 @@ def _verify(args: argparse.Namespace) -> VerificationReport:
     options = {"trusted": trusted, "require_signed_tail": args.require_signed_tail}
     if args.command == "verify":
         witness, note = _witness(args, None)
-        entries, heads = read_export(args.file)
-        report = verify_ledger(entries, heads, key, witness=witness, snapshot=True, source="export", **options)
+        entries, heads, subjects = read_export(args.file)
+        report = verify_ledger(
+            entries, heads, key, witness=witness, snapshot=True, source="export", subjects=subjects, **options
+        )
     else:
         from sqlalchemy import create_engine
 
-        from audit.store import read_all_sync
+        from audit.store import read_all_sync, subject_lists_sync
 
         witness, note = _witness(args, args.url)  # before the database, so every witnessed head is in it
         engine = create_engine(args.url)
         try:
             with engine.connect() as conn:
                 entries, heads = read_all_sync(conn)
-                report = verify_ledger(entries, heads, key, witness=witness, source="database", **options)
+                subjects = subject_lists_sync(conn)
+                report = verify_ledger(
+                    entries, heads, key, witness=witness, source="database", subjects=subjects, **options
+                )
         finally:
             engine.dispose()
     if note:

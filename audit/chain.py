@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,14 @@ class Entry:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
         return cls(**{k: data.get(k) for k in (*HASHED_FIELDS, "entry_hash")})  # type: ignore[arg-type]
+
+
+def subjects_digest(subject_ids: Iterable[str]) -> dict[str, Any]:
+    """What a group entry's ``details["subjects"]`` holds: how many subjects it names and
+    SHA-256 over their sorted, distinct ids joined by newlines. The ids themselves sit in
+    the ``audit_subject`` index, which the verifier checks against this digest."""
+    ids = sorted(set(subject_ids))
+    return {"count": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()}
 
 
 def entry_hash(entry: Entry) -> str:

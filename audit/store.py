@@ -27,13 +27,14 @@ from sqlalchemy import (
     Table,
     Text,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from audit import merkle
-from audit.chain import GENESIS_HASH, Entry, canonical_json, seal, utc_timestamp
+from audit.chain import GENESIS_HASH, Entry, canonical_json, seal, subjects_digest, utc_timestamp
 from audit.checkpoint import Checkpoint, TreeHead
 
 metadata = MetaData()
@@ -54,6 +55,16 @@ audit_entry = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
 )
+
+audit_subject = Table(
+    "audit_subject",
+    metadata,
+    Column("subject_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+)
+"""The subjects of group entries (one entry for a batch of thousands of people), so every
+entry about a person is found by their id; each group entry's ``details["subjects"]``
+carries a digest of its rows here, which the verifier checks."""
 
 audit_head = Table(
     "audit_head",
@@ -110,7 +121,8 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
 
 async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[Entry]:
     """Append records (actor_id, actor_role, action, subject_id, purpose, legal_basis,
-    request_id, details) in order, chained to the current head; returns the entries."""
+    request_id, details, and optionally ``subject_ids`` for a group entry) in order,
+    chained to the current head; returns the entries."""
     if not records:
         return []
     lock = (
@@ -124,8 +136,14 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
     frontier = merkle.decode_frontier(head.frontier)
     now = utc_timestamp()
     entries: list[Entry] = []
+    subjects: list[dict[str, Any]] = []
     for rec in records:
         seq += 1
+        details = dict(rec.get("details") or {})
+        if rec.get("subject_ids") is not None:
+            ids = sorted(set(rec["subject_ids"]))
+            details["subjects"] = subjects_digest(ids)
+            subjects += [{"subject_id": sid, "seq": seq} for sid in ids]
         entry = seal(
             Entry(
                 seq=seq,
@@ -137,7 +155,7 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
                 purpose=rec.get("purpose"),
                 legal_basis=rec.get("legal_basis"),
                 request_id=rec.get("request_id"),
-                details=dict(rec.get("details") or {}),
+                details=details,
                 prev_hash=prev,
             )
         )
@@ -145,6 +163,8 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
         merkle.push(frontier, seq - 1, bytes.fromhex(entry.entry_hash))
         prev = entry.entry_hash
     await db.execute(insert(audit_entry), [_entry_row(e) for e in entries])
+    if subjects:
+        await db.execute(insert(audit_subject), subjects)
     await db.execute(
         update(audit_head)
         .where(audit_head.c.id == 1)
@@ -257,17 +277,51 @@ async def list_entries(
     for col, value in (
         (audit_entry.c.actor_id, actor_id),
         (audit_entry.c.action, action),
-        (audit_entry.c.subject_id, subject_id),
         (audit_entry.c.request_id, request_id),
     ):
         if value is not None:
             q = q.where(col == value)
+    if subject_id is not None:
+        q = q.where(about_subjects([subject_id]))
     if since is not None:
         q = q.where(audit_entry.c.recorded_at >= since)
     if until is not None:
         q = q.where(audit_entry.c.recorded_at < until)
     rows = (await db.execute(q.order_by(audit_entry.c.seq).limit(limit))).all()
     return [_row_to_entry(r) for r in rows]
+
+
+def about_subjects(subject_ids: Sequence[str]) -> Any:
+    """Entries naming any of these subjects, alone or in a group entry."""
+    grouped = select(audit_subject.c.seq).where(audit_subject.c.subject_id.in_(subject_ids))
+    return or_(audit_entry.c.subject_id.in_(subject_ids), audit_entry.c.seq.in_(grouped))
+
+
+_SUBJECTS = select(audit_subject.c.seq, audit_subject.c.subject_id).order_by(
+    audit_subject.c.seq, audit_subject.c.subject_id
+)
+
+
+async def subject_lists(db: Executor) -> list[tuple[int, list[str]]]:
+    """Every group entry's subjects as (seq, sorted ids), from the index."""
+    q = _SUBJECTS
+    return _grouped((await db.execute(q)).all())
+
+
+def _grouped(rows: Sequence[Any]) -> list[tuple[int, list[str]]]:
+    out: list[tuple[int, list[str]]] = []
+    for seq, sid in rows:
+        if out and out[-1][0] == int(seq):
+            out[-1][1].append(sid)
+        else:
+            out.append((int(seq), [sid]))
+    return out
+
+
+def subject_lists_sync(conn: Connection) -> list[tuple[int, list[str]]]:
+    """``subject_lists`` through a blocking connection (the standalone verifier)."""
+    q = _SUBJECTS
+    return _grouped(conn.execute(q).all())
 
 
 async def stream_entries(db: Executor, page: int = 1000) -> AsyncIterator[Entry]:
@@ -312,3 +366,18 @@ def read_all_sync(conn: Connection, page: int = 5000) -> tuple[Iterator[Entry], 
             after = int(rows[-1]._mapping["seq"])
 
     return entries(), heads
+
+
+async def export_lines(db: Executor) -> AsyncIterator[str]:
+    """The ledger as NDJSON lines for ``python -m audit verify``: entries, the subjects of
+    group entries, then the signed heads the entries cover."""
+    size = 0
+    async for entry in stream_entries(db):
+        size = entry.seq
+        yield json.dumps({"kind": "entry", **entry.to_json()}, ensure_ascii=False) + "\n"
+    for seq, ids in await subject_lists(db):
+        if seq <= size:
+            yield json.dumps({"kind": "subjects", "seq": seq, "subject_ids": ids}) + "\n"
+    for head in await list_checkpoints(db, max_size=size):
+        kind = "tree_head" if head.is_tree_head else "checkpoint"
+        yield json.dumps({"kind": kind, **head.to_json()}) + "\n"

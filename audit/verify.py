@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from audit import merkle
-from audit.chain import GENESIS_HASH, Entry, entry_hash
+from audit.chain import GENESIS_HASH, Entry, entry_hash, subjects_digest
 from audit.checkpoint import TreeHead, key_id
 
 LEDGER, WITNESS, TRUSTED = "ledger", "witness", "trusted"
@@ -90,6 +91,22 @@ def _fail(report: VerificationReport, failure: Failure) -> VerificationReport:
     return report
 
 
+def _subject_failures(digests: dict[int, Any], subjects: Iterable[tuple[int, list[str]]]) -> list[Failure]:
+    """Group entries whose subject index differs from the digest their entry carries."""
+    failures: list[Failure] = []
+    seen: set[int] = set()
+    for seq, ids in subjects:
+        seen.add(seq)
+        if seq not in digests:
+            failures.append(Failure("the subject index names people for an entry that lists none (added)", seq))
+        elif subjects_digest(ids) != digests[seq]:
+            failures.append(Failure("its subjects in the index differ from the digest it carries (altered)", seq))
+    for seq in sorted(set(digests) - seen):
+        if digests[seq].get("count"):
+            failures.append(Failure("its subjects are missing from the index (removed)", seq))
+    return sorted(failures, key=lambda f: f.seq or 0)
+
+
 def verify_ledger(
     entries: Iterable[Entry],
     heads: Iterable[TreeHead] = (),
@@ -100,6 +117,7 @@ def verify_ledger(
     require_signed_tail: bool = False,
     snapshot: bool = False,
     source: str = LEDGER,
+    subjects: Iterable[tuple[int, list[str]]] | None = None,
 ) -> VerificationReport:
     """Check entries in the order given, then every signed head against the recomputed tree.
 
@@ -108,6 +126,7 @@ def verify_ledger(
     ``snapshot`` marks an export: witness heads newer than it are not failures, and a
     witness head it lacks is checked against its entries rather than required in it.
     ``source`` names the ledger's heads in messages ("database" or "export").
+    ``subjects`` are the group entries' subject lists from the index (None: not checked).
     """
     report = VerificationReport(True, 0, 0)
     if public_key is None:
@@ -121,6 +140,7 @@ def verify_ledger(
     chain: dict[int, str] = {0: GENESIS_HASH}
 
     frontier: list[bytes] = []
+    digests: dict[int, Any] = {}
     prev_hash, expected_seq, count = GENESIS_HASH, 1, 0
     for entry in entries:
         count += 1
@@ -136,6 +156,8 @@ def verify_ledger(
             return _fail(report, Failure(reason, entry.seq))
         if entry_hash(entry) != entry.entry_hash:
             return _fail(report, Failure("content does not match its hash (edited)", entry.seq))
+        if isinstance(entry.details, dict) and "subjects" in entry.details:
+            digests[entry.seq] = entry.details["subjects"]
         merkle.push(frontier, count - 1, bytes.fromhex(entry.entry_hash))
         if count in wanted:
             roots[count] = merkle.root_of_frontier(frontier).hex()
@@ -143,6 +165,9 @@ def verify_ledger(
         prev_hash = entry.entry_hash
         expected_seq += 1
 
+    if subjects is not None:
+        for failure in _subject_failures(digests, subjects):
+            _fail(report, failure)
     expected_kid = key_id(public_key)
     verified: set[int] = set()
     newer_than_snapshot = 0

@@ -1,6 +1,7 @@
 """The ledger's part of the personal-data inventory: entries that name a person by id.
 
-Entries hold a pseudonymous profile id and no personal data (callers must not put any in
+Entries hold a pseudonymous profile id (or, for a group entry, name their subjects in the
+``audit_subject`` index) and no personal data (callers must not put any in
 ``details``). They are kept when a person is erased or their data expires: the record of
 who processed their data, and of the erasure itself, is a legal obligation, and rewriting
 the ledger would break its proofs. Access requests export them.
@@ -13,16 +14,18 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.inventory import Person, TableHolder, register
 from app.vault.service import DataKey
-from audit.store import audit_entry
+from audit.store import about_subjects, audit_entry, audit_subject
 
 
 class LedgerHolder(TableHolder):
     async def export(self, session: AsyncSession, keys: Mapping[str, DataKey], person: Person) -> dict[str, Any]:
-        rows = await self.rows(session, audit_entry, person)
+        q = select(audit_entry).where(about_subjects(list(person.origins))).order_by(audit_entry.c.seq)
+        rows = [dict(r._mapping) for r in (await session.execute(q)).all()]
         return {
             "processing_records": [
                 {
@@ -51,4 +54,4 @@ class LedgerHolder(TableHolder):
         return {}  # pseudonymous entries without personal data are not residue
 
 
-HOLDER = register(LedgerHolder("ledger", (audit_entry,)))
+HOLDER = register(LedgerHolder("ledger", (audit_entry, audit_subject)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -114,18 +113,14 @@ class AuditController(Controller):
 
     @get("/export", operation_id="exportAuditLedger", media_type="application/x-ndjson")
     async def export(self, db: Db, principal: Caller) -> Stream:
-        """The whole ledger as NDJSON (entries, then checkpoints) for ``python -m audit verify``."""
+        """The whole ledger as NDJSON for ``python -m audit verify``: entries, group subjects, signed heads."""
         await record(db, principal, "audit.export", purpose="audit.review", legal_basis="legal_obligation")
         await db.commit()
 
         async def lines() -> AsyncIterator[bytes]:
             async with session_maker()() as session:
-                size = 0
-                async for entry in store.stream_entries(session):
-                    size = entry.seq
-                    yield (json.dumps({"kind": "entry", **entry.to_json()}, ensure_ascii=False) + "\n").encode()
-                for head in await store.list_checkpoints(session, max_size=size):
-                    yield (json.dumps({"kind": _kind(head), **head.to_json()}) + "\n").encode()
+                async for line in store.export_lines(session):
+                    yield line.encode()
 
         return Stream(lines(), media_type="application/x-ndjson")
 
@@ -205,8 +200,9 @@ class AuditController(Controller):
                 state = "unreadable"
         heads = await store.list_checkpoints(db)
         entries = [e async for e in store.stream_entries(db)]
+        subjects = await store.subject_lists(db)
         pub = key_material(s).signing_key.public_key()
-        report = verify_ledger(entries, heads, pub, witness=witness, source="database")
+        report = verify_ledger(entries, heads, pub, witness=witness, source="database", subjects=subjects)
         if state == "unreadable":
             report.ok = False
             report.reason = report.reason or "the witness file is unreadable"

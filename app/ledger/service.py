@@ -105,3 +105,25 @@ async def record_each(
             session, [_record(principal, action, sid, purpose, legal_basis, details) for sid, details in items]
         ),
     )
+
+
+async def record_group(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    subject_ids: Sequence[str],
+    *,
+    purpose: str | None = None,
+    legal_basis: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> Entry:
+    """One entry for a group of subjects (an ingested batch, a bulk write, a population).
+
+    The subjects are indexed (``audit_subject``) so an access or erasure request still finds
+    every entry about a person; the entry carries their count and digest, so the verifier
+    notices an index that was altered. ``details`` must hold no personal data.
+    """
+    rec = _record(principal, action, None, purpose, legal_basis, details)
+    rec["subject_ids"] = list(subject_ids)
+    entries = await store.append_many(session, [rec])
+    return (await _appended(session, entries))[0]
