@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, text, tuple_
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -29,7 +29,7 @@ from app.access.service import Principal
 from app.db import table_of
 from app.identity.merges import merge_profiles
 from app.identity.models import Identifier, IdentityClaim, identifier_aad_name
-from app.identity.service import Ident, Key
+from app.identity.service import Ident, Key, holders_of
 from app.ledger.service import record_each
 from app.profiles.service import VaultContext, create_profiles, lock_profile_rows, new_profile_row
 from app.vault.cipher import seal_field
@@ -97,7 +97,7 @@ class Resolver:
         True on SQLite."""
         bind = self.session.bind
         if bind is not None and bind.dialect.name == "sqlite":
-            await self.session.execute(text("UPDATE profile SET id = id WHERE 1 = 0"))
+            await self.session.execute(text("UPDATE profile SET id = id WHERE id = ''"))  # by key: no scan
             return True
         if bind is None or not keys:
             return False
@@ -110,10 +110,9 @@ class Resolver:
     async def _lock_owners(self, keys: list[Key]) -> dict[str, Any]:
         """Lock and return the profile rows holding any of these identifiers (one statement a chunk)."""
         rows: dict[str, Any] = {}
+        dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
         for start in range(0, len(keys), LOOKUP_CHUNK):
-            owners = select(col(Identifier.profile_id)).where(
-                tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys[start : start + LOOKUP_CHUNK])
-            )
+            owners = holders_of(dialect, keys[start : start + LOOKUP_CHUNK])
             rows.update(await lock_profile_rows(self.session, owners))
         return rows
 

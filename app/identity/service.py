@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, exists, tuple_, update
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, delete, exists, func, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.access.service import identity_secret
 from app.consent.policy import IdentityPolicy
+from app.db import table_of
 from app.errors import Conflict, InvalidField
 from app.identity.models import Identifier, identifier_aad_name
 from app.profiles.masking import mask_value
@@ -145,17 +148,44 @@ async def set_identifier(
         await session.flush()
 
 
+def holders_of(dialect: str, keys: list[Key]) -> Select[Any]:
+    """``SELECT profile_id`` of the identifiers with these ``(kind, digest)`` pairs, probed
+    through the ``(kind, digest)`` index: the pairs arrive as one parameter, unpacked by
+    ``json_each`` (SQLite) or ``unnest`` (PostgreSQL). A ``(kind, digest) IN (VALUES …)``
+    list is planned as a scan of the whole table, whose cost grows with the store."""
+    t = table_of(Identifier)
+    if dialect == "postgresql":
+        pairs = (
+            func.unnest(
+                bindparam("kinds", [k for k, _d in keys], type_=ARRAY(String)),
+                bindparam("digests", [d for _k, d in keys], type_=ARRAY(String)),
+            )
+            .table_valued("kind", "digest")
+            .render_derived(name="k")
+        )
+        on = and_(t.c.kind == pairs.c.kind, t.c.digest == pairs.c.digest)
+    else:
+        pairs = func.json_each(bindparam("pairs", json.dumps(keys), type_=String)).table_valued("value").alias("k")
+        on = and_(
+            t.c.kind == func.json_extract(pairs.c.value, "$[0]"),
+            t.c.digest == func.json_extract(pairs.c.value, "$[1]"),
+        )
+    return select(t.c.profile_id).select_from(pairs).join(t, on)
+
+
 async def mark_gpc(session: AsyncSession, keys: list[Key], at: datetime) -> int:
     """Record a Global Privacy Control signal on the device-level ids (``(kind, digest)``) it
-    came with; it then opts out whoever holds those ids, now or after later links and merges."""
+    came with; it then opts out whoever holds those ids, now or after later links and merges.
+    One statement run per pair, each found by the ``(kind, digest)`` index."""
     if not keys:
         return 0
-    result = await session.execute(
-        update(Identifier)
-        .where(tuple_(col(Identifier.kind), col(Identifier.digest)).in_(keys), col(Identifier.gpc_at).is_(None))
+    t = table_of(Identifier)
+    stmt = (
+        update(t)
+        .where(t.c.kind == bindparam("k"), t.c.digest == bindparam("d"), t.c.gpc_at.is_(None))
         .values(gpc_at=at)
-        .execution_options(synchronize_session=False)
     )
+    result = await session.execute(stmt, [{"k": k, "d": d} for k, d in sorted(set(keys))])
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, bindparam, delete, insert, tuple_, update
+from sqlalchemy import ColumnElement, Select, bindparam, delete, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -415,11 +415,8 @@ async def _write_fields(
         await session.execute(delete(table).where(table.c.profile_id == pid, table.c.name == name))
     rows = [row for row in fields.values() if row is not None]
     if rows:
-        await session.execute(
-            delete(table).where(
-                tuple_(table.c.origin_id, table.c.name).in_([(r["origin_id"], r["name"]) for r in rows])
-            )
-        )
+        by_key = delete(table).where(table.c.origin_id == bindparam("o"), table.c.name == bindparam("n"))
+        await session.execute(by_key, [{"o": r["origin_id"], "n": r["name"]} for r in rows])  # by primary key
         await session.execute(insert(table), rows)
 
 
