@@ -176,6 +176,16 @@ async def _scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _worker(args: argparse.Namespace) -> int:
+    """Process the ingest inbox in the foreground (several may run: they share the queue)."""
+    from app.ingest.processor import Processor
+    from app.process import tune_garbage_collector
+
+    tune_garbage_collector()
+    await Processor(idle=args.idle).run(stop_when_empty=args.once)
+    return 0
+
+
 def _import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -380,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("scheduler", help="run the periodic jobs in the foreground")
     sc.add_argument("--seconds", type=float, default=0, help="stop after this long (0: forever)")
     sc.set_defaults(func=lambda ns: asyncio.run(_scheduler(ns)))
+
+    wk = sub.add_parser("worker", help="process the ingest inbox (run beside services started with INGEST_PROCESSOR=0)")
+    wk.add_argument("--once", action="store_true", help="stop when the inbox is empty")
+    wk.add_argument("--idle", type=float, default=0.2, help="seconds between polls of an empty inbox")
+    wk.set_defaults(func=lambda ns: asyncio.run(_worker(ns)))
 
     im = sub.add_parser("import", help="import a CSV, NDJSON or JSON export (idempotent)")
     im.add_argument("file")

@@ -22,7 +22,8 @@ from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
 from app.imports.routes import ImportController
-from app.ingest.routes import EventController
+from app.ingest.processor import Processor
+from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
 from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
@@ -74,10 +75,16 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     scheduler = build_scheduler(product_jobs()) if settings.scheduler_enabled else None
     if scheduler is not None:
         scheduler.start()
-    log.info("service_started", scheduler=bool(scheduler))
+    processor = Processor() if settings.ingest_processor else None
+    app.state.ingest_processor = processor
+    if processor is not None:
+        processor.start()
+    log.info("service_started", scheduler=bool(scheduler), ingest_processor=bool(processor))
     try:
         yield
     finally:
+        if processor is not None:
+            await processor.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await dispose_engines()
@@ -105,6 +112,7 @@ def create_app() -> Litestar:
             health,
             ProfileController,
             EventController,
+            IngestController,
             ImportController,
             ApiKeyController,
             AuditController,

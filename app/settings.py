@@ -59,6 +59,10 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for state shared by all service processes (rate-limit counters), e.g. ``redis://127.0.0.1:6379/0``;
     empty: each process counts on its own."""
+    ingest_processor: bool = field(default_factory=lambda: _env_bool("INGEST_PROCESSOR", True))
+    """Process the ingest inbox inside this service process (off when ``consentry worker`` processes run it)."""
+    ingest_wait_s: float = field(default_factory=lambda: float(_env("INGEST_WAIT", "0")))
+    """Seconds an accepting request waits for its batch to be processed (read-your-writes); 0: answer at once."""
     audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "10000")))
     """Also sign a tree head in the transaction whose appends cross a multiple of this many entries (0: off)."""
     audit_witness: Path = field(

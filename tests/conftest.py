@@ -94,6 +94,8 @@ class Env:
             "CONSENTRY_KEY_DIR": str(self.key_dir),
             "CONSENTRY_LOG_FILE": str(self.log_file),
             "CONSENTRY_SCHEDULER": "0",
+            "CONSENTRY_INGEST_WAIT": "30",  # read-your-writes: an accepted batch is processed before the answer,
+            "CONSENTRY_INGEST_PROCESSOR": "0",  # by the accepting request itself (no background task between tests)
         }
 
 

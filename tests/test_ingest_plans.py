@@ -27,11 +27,9 @@ PERSON_TABLES = frozenset(
 def _scans(dialect: str, plan: list[str]) -> list[str]:
     """The person tables a plan reads from start to end."""
     found = []
+    pattern = r"\bSCAN (\w+)" if dialect == "sqlite" else r"Seq Scan on (\w+)"
     for line in plan:
-        if dialect == "sqlite":
-            m = re.search(r"\bSCAN (\w+)", line)
-        else:
-            m = re.search(r"Seq Scan on (\w+)", line)
+        m = re.search(pattern, line)
         if m and m.group(1) in PERSON_TABLES:
             found.append(line.strip())
     return found

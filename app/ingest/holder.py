@@ -1,20 +1,43 @@
-"""The ingestion domain's part of the personal-data inventory: events and consent signals."""
+"""The ingestion domain's part of the personal-data inventory: events, consent signals, and
+the inbox of accepted batches not yet processed.
+
+Inbox rows name nobody (whom a message is about is decided by processing it); they are
+sealed under the inbox key and normally live for seconds. Retention removes the ones set
+aside after failing (``status='failed'``) once they are older than the events' cutoff
+(``user.behavior``), so a poison batch never outlives the events it would have become."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import table_of
-from app.ingest.models import ConsentSignal, Event
+from app.ingest.models import ConsentSignal, Event, InboxBatch
 from app.ingest.timeline import open_event
-from app.inventory import Person, TableHolder, register
+from app.inventory import Person, TableHolder, cutoff_for, register, remove_rows
 from app.vault.service import DataKey
+
+INBOX_CATEGORY = "user.behavior"
 
 
 class IngestHolder(TableHolder):
+    async def expire(self, session: AsyncSession, cutoffs: Mapping[str, datetime], dry_run: bool) -> dict[str, int]:
+        """Events by age; and inbox batches older than the events' cutoff (set-aside ones, in practice)."""
+        out = await super().expire(session, cutoffs, dry_run)
+        cutoff = cutoff_for(cutoffs, INBOX_CATEGORY)
+        if cutoff is not None:
+            inbox = table_of(InboxBatch)
+            removed = await remove_rows(session, inbox, inbox.c.received_at < cutoff, dry_run)
+            if removed:
+                out[inbox.name] = removed
+        return out
+
+    def expiry_category(self, table: str) -> str | None:
+        return INBOX_CATEGORY if table == "ingest_inbox" else super().expiry_category(table)
+
     async def export(self, session: AsyncSession, keys: Mapping[str, DataKey], person: Person) -> dict[str, Any]:
         events, signals = self.tables
         out = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -58,3 +58,34 @@ class ConsentSignal(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     message_id: str | None = Field(default=None, max_length=128)
     received_at: datetime = Field(sa_type=UtcDateTime)
+
+
+ID_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class InboxBatch(SQLModel, table=True):
+    """One accepted request waiting for the processor: its messages sealed as one blob under
+    the inbox key (``app.vault.blobs``); who sent it, when and how many in the clear.
+
+    Rows are deleted in the transaction that stores their events; a batch that keeps failing
+    is set aside (``status='failed'`` with the reason) after ``attempts`` tries."""
+
+    __tablename__ = "ingest_inbox"
+    __table_args__ = (Index("ix_ingest_inbox_status", "status", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID_TYPE, primary_key=True, autoincrement=True))
+    received_at: datetime = Field(sa_type=UtcDateTime)
+    key_id: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    name: str = Field(max_length=128)
+    source: str | None = Field(default=None, max_length=128)
+    trust: str = Field(default="server", max_length=8)
+    events: int
+    kind: str | None = Field(default=None, max_length=16)
+    """The single-event route's type (``identify``…), or None for a batch or an import chunk."""
+    gpc: bool = False
+    key_version: int
+    sealed: bytes
+    status: str = Field(default="queued", max_length=8)
+    attempts: int = 0
+    error: str | None = Field(default=None, max_length=200)

@@ -8,16 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, post
+from litestar import Controller, Request, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 
+from app.db import session_maker
 from app.deps import Caller, Db
 from app.errors import InvalidField, UnreadableBody
-from app.ingest.service import BatchResult, ingest_messages
+from app.ingest.inbox import Accepted, accept_messages, status, wait_processed
+from app.ingest.processor import drain
+from app.ingest.service import BatchResult
 from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_JSON_DEPTH, TYPES, json_depth
 from app.inputs import check_json_body
 from app.profiles.service import VaultContext
+from app.settings import get_settings
 
 INGEST = ("ingest", "admin")
 
@@ -112,9 +116,27 @@ def _out(result: BatchResult) -> IngestOut:
     )
 
 
+async def _accepted(request: Request[Any, Any, Any], db: Db, accepted: Accepted) -> BatchResult:
+    """Make the accepted batch durable before answering, wake the in-service processor and,
+    with ``CONSENTRY_INGEST_WAIT``, wait until the batch is processed (read-your-writes);
+    a service without its own processor then processes the queue itself."""
+    await db.commit()
+    if accepted.batch_id is None:
+        return accepted.result
+    processor = getattr(request.app.state, "ingest_processor", None)
+    if processor is not None:
+        processor.wake()
+    wait = get_settings().ingest_wait_s
+    if wait > 0 and processor is None:
+        await drain()
+    if wait > 0:
+        await wait_processed(session_maker(), accepted.batch_id, wait)
+    return accepted.result
+
+
 async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, kind: str) -> IngestOut:
     data = await read_json(request, MAX_EVENT_BYTES)
-    result = await ingest_messages(
+    accepted = await accept_messages(
         db,
         VaultContext.from_settings(),
         principal,
@@ -122,6 +144,7 @@ async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, ki
         expected_type=kind,
         gpc=request.headers.get("sec-gpc") == "1",
     )
+    result = await _accepted(request, db, accepted)
     if result.rejected:
         r = result.rejected[0]
         raise InvalidField(r.reason, field=r.field or "body")
@@ -135,7 +158,8 @@ class EventController(Controller):
 
     @post("/batch", operation_id="batch", status_code=200, operation_class=BatchOperation)
     async def batch(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
-        """Up to 2,500 messages (500 KB); invalid ones are reported by index, the rest stored."""
+        """Up to 2,500 messages (500 KB); invalid ones are reported by index, the rest accepted:
+        durable in the inbox when this answers, stored in people's profiles by the processor."""
         data = await read_json(request, MAX_BATCH_BYTES)
         if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
             raise InvalidField("must be an array of messages", field="batch")
@@ -144,7 +168,7 @@ class EventController(Controller):
         defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
         if defaults and json_depth(msgspec.json.encode(defaults)) > MAX_JSON_DEPTH:
             raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="context")
-        result = await ingest_messages(
+        accepted = await accept_messages(
             db,
             VaultContext.from_settings(),
             principal,
@@ -152,7 +176,7 @@ class EventController(Controller):
             defaults=defaults,
             gpc=request.headers.get("sec-gpc") == "1",
         )
-        return _out(result)
+        return _out(await _accepted(request, db, accepted))
 
     @post("/identify", operation_id="identify", status_code=200, operation_class=MessageOperation)
     async def identify(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
@@ -180,3 +204,34 @@ class EventController(Controller):
     async def alias(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """Join a previous id (often the anonymousId) to a userId."""
         return await _single(request, db, principal, "alias")
+
+
+class FailureOut(msgspec.Struct):
+    id: int
+    received_at: str
+    source: str | None
+    events: int
+    attempts: int
+    reason: str | None
+
+
+class IngestStatusOut(msgspec.Struct):
+    queued_batches: int
+    queued_events: int
+    lag_seconds: float
+    """Age of the oldest batch still waiting."""
+    failed_batches: int
+    failed_events: int
+    failures: list[FailureOut]
+    """Batches set aside after repeated failures (newest first), with the reason."""
+
+
+class IngestController(Controller):
+    path = "/v1/ingest"
+    tags = ["events"]
+    opt = {"roles": ("admin",)}
+
+    @get("/status", operation_id="ingestStatus")
+    async def ingest_status(self, db: Db) -> IngestStatusOut:
+        """Inbox depth, processing lag and the batches set aside after failing (admin)."""
+        return msgspec.convert(await status(db), IngestStatusOut)

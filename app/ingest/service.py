@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +25,7 @@ from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_
 from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
-from app.ledger.service import record_each
+from app.ledger.service import record_group
 from app.pii.fields import FieldPolicy, Splitter, name_key, split_traits_by_policy
 from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
@@ -68,6 +68,10 @@ class Prepared:
     """Did a ``server`` source (or a verified user hash) send it?"""
     consent_strings: dict[str, Any] = field(default_factory=dict)
     """Its TCF/GPP strings, decoded once while validating."""
+    received_at: datetime | None = None
+    """When its request was accepted (the store's ``received_at``)."""
+    gpc: bool = False
+    """Did its request carry ``Sec-GPC: 1``?"""
 
 
 def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tuple[Any, Any]]) -> list[Ident]:
@@ -199,7 +203,9 @@ async def ingest_messages(
         else:
             seen.add(p.msg.message_id)
             unique.append(p)
-    stored = await retry_conflicts(session, lambda: _store(session, ctx, principal, unique, now, gpc))
+    for p in unique:
+        p.gpc = gpc
+    stored = await retry_conflicts(session, lambda: store_prepared(session, ctx, principal, unique))
     stored.duplicates += result.duplicates
     stored.rejected = result.rejected
     by_msg = stored.by_message
@@ -244,6 +250,7 @@ def _validated(
         ready.trusted = principal.trust == "server" or user_hash_valid(
             ctx, principal.key_id, checked.user_id, checked.context.get("userHash")
         )
+        ready.received_at = now
         prepared.append(ready)
     return prepared
 
@@ -254,17 +261,26 @@ def _alias_idents(ctx: VaultContext, p: Prepared) -> list[Ident]:
     return [make_ident(ctx, "user_id", p.msg.previous_id), make_ident(ctx, "anonymous_id", p.msg.previous_id)]
 
 
-async def _store(
-    session: AsyncSession, ctx: VaultContext, principal: Principal, unique: list[Prepared], now: datetime, gpc: bool
+async def store_prepared(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    unique: list[Prepared],
+    *,
+    registered: bool = False,
 ) -> BatchResult:
-    """De-duplicate, resolve, store events and traits, and record the batch in the ledger."""
+    """De-duplicate, resolve, store events and traits, and record the group in the ledger.
+    ``registered``: the message ids were registered when the requests were accepted (the inbox)."""
     result = BatchResult()
     source = principal.source or principal.name
+    now = max((p.received_at for p in unique if p.received_at), default=None) or datetime.now(UTC)
     resolver = Resolver(session, ctx, principal, source)
     all_idents = [i for p in unique for i in [*p.idents, *_alias_idents(ctx, p)]]
     await resolver.prepare(all_idents)
-    fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
-    todo = [p for p in unique if p.msg.message_id in fresh]
+    todo = unique
+    if not registered:
+        fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
+        todo = [p for p in unique if p.msg.message_id in fresh]
     result.duplicates = len(unique) - len(todo)
     if not todo:
         return result
@@ -281,11 +297,11 @@ async def _store(
     await apply_observations(
         session, resolver.keys, _observations(source, final), ctx.policies.identity.trait_authority
     )
-    events, signals = _event_rows(source, final, resolver.keys, now, gpc)
+    events, signals = _event_rows(source, final, resolver.keys, now)
     await session.execute(insert(table_of(Event)), events)
     if signals:
         await session.execute(insert(table_of(ConsentSignal)), signals)
-    await _consent_signals(session, source, final, gpc, now)
+    await _consent_signals(session, source, final, now)
     await resolver.finish()
     live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
     touched = Counter(pid for _p, pid in final)
@@ -299,7 +315,7 @@ async def _store(
 
 
 async def _consent_signals(
-    session: AsyncSession, source: str, final: list[tuple[Prepared, str]], gpc: bool, now: datetime
+    session: AsyncSession, source: str, final: list[tuple[Prepared, str]], now: datetime
 ) -> None:
     """Consent preferences in the events' context become consent records; GPC marks the devices."""
     rules = load_rules(get_settings().policy_dir)
@@ -310,7 +326,7 @@ async def _consent_signals(
             rules, source, pid, p.msg.message_id, p.msg.context, p.consent_strings, p.msg.occurred_at
         )
     ]
-    devices = [k for p, _pid in final for k in device_keys(p.idents)] if gpc else []
+    devices = [k for p, _pid in final if p.gpc for k in device_keys(p.idents)]
     await record_event_signals(session, choices, devices, now)
 
 
@@ -330,7 +346,7 @@ def _observations(source: str, final: list[tuple[Prepared, str]]) -> list[Observ
 
 
 def _event_rows(
-    source: str, final: list[tuple[Prepared, str]], keys: dict[str, DataKey], now: datetime, gpc: bool
+    source: str, final: list[tuple[Prepared, str]], keys: dict[str, DataKey], now: datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     events: list[dict[str, Any]] = []
     signals: list[dict[str, Any]] = []
@@ -358,15 +374,16 @@ def _event_rows(
                 "type": m.type,
                 "name": m.name,
                 "occurred_at": m.occurred_at,
-                "received_at": now,
+                "received_at": p.received_at or now,
                 "properties": p.plain_props,
                 "traits": p.plain_traits,
                 "key_version": dk.version,
                 "sealed": seal_field(dk.key, pid, "event", dk.version, sealed),
             }
         )
-        found = [("gpc", {"Sec-GPC": "1"})] if gpc and pid not in gpc_done else []
-        gpc_done.add(pid)
+        found = [("gpc", {"Sec-GPC": "1"})] if p.gpc and pid not in gpc_done else []
+        if p.gpc:
+            gpc_done.add(pid)
         for kind, key in (("segment.consent", "consent"), ("rudderstack.consent", "consentManagement")):
             if isinstance(m.context.get(key), dict):
                 found.append((kind, m.context[key]))
@@ -379,7 +396,7 @@ def _event_rows(
                 "kind": kind,
                 "payload": payload,
                 "message_id": m.message_id,
-                "received_at": now,
+                "received_at": p.received_at or now,
             }
             for kind, payload in found
         ]
@@ -389,27 +406,23 @@ def _event_rows(
 async def _record_batch(
     session: AsyncSession, ctx: VaultContext, principal: Principal, source: str, final: list[tuple[Prepared, str]]
 ) -> None:
-    """One ledger entry per person the batch touched, with its event counts. Undeclared fields
-    that held personal data are named by the keyed hash ``GET /v1/fields/review`` lists them
-    by, never verbatim (a client chose those names)."""
-    types: dict[str, Counter[str]] = defaultdict(Counter)
-    undeclared: dict[str, set[str]] = defaultdict(set)
-    for p, pid in final:
-        types[pid][p.msg.type] += 1
-        undeclared[pid].update(p.undeclared)
-
-    def details(pid: str) -> dict[str, Any]:
-        d: dict[str, Any] = {"source": source, "events": dict(types[pid])}
-        if undeclared[pid]:
-            d["undeclared_pii"] = sorted({name_key(ctx.keys.index_key, n) for n in undeclared[pid]})
-        return d
-
+    """One ledger entry for the group, listing every person it touched (indexed, so a
+    data-subject request finds it) with event counts by type. Undeclared fields that held
+    personal data are named by the keyed hash ``GET /v1/fields/review`` lists them by, never
+    verbatim (a client chose those names)."""
+    types: Counter[str] = Counter(p.msg.type for p, _pid in final)
+    undeclared = {n for p, _pid in final for n in p.undeclared}
+    people = sorted({pid for _p, pid in final})
+    details: dict[str, Any] = {"source": source, "events": dict(types), "people": len(people)}
+    if undeclared:
+        details["undeclared_pii"] = sorted({name_key(ctx.keys.index_key, n) for n in undeclared})
     decision = decide(principal, None)
-    await record_each(
+    await record_group(
         session,
         principal,
         "ingest.events",
-        [(pid, details(pid)) for pid in types],
+        people,
         purpose=decision.purpose,
         legal_basis=decision.legal_basis,
+        details=details,
     )

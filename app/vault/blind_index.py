@@ -4,15 +4,16 @@ index alone reveals nothing without the key."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+from functools import lru_cache
 
 
+@lru_cache(maxsize=256)
 def kind_key(index_key: bytes, kind: str) -> bytes:
-    return hmac.new(index_key, b"consentry:blind-index:" + kind.encode(), hashlib.sha256).digest()
+    """The key for one identifier kind (derived once per process and kind)."""
+    return hmac.digest(index_key, b"consentry:blind-index:" + kind.encode(), "sha256")
 
 
 def blind_index(index_key: bytes, kind: str, normalized: str) -> str:
     """128-bit hex index of ``normalized`` for identifier ``kind`` (``email``, ``phone``…)."""
-    mac = hmac.new(kind_key(index_key, kind), normalized.encode("utf-8"), hashlib.sha256)
-    return mac.hexdigest()[:32]
+    return hmac.digest(kind_key(index_key, kind), normalized.encode("utf-8"), "sha256").hex()[:32]

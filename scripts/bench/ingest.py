@@ -8,7 +8,12 @@ identity resolution on; optionally against a baseline tree in the same run.
 
 HTTP: 100-event batches (20% identify with traits, 55% track, 25% page) over 50,000
 distinct people, sent by a separate client process with 8 concurrent connections to a
-real ``consentry serve``. Also the same kind of batches through the pipeline in-process
+real ``consentry serve``. "accepted" is how fast the answers come back; "processed" how
+fast the events are stored in profiles (the inbox drained: first send to last event
+visible; for a tree without an inbox the two are the same). Lag: a client paced at
+``--lag-rate`` events/s for ``--lag-seconds``; for each batch, the time from its planned
+send to its events being visible (p50, p95 in ms); the inbox is processed in order, so a
+batch is visible once the event count covers it. Also the same kind of batches through the pipeline in-process
 (no HTTP), which shows what the HTTP layer costs. Import: rows/s for a generated CSV of
 customers through the CLI, start-up of the command included.
 
@@ -51,9 +56,13 @@ RESULT = "BENCH-RESULT"
 OWN_SETTINGS = ("DATABASE_URL", "KEY_DIR", "IMPORT_DIR", "NLP_DIR", "POLICY_DIR", "LOG_FILE", "LOG_LEVEL", "SCHEDULER")
 FIGURES = {
     "inprocess": "pipeline in-process, events/s",
-    "http": "HTTP /v1/batch, events/s",
+    "http": "HTTP /v1/batch accepted, events/s",
+    "processed": "HTTP → stored (end to end), events/s",
+    "lag_p50": "lag p50 at --lag-rate, ms",
+    "lag_p95": "lag p95 at --lag-rate, ms",
     "import": "consentry import, rows/s",
 }
+LOWER_IS_BETTER = ("lag_p50", "lag_p95")
 
 
 class BenchError(Exception):
@@ -140,9 +149,38 @@ async def _send(base: str, key: str, batches: list[bytes], concurrency: int) -> 
 
 
 def client_main(base: str, key: str, n: int, seed: int, concurrency: int) -> None:
-    """Runs in its own process so that the client's CPU is not the server's."""
+    """Runs in its own process so that the client's CPU is not the server's; prints the
+    wall-clock start and the elapsed seconds."""
     batches = make_batches(n, seed)
-    print(RESULT, asyncio.run(_send(base, key, batches, concurrency)))
+    start = time.time()
+    print(RESULT, start, asyncio.run(_send(base, key, batches, concurrency)))
+
+
+async def _paced(base: str, key: str, batches: list[bytes], per_second: float) -> list[float]:
+    """Send batch i at start + i / per_second (8 connections); returns the planned send times."""
+    import httpx
+
+    start = time.time() + 0.5
+    planned = [start + i / per_second for i in range(len(batches))]
+    sem = asyncio.Semaphore(8)
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        await asyncio.sleep(max(0.0, planned[i] - time.time()))
+        async with sem:
+            r = await client.post(
+                "/v1/batch", content=batches[i], auth=(key, ""), headers={"Content-Type": "application/json"}
+            )
+        if r.status_code != 200:
+            raise SystemExit(f"batch failed: {r.status_code}")
+
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        await asyncio.gather(*(one(client, i) for i in range(len(batches))))
+    return planned
+
+
+def paced_main(base: str, key: str, n: int, seed: int, per_second: float) -> None:
+    batches = make_batches(n, seed)
+    print(RESULT, json.dumps(asyncio.run(_paced(base, key, batches, per_second))))
 
 
 def import_tree(tree: Path) -> None:
@@ -278,8 +316,57 @@ def free_port() -> int:
         return port
 
 
-def http_bench(tree: Path, environ: dict[str, str], n: int, workers: int, log: Path) -> float:
+def _event_count(url: str) -> int:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    u = u.set(drivername="postgresql+psycopg" if u.get_backend_name() == "postgresql" else "sqlite+pysqlite")
+    engine = _engines.setdefault(str(u), create_engine(u))
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM event")).scalar() or 0)
+
+
+_engines: dict[str, Any] = {}
+
+
+def _visible_times(url: str, totals: list[int], proc: subprocess.Popen[str], timeout: float) -> list[float]:
+    """Poll the event count; for each of ``totals`` (ascending), when the count first reached it."""
+    seen: list[float] = []
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(totals) and time.monotonic() < deadline:
+        if proc.poll() not in (None, 0):
+            raise BenchError(f"the process feeding the events exited ({proc.returncode})")
+        count, now = _event_count(url), time.time()
+        while len(seen) < len(totals) and count >= totals[len(seen)]:
+            seen.append(now)
+        time.sleep(0.02)
+    if len(seen) < len(totals):
+        raise BenchError(f"only {_event_count(url)} of {totals[-1]} events stored after {timeout:.0f} s")
+    return seen
+
+
+def _lag(
+    url: str, before: int, cmd: list[str], environ: dict[str, str], tree: Path, rate: float, secs: float
+) -> tuple[float, float]:
+    """p50 and p95 (ms) of planned send → events visible, for a client paced at ``rate`` events/s."""
+    n = max(int(rate * secs / 100), 1)
+    proc = subprocess.Popen(
+        [*cmd, "--paced", str(n), str(rate / 100)], env=environ, cwd=tree, stdout=subprocess.PIPE, text=True
+    )
+    seen = _visible_times(url, [before + (i + 1) * 100 for i in range(n)], proc, secs + 600)
+    out, _ = proc.communicate(timeout=600)
+    if proc.returncode:
+        raise BenchError(f"paced client failed ({proc.returncode})")
+    planned = json.loads(_result(out))
+    lags = sorted(max(0.0, s - p) * 1000 for s, p in zip(seen, planned, strict=True))
+    return statistics.median(lags), lags[int(0.95 * (len(lags) - 1))]
+
+
+def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, log: Path) -> dict[str, float]:
     import httpx
+
+    n, workers = args.batches, args.workers
 
     out = run(
         "consentry keys create",
@@ -312,9 +399,24 @@ def http_bench(tree: Path, environ: dict[str, str], n: int, workers: int, log: P
                 raise BenchError(f"consentry serve not healthy after 180 s:\n{_tail(log.read_text())}")
             time.sleep(0.2)
         cmd = [sys.executable, str(SCRIPT), "--client", base, key]
+        url = environ["CONSENTRY_DATABASE_URL"]
         run("HTTP warm-up", [*cmd, "20", "99", "8"], environ, tree)
-        elapsed = float(_result(run("HTTP client", [*cmd, str(n), "7", "8"], environ, tree)))
-        return n * 100 / elapsed
+        _visible_times(url, [2000], server, 600)  # warm-up stored before measuring
+        proc = subprocess.Popen([*cmd, str(n), "7", "8"], env=environ, cwd=tree, stdout=subprocess.PIPE, text=True)
+        done = _visible_times(url, [2000 + n * 100], proc, 600)[0]
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise BenchError(f"HTTP client failed ({proc.returncode})")
+        start, elapsed = (float(x) for x in _result(out).split())
+        processed = n * 100 / (done - start)
+        figures = {"http": n * 100 / elapsed, "processed": processed}
+        if args.lag_rate:
+            before = 2000 + n * 100
+            lag_cmd = [sys.executable, str(SCRIPT), "--client", base, key]
+            figures["lag_p50"], figures["lag_p95"] = _lag(
+                url, before, lag_cmd, environ, tree, args.lag_rate, args.lag_seconds
+            )
+        return figures
     finally:
         server.terminate()
         try:
@@ -361,7 +463,7 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
         n = max(args.batches // 3, 10)
         out = run("in-process pipeline", [sys.executable, str(SCRIPT), "--inprocess", str(tree), str(n)], environ, tree)
         figures["inprocess"] = float(_result(out))
-        figures["http"] = http_bench(tree, environ, args.batches, args.workers, tmp / "serve.log")
+        figures.update(http_bench(tree, environ, args, tmp / "serve.log"))
         if csv_file is not None:
             figures["import"] = import_bench(tree, environ, args.import_rows, csv_file, tmp)
         return figures
@@ -370,10 +472,13 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
 
 
 def _fmt(values: list[float]) -> str:
-    return f"{statistics.median(values):,.0f}" if values else "failed"
+    return f"{statistics.median(values):,.0f}" if values else "-"
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--client" and sys.argv[4] == "--paced":
+        paced_main(sys.argv[2], sys.argv[3], int(sys.argv[5]), 11, float(sys.argv[6]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
@@ -392,6 +497,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
     parser.add_argument("--rounds", type=int, help="rounds (default 2 with --baseline-tree, else 1)")
+    parser.add_argument("--lag-rate", type=float, default=5000, help="events/s of the paced lag client (0: skip)")
+    parser.add_argument("--lag-seconds", type=float, default=20, help="how long the paced client sends")
     args = parser.parse_args()
     compare = args.baseline_tree is not None
     if args.batches is None:
@@ -450,10 +557,17 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    figures_shown = [k for k in FIGURES if k != "import" or args.import_rows]
+    figures_shown = [
+        k for k in FIGURES if (k != "import" or args.import_rows) and (not k.startswith("lag") or args.lag_rate)
+    ]
     print()
     if not compare:
-        targets = {"http": "  (target 10,000)", "import": "  (target 50,000 on SQLite)"}
+        targets = {
+            "http": "  (target 30,000)",
+            "processed": "  (target 10,000 on SQLite)",
+            "lag_p95": "  (target 2,000 at 5,000 events/s)",
+            "import": "  (target 50,000 on SQLite)",
+        }
         for k in figures_shown:
             print(f"  {FIGURES[k]:<32} {_fmt(results['current'][k]):>9}{targets.get(k, '')}")
     else:
@@ -463,9 +577,10 @@ def main() -> None:
         for k in figures_shown:
             b, c = results["baseline"][k], results["current"][k]
             change = ""
-            if b and c:
+            if b and c and statistics.median(b):
                 pct = (statistics.median(c) - statistics.median(b)) / statistics.median(b) * 100
-                change = f"{pct:+.1f}" + ("  (drop > 10%)" if pct < -10 else "")
+                worse = pct > 10 if k in LOWER_IS_BETTER else pct < -10
+                change = f"{pct:+.1f}" + ("  (worse > 10%)" if worse else "")
             print(f"  {FIGURES[k]:<{width}} | {_fmt(b):>9} | {_fmt(c):>9} | {change:>8}")
         counts = ", ".join(f"{name} {len(results[name]['http'])}/{rounds}" for name, _ in sides)
         print(f"  (medians of the rounds that ran: {counts})")

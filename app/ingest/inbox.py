@@ -1,0 +1,229 @@
+"""The durable inbox: accept a request in one write, process it later in large groups.
+
+``accept_messages`` authenticates nothing itself (the route did), checks each message's
+shape and content as the pipeline will, registers the fresh message ids (so a replay is a
+duplicate at once, and the answer's counts are final) and appends the accepted messages as
+one sealed row, all in the caller's transaction: nothing is acknowledged before it is
+durable. The processor (``app.ingest.processor``) claims rows, stores their events and
+deletes them in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.access.service import Principal
+from app.consent.gate import authorize, decide
+from app.db import table_of
+from app.ingest.models import InboxBatch
+from app.ingest.service import BatchResult, Prepared, _new_message_ids, _validated
+from app.pii.review import current_field_policy
+from app.profiles.service import VaultContext
+from app.vault.blobs import open_blob, seal_blob
+
+PURPOSE = "ingest-inbox"
+MAX_ATTEMPTS = 3
+"""A batch that fails this many times is set aside (``status='failed'``) with its reason."""
+
+
+@dataclass
+class Accepted:
+    """What ``accept_messages`` answers: the counts and rejects, and the inbox row (None: nothing to store)."""
+
+    result: BatchResult
+    batch_id: int | None
+
+
+@dataclass
+class Claimed:
+    """An inbox row opened for processing."""
+
+    id: int
+    principal: Principal
+    received_at: datetime
+    kind: str | None
+    gpc: bool
+    messages: list[Any]
+    defaults: dict[str, Any]
+
+
+async def accept_messages(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    raw_messages: list[Any],
+    *,
+    defaults: dict[str, Any] | None = None,
+    gpc: bool = False,
+    expected_type: str | None = None,
+) -> Accepted:
+    """Check the messages, register fresh ids and append the accepted ones as one sealed row."""
+    now = datetime.now(UTC)
+    if not decide(principal, None).allowed:
+        await authorize(session, principal, "ingest.events", [], None)
+    result = BatchResult()
+    fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
+    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, True, now, fp)
+    unique: dict[str, Prepared] = {}
+    for p in prepared:
+        unique.setdefault(p.msg.message_id, p)
+    source = principal.source or principal.name
+    fresh = await _new_message_ids(session, source, list(unique), now)
+    keep = [p for mid, p in unique.items() if mid in fresh]
+    result.accepted, result.duplicates = len(keep), len(prepared) - len(keep)
+    if not keep:
+        return Accepted(result, None)
+    messages = [{**raw_messages[p.msg.index], "messageId": p.msg.message_id} for p in keep]
+    batch_id = await append(session, ctx, principal, now, messages, defaults or {}, expected_type, gpc)
+    return Accepted(result, batch_id)
+
+
+async def append(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    received_at: datetime,
+    messages: list[Any],
+    defaults: dict[str, Any],
+    kind: str | None,
+    gpc: bool,
+) -> int:
+    """One inbox row holding ``messages`` sealed as one blob; returns its id."""
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode({"m": messages, "d": defaults}))
+    row = {
+        "received_at": received_at,
+        "key_id": principal.key_id,
+        "role": principal.role,
+        "name": principal.name,
+        "source": principal.source,
+        "trust": principal.trust,
+        "events": len(messages),
+        "kind": kind,
+        "gpc": gpc,
+        "key_version": version,
+        "sealed": sealed,
+        "status": "queued",
+        "attempts": 0,
+    }
+    t = table_of(InboxBatch)
+    return int((await session.execute(insert(t).returning(t.c.id), row)).scalar_one())
+
+
+async def claim(session: AsyncSession, max_events: int, scan: int = 200) -> list[Any]:
+    """Lock the oldest queued rows of one sender, up to ``max_events`` events (at least one row).
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several workers share the inbox and never take
+    the same row. SQLite: the database's write lock is taken first, so one processor at a time
+    reads the queue."""
+    t = table_of(InboxBatch)
+    sqlite = session.bind is not None and session.bind.dialect.name == "sqlite"
+    if sqlite:
+        if (await session.execute(select(t.c.id).where(t.c.status == "queued").limit(1))).first() is None:
+            return []  # idle: never take the write lock only to find nothing
+        await session.rollback()  # end the read, so the write lock is taken on a fresh snapshot
+        await session.execute(text("UPDATE ingest_inbox SET attempts = attempts WHERE id = -1"))
+    q = select(t.c.id, t.c.key_id, t.c.events).where(t.c.status == "queued").order_by(t.c.id).limit(scan)
+    if not sqlite:
+        q = q.with_for_update(skip_locked=True)
+    heads = (await session.execute(q)).all()
+    chosen: list[int] = []
+    total = 0
+    for row in heads:
+        if chosen and (row.key_id != heads[0].key_id or total + row.events > max_events):
+            break
+        chosen.append(row.id)
+        total += row.events
+    if not chosen:
+        return []
+    return list((await session.execute(select(t).where(t.c.id.in_(chosen)).order_by(t.c.id))).all())
+
+
+def opened(ctx: VaultContext, r: Any) -> Claimed:
+    """A claimed row's messages, decrypted (``IntegrityFailure`` if the seal was altered)."""
+    body = msgspec.json.decode(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed))
+    principal = Principal(key_id=r.key_id, role=r.role, name=r.name, source=r.source, trust=r.trust)
+    return Claimed(r.id, principal, r.received_at, r.kind, r.gpc, body["m"], body["d"])
+
+
+async def remove(session: AsyncSession, ids: list[int]) -> None:
+    """Delete processed rows (in the transaction that stored their events)."""
+    t = table_of(InboxBatch)
+    await session.execute(delete(t).where(t.c.id.in_(ids)))
+
+
+async def record_failure(session: AsyncSession, batch_id: int, reason: str) -> bool:
+    """Count a failed attempt; set the batch aside once it failed ``MAX_ATTEMPTS`` times.
+    Returns True when it was set aside."""
+    t = table_of(InboxBatch)
+    row = (await session.execute(select(t.c.attempts).where(t.c.id == batch_id))).first()
+    if row is None:
+        return False
+    attempts = row.attempts + 1
+    failed = attempts >= MAX_ATTEMPTS
+    await session.execute(
+        update(t)
+        .where(t.c.id == batch_id)
+        .values(attempts=attempts, error=reason[:200], status="failed" if failed else "queued")
+    )
+    return failed
+
+
+async def status(session: AsyncSession, failures: int = 50) -> dict[str, Any]:
+    """Inbox depth (batches, events), the age of the oldest queued batch, and the set-aside ones."""
+    t = table_of(InboxBatch)
+    q = select(t.c.status, func.count(), func.coalesce(func.sum(t.c.events), 0), func.min(t.c.received_at))
+    by_status = {s: (int(n), int(e), oldest) for s, n, e, oldest in (await session.execute(q.group_by(t.c.status)))}
+    queued = by_status.get("queued", (0, 0, None))
+    failed = by_status.get("failed", (0, 0, None))
+    oldest = queued[2]
+    lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0.0
+    rows = (
+        await session.execute(
+            select(t.c.id, t.c.received_at, t.c.source, t.c.events, t.c.attempts, t.c.error)
+            .where(t.c.status == "failed")
+            .order_by(t.c.id.desc())
+            .limit(failures)
+        )
+    ).all()
+    return {
+        "queued_batches": queued[0],
+        "queued_events": queued[1],
+        "lag_seconds": round(lag, 3),
+        "failed_batches": failed[0],
+        "failed_events": failed[1],
+        "failures": [
+            {
+                "id": r.id,
+                "received_at": r.received_at.isoformat(),
+                "source": r.source,
+                "events": r.events,
+                "attempts": r.attempts,
+                "reason": r.error,
+            }
+            for r in rows
+        ],
+    }
+
+
+async def wait_processed(
+    maker: async_sessionmaker[AsyncSession], batch_id: int, timeout: float, poll: float = 0.005
+) -> bool:
+    """Wait until the batch left the queue (processed, or set aside); False on timeout."""
+    t = table_of(InboxBatch)
+    deadline = time.monotonic() + timeout
+    while True:
+        async with maker() as session:
+            row = (await session.execute(select(t.c.status).where(t.c.id == batch_id))).first()
+        if row is None or row.status != "queued":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(poll)

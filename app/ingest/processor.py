@@ -1,0 +1,163 @@
+"""The inbox processor: claims accepted batches in groups of thousands of events, resolves and
+seals them with one pass of the ingestion pipeline per group, and deletes them from the
+inbox in the same transaction (a crash leaves the group queued, never half-applied).
+
+A group that fails is retried batch by batch, so one poison batch never blocks the others;
+a batch that fails ``MAX_ATTEMPTS`` times is set aside with its reason
+(``GET /v1/ingest/status``). ``Processor`` runs inside the service (woken after each accept)
+or alone as ``consentry worker``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.db import retry_conflicts, session_maker
+from app.errors import DomainError
+from app.ingest.inbox import Claimed, claim, opened, record_failure, remove
+from app.ingest.service import BatchResult, Prepared, _validated, store_prepared
+from app.pii.review import current_field_policy, record_sightings
+from app.profiles.service import VaultContext
+
+log = structlog.get_logger("consentry.ingest")
+GROUP_EVENTS = 5000
+"""Events per group: enough that per-statement costs vanish, small enough to keep lag low."""
+
+
+@dataclass
+class Outcome:
+    """What one ``process_next`` did."""
+
+    batches: int = 0
+    events: int = 0
+    set_aside: list[int] = field(default_factory=list)
+
+
+def _reason(exc: BaseException) -> str:
+    """A failure's reason for admins: the error's kind and field, never a value."""
+    where = getattr(exc, "field", None) if isinstance(exc, DomainError) else None
+    return f"{type(exc).__name__}" + (f" (field {where})" if where else "")
+
+
+async def _apply(session: AsyncSession, ctx: VaultContext, batches: list[Claimed]) -> BatchResult:
+    """Validate and prepare the claimed messages again (as when accepted) and store them as one group."""
+    fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
+    principal = batches[0].principal
+    group: list[Prepared] = []
+    dropped = BatchResult()
+    for b in batches:
+        prepared = _validated(ctx, principal, b.messages, dropped, b.defaults, b.kind, True, b.received_at, fp)
+        for p in prepared:
+            p.gpc = b.gpc
+        group += prepared
+    if dropped.rejected:  # the field policy changed since acceptance: counted, never stored half
+        log.warning("inbox_messages_refused_late", count=len(dropped.rejected))
+    stored = await retry_conflicts(
+        session, lambda: store_prepared(session, ctx, principal, group, registered=True)
+    )
+    sightings: Counter[tuple[str, str]] = Counter()
+    for p in group:
+        sightings.update(p.unknown)
+    await record_sightings(session, fp, sightings)
+    return stored
+
+
+async def process_next(
+    ctx: VaultContext, maker: async_sessionmaker[AsyncSession] | None = None, max_events: int = GROUP_EVENTS
+) -> Outcome:
+    """Claim and process one group; on failure retry its batches one by one. Outcome.batches 0: queue empty."""
+    maker = maker or session_maker()
+    async with maker() as session:
+        rows = await claim(session, max_events)
+        if not rows:
+            return Outcome()
+        try:
+            batches = [opened(ctx, r) for r in rows]
+            await _apply(session, ctx, batches)
+            await remove(session, [b.id for b in batches])
+            await session.commit()
+            return Outcome(len(batches), sum(len(b.messages) for b in batches))
+        except Exception as exc:  # a poison batch among them: isolate it
+            await session.rollback()
+            if len(rows) == 1:
+                return await _failed(maker, rows[0].id, exc)
+    out = Outcome()
+    for _row in rows:  # one at a time: the poison one fails alone, the others are stored
+        one = await process_next(ctx, maker, max_events=1)
+        out.batches += one.batches
+        out.events += one.events
+        out.set_aside += one.set_aside
+    return out
+
+
+async def _failed(maker: async_sessionmaker[AsyncSession], batch_id: int, exc: BaseException) -> Outcome:
+    reason = _reason(exc)
+    async with maker() as session:
+        aside = await record_failure(session, batch_id, reason)
+        await session.commit()
+    log.error("inbox_batch_failed", batch=batch_id, reason=reason, set_aside=aside)
+    return Outcome(1, 0, [batch_id] if aside else [])
+
+
+async def drain(ctx: VaultContext | None = None, maker: async_sessionmaker[AsyncSession] | None = None) -> int:
+    """Process until the queue is empty (set-aside batches stay); returns events stored."""
+    ctx = ctx or VaultContext.from_settings()
+    total = 0
+    while True:
+        out = await process_next(ctx, maker)
+        if out.batches == 0:
+            return total
+        total += out.events
+
+
+@dataclass
+class Processor:
+    """The loop that drains the inbox: woken by ``wake()`` after each accept, else every ``idle`` seconds."""
+
+    idle: float = 0.5
+    max_events: int = GROUP_EVENTS
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+    _stopping: bool = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish the group in hand (up to ``grace`` seconds), then stop; a group cut short
+        is rolled back and stays queued."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._task, grace)
+        except TimeoutError:
+            pass
+        finally:
+            self._task = None
+
+    async def run(self, stop_when_empty: bool = False) -> None:
+        ctx = VaultContext.from_settings()
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                out = await process_next(ctx, max_events=self.max_events)
+            except Exception as exc:  # the database went away: keep the loop alive
+                log.error("inbox_processor_error", reason=_reason(exc))
+                out = Outcome()
+                await asyncio.sleep(self.idle)
+            if out.batches:
+                continue
+            if stop_when_empty:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.idle)
