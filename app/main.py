@@ -36,6 +36,7 @@ from app.problems import EXCEPTION_HANDLERS
 from app.process import tune_garbage_collector
 from app.ratelimit import STORE_NAME, rate_limit_middleware, rate_limit_store
 from app.request_context import request_id_middleware
+from app.segments.routes import SegmentController
 from app.settings import get_settings
 from app.texts.routes import TextController
 from app.vault.keyring import key_material
@@ -120,6 +121,7 @@ def create_app() -> Litestar:
             TextController,
             ConsentController,
             FieldReviewController,
+            SegmentController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

@@ -13,6 +13,7 @@ import app.ingest.models
 import app.jobs.models
 import app.profiles.models
 import app.retention.models
+import app.segments.models
 import app.texts.models
 import app.vault.models  # noqa: F401  (registers the tables)
 from audit.store import metadata as audit_metadata

@@ -72,6 +72,11 @@ class Settings:
     )
     """Witness file every signed tree head is appended to; put it on another disk or host in production."""
 
+    segment_min_count: int = field(default_factory=lambda: int(_env("SEGMENT_MIN_COUNT", "10")))
+    """Segment counts below this are shown as ``<N`` to roles that see masked values."""
+    segment_refresh_s: int = field(default_factory=lambda: int(_env("SEGMENT_REFRESH_SECONDS", "900")))
+    """Seconds between scheduled refreshes of every saved segment's members."""
+
     @property
     def audit_head_every_seconds(self) -> int:
         return self.checkpoint_interval_s

@@ -757,7 +757,7 @@ def assert_same_or_fewer_segments(prefix: TcfConsent, full: TcfConsent) -> None:
 def assert_plain_reason(result: TcfRejection | GppRejection, s: str) -> None:
     assert result.reason
     assert len(result.reason) <= 100
-    if len(s) >= 4:
+    if len(s) >= 8:  # shorter strings can be words of the reason itself ("head" in "header")
         assert s not in result.reason
 
 

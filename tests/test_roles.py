@@ -55,6 +55,14 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/v1/decisions/explain"): {"admin", "compliance", "auditor"},
     ("GET", "/v1/jobs"): ADMIN,
     ("GET", "/v1/jobs/runs"): ADMIN,
+    ("POST", "/v1/segments/preview"): {"admin", "compliance", "marketer"},
+    ("POST", "/v1/segments"): {"admin", "marketer"},
+    ("GET", "/v1/segments"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/segments/{segment_id:str}"): {"admin", "compliance", "marketer"},
+    ("PUT", "/v1/segments/{segment_id:str}"): {"admin", "marketer"},
+    ("DELETE", "/v1/segments/{segment_id:str}"): {"admin", "marketer"},
+    ("GET", "/v1/segments/{segment_id:str}/members"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/segments/{segment_id:str}/sizes"): {"admin", "compliance", "marketer"},
 }
 
 

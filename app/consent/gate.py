@@ -19,9 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.policy import Reveal, load_policies
-from app.db import unit_of_work
 from app.errors import InvalidField, PolicyDenied
-from app.ledger.service import record, record_many
+from app.ledger.service import record_detached, record_many
 from app.settings import get_settings
 
 
@@ -95,17 +94,7 @@ async def _record_denial(
 ) -> None:
     """Record a refusal in its own transaction: it survives the failed request, and the
     caller's transaction is never committed for it."""
-    async with unit_of_work() as own:
-        purpose = ledger_purpose(decision)
-        if subject_ids:
-            await record_many(
-                own,
-                principal,
-                action,
-                list(subject_ids),
-                purpose=purpose,
-                legal_basis=decision.legal_basis,
-                details=details,
-            )
-        else:
-            await record(own, principal, action, purpose=purpose, legal_basis=decision.legal_basis, details=details)
+    items = [(sid, details) for sid in subject_ids] if subject_ids else [(None, details)]
+    await record_detached(
+        principal, action, items, purpose=ledger_purpose(decision), legal_basis=decision.legal_basis
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -264,12 +264,19 @@ async def consent_view(session: AsyncSession, profile_id: str) -> dict[str, Any]
     }
 
 
+def constants(values: Iterable[str]) -> list[Any]:
+    """Policy constants for an IN list, each its own bound value: unlike a list of plain
+    values (an "expanding" parameter) the statement is not re-rendered at every execution,
+    which cost a 10 kB decision statement 1.5 ms a time."""
+    return [literal(v) for v in values]
+
+
 def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, after: Any = None) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) has a current state in
     ``states`` for ``purpose`` on any origin (grants must not have expired); with ``after``,
     only states the person chose after that time (a column or value)."""
     t = table_of(ConsentState)
-    cond = [t.c.profile_id == person, t.c.purpose == purpose, t.c.state.in_(list(states))]
+    cond = [t.c.profile_id == person, t.c.purpose == purpose, t.c.state.in_(constants(states))]
     if "granted" in states:
         cond.append(or_(t.c.expires_at.is_(None), t.c.expires_at > now))
     if after is not None:
@@ -286,7 +293,7 @@ def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
 def flags_clause(person: Any, flags: Iterable[str]) -> ColumnElement[bool]:
     """SQL: the person carries any of these privacy flags."""
     t = table_of(PrivacyFlag)
-    return exists().where(t.c.profile_id == person, t.c.flag.in_(sorted(flags))).correlate_except(t)
+    return exists().where(t.c.profile_id == person, t.c.flag.in_(constants(sorted(flags)))).correlate_except(t)
 
 
 def guardian_clause(person: Any, purpose: str, now: When) -> ColumnElement[bool]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_
 
-from app.consent.records import When, flag_clause, flags_clause, guardian_clause, state_clause
+from app.consent.records import When, constants, flag_clause, flags_clause, guardian_clause, state_clause
 from app.consent.rules import Jurisdiction, Rules
 from app.identity.service import gpc_clause
 
@@ -79,7 +79,7 @@ class Verdict:
 def region_clause(region: Any, j: Jurisdiction) -> ColumnElement[bool]:
     """SQL: a region (``DE``, ``US-CA``) belongs to the jurisdiction (by itself or its country)."""
     listed = sorted(j.regions)
-    return or_(region.in_(listed), func.substr(region, 1, 2).in_(listed))
+    return or_(region.in_(constants(listed)), func.substr(region, 1, 2).in_(constants(listed)))
 
 
 def jurisdiction_expr(rules: Rules, region: Any) -> ColumnElement[str]:

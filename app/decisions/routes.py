@@ -17,7 +17,7 @@ from app.decisions.engine import Ask
 from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound
-from app.ledger.service import record_each
+from app.ledger.service import record_each, record_group
 from app.profiles.service import resolve_many, resolve_merged
 from app.settings import get_settings
 
@@ -85,6 +85,30 @@ def _choice(c: ConsentIn, root: str, source: str, n: int) -> Choice:
     return choice
 
 
+async def _record_consents(db: Any, principal: Caller, stored: list[Any], flags: dict[str, Any]) -> None:
+    """The ledger's record of a consent write: an entry per person with what was recorded,
+    or, for a bulk write naming several people, one group entry with counts (the consent
+    history rows hold each choice) whose subjects are indexed."""
+    version = load_rules(get_settings().policy_dir).version
+    items = [
+        (r.profile_id, {"purpose": r.purpose, "state": r.state, "method": r.method, "applied": r.applied})
+        for r in stored
+    ] + [(pid, {"flags": f}) for pid, f in flags.items()]
+    basis = {"purpose": "legal.compliance.dsr", "legal_basis": "legal_obligation"}
+    subjects = {pid for pid, _ in items}
+    if len(subjects) <= 1:
+        await record_each(
+            db, principal, "consent.record", [(p, {**d, "policy_version": version}) for p, d in items], **basis
+        )
+        return
+    counts: dict[str, int] = {}
+    for r in stored:
+        key = f"{r.purpose}:{r.state}:{'applied' if r.applied else 'history only'}"
+        counts[key] = counts.get(key, 0) + 1
+    details = {"records": len(stored), "flags": len(flags), "by_purpose_state": counts, "policy_version": version}
+    await record_group(db, principal, "consent.record", sorted(subjects), details=details, **basis)
+
+
 class ConsentController(Controller):
     path = "/v1"
     tags = ["consent"]
@@ -105,28 +129,7 @@ class ConsentController(Controller):
         stored = await record_choices(db, choices)
         for pid, flags in data.flags.items():
             await set_flags(db, _root(roots, pid, "flags"), flags, source)
-        version = load_rules(get_settings().policy_dir).version
-        await record_each(
-            db,
-            principal,
-            "consent.record",
-            [
-                (
-                    r.profile_id,
-                    {
-                        "purpose": r.purpose,
-                        "state": r.state,
-                        "method": r.method,
-                        "applied": r.applied,
-                        "policy_version": version,
-                    },
-                )
-                for r in stored
-            ]
-            + [(pid, {"flags": flags, "policy_version": version}) for pid, flags in data.flags.items()],
-            purpose="legal.compliance.dsr",
-            legal_basis="legal_obligation",
-        )
+        await _record_consents(db, principal, stored, data.flags)
         return ConsentStored(len(stored), len(choices) - len(stored), [r.id for r in stored])
 
     @get("/profiles/{profile_id:str}/consents", opt={"roles": STAFF}, operation_id="getProfileConsents")

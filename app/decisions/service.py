@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, select
+from sqlalchemy import String, and_, bindparam, case, column, func, literal_column, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import decide
 from app.consent.rules import Rules, load_rules
-from app.db import UtcDateTime, unit_of_work
+from app.db import UtcDateTime
 from app.decisions.engine import RULES, Ask, Verdict, allowed_categories, jurisdiction_expr, reason_expr
 from app.errors import InvalidField, PolicyDenied
-from app.ledger.service import record
+from app.ledger.service import record_detached
 from app.profiles.service import population, resolve_merged
 from app.settings import get_settings
 
@@ -37,22 +38,38 @@ def current_rules() -> Rules:
     return load_rules(get_settings().policy_dir)
 
 
-_PERSON_QUERIES: dict[tuple[int, Ask], tuple[Rules, Any]] = {}
+_PERSON_QUERIES: dict[tuple[int, Ask, str], tuple[Rules, Any]] = {}
 
 
-def _person_query(rules: Rules, ask: Ask) -> Any:
+def _person_query(rules: Rules, ask: Ask, dialect: str) -> Any:
     """The single-decision statement for ``ask`` — ``reason_expr`` for one person, with the
-    person (``:person``) and the time (``:now``) bound at execution: built once per rules
-    and ask, so a request neither rebuilds nor re-keys the expression."""
-    hit = _PERSON_QUERIES.get((id(rules), ask))
+    person (``:person``) and the time (``:now``) bound at execution. Built once per rules,
+    ask and dialect, and frozen to its SQL text: executing the expression itself made
+    SQLAlchemy walk its few hundred nodes for a cache key on every request."""
+    hit = _PERSON_QUERIES.get((id(rules), ask, dialect))
     if hit is None or hit[0] is not rules:
         table, person, region, _live = population()
-        now = bindparam("now", type_=UtcDateTime())
+        now: Any = literal_column(":now")
         q = select(reason_expr(rules, ask, person, region, now), jurisdiction_expr(rules, region))
+        q = q.select_from(table).where(person == literal_column(":person"))
         if len(_PERSON_QUERIES) > 512:
             _PERSON_QUERIES.clear()
-        hit = _PERSON_QUERIES[(id(rules), ask)] = (rules, q.select_from(table).where(person == bindparam("person")))
+        hit = _PERSON_QUERIES[(id(rules), ask, dialect)] = (rules, _frozen(q, dialect))
     return hit[1]
+
+
+def _frozen(q: Any, dialect: str) -> Any:
+    """The statement as SQL text: the policy's constants inline (names of purposes, regions
+    and flags from ``policies/``, never input), the person and the time left as parameters."""
+    compiled = q.compile(
+        dialect=(postgresql if dialect == "postgresql" else sqlite).dialect(),
+        compile_kwargs={"literal_binds": True},
+    )
+    return (
+        text(str(compiled))
+        .bindparams(bindparam("now", type_=UtcDateTime()), bindparam("person", type_=String()))
+        .columns(column("reason", String), column("jurisdiction", String))
+    )
 
 
 def _check(rules: Rules, ask: Ask) -> None:
@@ -78,7 +95,7 @@ async def decide_person(
     if not role.allowed and not explain:
         verdict = Verdict(False, "role may not use purpose", "-", rules.version, rule=role.reason)
     else:
-        q = _person_query(rules, ask)
+        q = _person_query(rules, ask, session.get_bind().dialect.name)
         reason, jurisdiction = (await session.execute(q, {"person": root, "now": now or datetime.now(UTC)})).one()
         allowed = reason == "allowed"
         verdict = Verdict(
@@ -95,12 +112,16 @@ async def decide_person(
 
 
 async def decide_population(
-    session: AsyncSession, principal: Principal, ask: Ask, now: datetime | None = None
+    session: AsyncSession, principal: Principal, ask: Ask, now: datetime | None = None, within: Any = None
 ) -> PopulationVerdict:
-    """Counts over every surviving profile: how many may be used for the ask, and why not the rest."""
+    """Counts over every surviving profile: how many may be used for the ask, and why not the rest.
+    ``within`` narrows the population to the people matching a condition over the population
+    table (a segment's tree); the counts and the recorded entry are then about those people."""
     rules = current_rules()
     _check(rules, ask)
     table, person, region, live = population()
+    if within is not None:
+        live = and_(live, within)
     role = decide(principal, ask.purpose)
     if not role.allowed:
         total = int((await session.execute(select(func.count()).select_from(table).where(live))).scalar() or 0)
@@ -141,32 +162,20 @@ def population_predicate(ask: Ask, person: Any, region: Any, now: datetime | Non
 
 
 async def _record_denial(principal: Principal, ask: Ask, reasons: dict[str, str], version: str) -> None:
-    async with unit_of_work() as own:  # its own transaction: the caller's is never committed for it
-        for pid, reason in reasons.items():
-            await record(
-                own,
-                principal,
-                "decision.denied",
-                subject_id=pid,
-                purpose=ask.purpose,
-                details={"reason": reason, "policy_version": version, "categories": list(ask.categories)},
-            )
+    """Per person, in the ledger's own transaction (grouped with concurrent denials)."""
+    details = {"policy_version": version, "categories": list(ask.categories)}
+    items = [(pid, {"reason": reason, **details}) for pid, reason in reasons.items()]
+    await record_detached(principal, "decision.denied", items, purpose=ask.purpose)
 
 
 async def _record_population(principal: Principal, ask: Ask, out: PopulationVerdict) -> None:
-    async with unit_of_work() as own:
-        await record(
-            own,
-            principal,
-            "decision.population",
-            purpose=ask.purpose,
-            details={
-                "total": out.total,
-                "allowed": out.allowed,
-                "denied_by_reason": out.denied,
-                "policy_version": out.policy_version,
-            },
-        )
+    details = {
+        "total": out.total,
+        "allowed": out.allowed,
+        "denied_by_reason": out.denied,
+        "policy_version": out.policy_version,
+    }
+    await record_detached(principal, "decision.population", [(None, details)], purpose=ask.purpose)
 
 
 @dataclass

@@ -101,6 +101,7 @@ def product_jobs() -> list[JobSpec]:
     from app.imports.jobs import resume_imports
     from app.ledger.jobs import sign_checkpoint
     from app.retention.jobs import DAILY, apply_retention
+    from app.segments.jobs import refresh_segments
     from app.settings import get_settings
 
     s = get_settings()
@@ -108,4 +109,5 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("audit.checkpoint", sign_checkpoint, s.checkpoint_interval_s, "sign the ledger head"),
         JobSpec("imports.resume", resume_imports, 60, "run queued imports and those whose runner died"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
+        JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
     ]

@@ -7,11 +7,14 @@ under load the unsigned tail stays short even between the scheduled heads.
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import unit_of_work
 from app.ledger.heads import crosses, make_tree_head
 from app.request_context import current_request_id
 from app.settings import get_settings
@@ -127,3 +130,53 @@ async def record_group(
     rec["subject_ids"] = list(subject_ids)
     entries = await store.append_many(session, [rec])
     return (await _appended(session, entries))[0]
+
+
+class _GroupCommit:
+    """Entries that must be recorded in their own transaction (denials), appended together:
+    whoever asks while a commit is under way joins the next one, so concurrent requests
+    share one lock of the head row and one commit instead of queueing one by one."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[dict[str, Any], asyncio.Future[Entry]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def record(self, records: list[dict[str, Any]]) -> list[Entry]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in records]
+        self.pending += list(zip(records, futures, strict=True))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = loop.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                async with unit_of_work() as own:
+                    entries = await _appended(own, await store.append_many(own, [r for r, _ in batch]))
+            except Exception as exc:  # each waiting request sees the failure
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), entry in zip(batch, entries, strict=True):
+                if not fut.done():
+                    fut.set_result(entry)
+
+
+_COMMITTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = weakref.WeakKeyDictionary()
+
+
+async def record_detached(
+    principal: Principal,
+    action: str,
+    items: Sequence[tuple[str | None, dict[str, Any]]],
+    *,
+    purpose: str | None = None,
+    legal_basis: str | None = None,
+) -> list[Entry]:
+    """One entry per (subject id, details), committed in the ledger's own transaction (never
+    the caller's), grouped with concurrent callers' entries; returns once they are durable."""
+    committer = _COMMITTERS.setdefault(asyncio.get_running_loop(), _GroupCommit())
+    return await committer.record([_record(principal, action, sid, purpose, legal_basis, d) for sid, d in items])

@@ -1,0 +1,1 @@
+"""Segments: condition trees over people, consent-aware counts, saved memberships."""

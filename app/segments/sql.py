@@ -1,0 +1,327 @@
+"""Compiling a parsed tree to one SQLAlchemy Core condition over people.
+
+Every value is a bound parameter (field names too: JSON keys and paths are bound). JSON
+values are read by type, the same way on SQLite and PostgreSQL: a comparison sees a
+trait only when it holds the operator's type (``json_text`` is NULL for a number), strings
+compare by code point (``COLLATE "C"`` on PostgreSQL, binary on SQLite), and every leaf is
+a definite true or false, so ``not`` never meets a NULL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    Table,
+    and_,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from app.consent.records import state_clause
+from app.db import table_of
+from app.segments.grammar import All, AnyOf, Cmp, Consent, Event, Funnel, InSegment, Node, Not, Step, Trait, Window
+from app.segments.models import SegmentMember
+
+
+def events_table() -> Table:
+    """The event table, as the ingestion domain declares it in the inventory (read only here)."""
+    from app.ingest.holder import HOLDER
+
+    return next(t for t in HOLDER.tables if t.name == "event")
+
+
+class _JsonValue(FunctionElement[Any]):
+    """A typed read of one top-level key of a JSON column: (column, key, SQLite path)."""
+
+    inherit_cache = True
+
+    def __init__(self, column: Any, key: str) -> None:
+        super().__init__(column, literal(key, String()), literal(f'$."{key}"', String()))
+
+
+class json_text(_JsonValue):
+    type = String()
+    inherit_cache = True
+
+
+class json_number(_JsonValue):
+    type = Float()
+    inherit_cache = True
+
+
+class json_bool(_JsonValue):
+    type = Integer()
+    inherit_cache = True
+
+
+class json_present(_JsonValue):
+    type = Boolean()
+    inherit_cache = True
+
+
+class json_has(FunctionElement[bool]):
+    """A JSON list under the key holds the value (a string, or a number)."""
+
+    type = Boolean()
+    inherit_cache = True
+
+    def __init__(self, column: Any, key: str, value: str | float) -> None:
+        kind = String() if isinstance(value, str) else Float()
+        super().__init__(column, literal(key, String()), literal(f'$."{key}"', String()), literal(value, kind))
+
+
+class epoch(FunctionElement[int]):
+    """Whole seconds since 1970 of a time column."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+class text_pos(FunctionElement[int]):
+    """1-based position of a string in another (0: absent), case-sensitive."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+def _parts(el: Any, compiler: Any, skip: int | None = None, **kw: Any) -> list[str]:
+    """The rendered arguments, ``skip`` left out (rendering a bind registers it in the statement)."""
+    return [("" if n == skip else compiler.process(c, **kw)) for n, c in enumerate(el.clauses)]
+
+
+@compiles(json_text, "sqlite")
+def _text_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    c, _k, p = _parts(el, compiler, 1, **kw)
+    return f"(CASE WHEN json_type({c}, {p}) = 'text' THEN json_extract({c}, {p}) END)"
+
+
+@compiles(json_text, "postgresql")
+def _text_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, k, _p = _parts(el, compiler, 2, **kw)
+    key = f"CAST({k} AS TEXT)"
+    return f"""(CASE WHEN json_typeof({c} -> {key}) = 'string' THEN {c} ->> {key} END) COLLATE "C\""""
+
+
+@compiles(json_number, "sqlite")
+def _number_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    c, _k, p = _parts(el, compiler, 1, **kw)
+    return f"(CASE WHEN json_type({c}, {p}) IN ('integer', 'real') THEN json_extract({c}, {p}) END)"
+
+
+@compiles(json_number, "postgresql")
+def _number_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, k, _p = _parts(el, compiler, 2, **kw)
+    key = f"CAST({k} AS TEXT)"
+    return f"(CASE WHEN json_typeof({c} -> {key}) = 'number' THEN CAST({c} ->> {key} AS DOUBLE PRECISION) END)"
+
+
+@compiles(json_bool, "sqlite")
+def _bool_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    c, _k, p = _parts(el, compiler, 1, **kw)
+    return f"(CASE json_type({c}, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
+
+
+@compiles(json_bool, "postgresql")
+def _bool_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, k, _p = _parts(el, compiler, 2, **kw)
+    key = f"CAST({k} AS TEXT)"
+    truth = f"(CASE WHEN {c} ->> {key} = 'true' THEN 1 ELSE 0 END)"
+    return f"(CASE WHEN json_typeof({c} -> {key}) = 'boolean' THEN {truth} END)"
+
+
+@compiles(json_present, "sqlite")
+def _present_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    c, _k, p = _parts(el, compiler, 1, **kw)
+    return f"(COALESCE(json_type({c}, {p}), 'null') <> 'null')"
+
+
+@compiles(json_present, "postgresql")
+def _present_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, k, _p = _parts(el, compiler, 2, **kw)
+    return f"(COALESCE(json_typeof({c} -> CAST({k} AS TEXT)), 'null') <> 'null')"
+
+
+@compiles(json_has, "sqlite")
+def _has_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    c, _k, p, v = _parts(el, compiler, 1, **kw)
+    kinds = "('text')" if isinstance(list(el.clauses)[3].type, String) else "('integer', 'real')"
+    return (
+        f"(COALESCE(json_type({c}, {p}), '') = 'array' AND EXISTS "
+        f"(SELECT 1 FROM json_each({c}, {p}) AS je WHERE je.type IN {kinds} AND je.value = {v}))"
+    )
+
+
+@compiles(json_has, "postgresql")
+def _has_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, k, _p, v = _parts(el, compiler, 2, **kw)
+    key = f"CAST({k} AS TEXT)"
+    if isinstance(list(el.clauses)[3].type, String):
+        item = """(CASE WHEN json_typeof(je.v) = 'string' THEN je.v #>> '{}' END) COLLATE "C\""""
+    else:
+        item = "(CASE WHEN json_typeof(je.v) = 'number' THEN CAST(je.v #>> '{}' AS DOUBLE PRECISION) END)"
+    return (
+        f"(CASE WHEN json_typeof({c} -> {key}) = 'array' THEN EXISTS "
+        f"(SELECT 1 FROM json_array_elements({c} -> {key}) AS je(v) WHERE {item} = {v}) ELSE false END)"
+    )
+
+
+@compiles(epoch, "sqlite")
+def _epoch_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    (c,) = _parts(el, compiler, **kw)
+    return f"CAST(strftime('%s', {c}) AS INTEGER)"
+
+
+@compiles(epoch, "postgresql")
+def _epoch_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    (c,) = _parts(el, compiler, **kw)
+    return f"CAST(floor(extract(epoch from {c})) AS BIGINT)"
+
+
+@compiles(text_pos, "sqlite")
+def _pos_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    a, b = _parts(el, compiler, **kw)
+    return f"instr({a}, {b})"
+
+
+@compiles(text_pos, "postgresql")
+def _pos_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    a, b = _parts(el, compiler, **kw)
+    return f"strpos({a}, {b})"
+
+
+def _has(x: Any, cond: ColumnElement[bool]) -> ColumnElement[bool]:
+    return and_(x.isnot(None), cond)
+
+
+def cmp_sql(column: Any, key: str, c: Cmp) -> ColumnElement[bool]:
+    """One comparison on ``column[key]`` (a JSON column), never NULL."""
+    v = c.value
+    if c.op == "exists":
+        present = json_present(column, key)
+        return present if v else not_(present)
+    if c.op == "includes":
+        return json_has(column, key, v)
+    if c.op in ("eq", "ne"):
+        x: Any = (
+            json_bool(column, key)
+            if isinstance(v, bool)
+            else json_text(column, key)
+            if isinstance(v, str)
+            else json_number(column, key)
+        )
+        target = int(v) if isinstance(v, bool) else v
+        return _has(x, x == target if c.op == "eq" else x != target)
+    if c.op in ("in", "not_in"):
+        x = json_text(column, key) if isinstance(v[0], str) else json_number(column, key)
+        return _has(x, x.in_(list(v)) if c.op == "in" else x.not_in(list(v)))
+    if c.op in ("gt", "gte", "lt", "lte", "between"):
+        return _has(json_number(column, key), _order(json_number(column, key), c))
+    t = json_text(column, key)
+    return _has(t, _text_cmp(t, c))
+
+
+def _order(x: Any, c: Cmp) -> ColumnElement[bool]:
+    if c.op == "between":
+        return and_(x >= c.value[0], x <= c.value[1])
+    return {"gt": x > c.value, "gte": x >= c.value, "lt": x < c.value, "lte": x <= c.value}[c.op]
+
+
+def _text_cmp(t: Any, c: Cmp) -> ColumnElement[bool]:
+    v = c.value
+    if c.op == "contains":
+        return text_pos(t, literal(v, String())) > 0
+    if c.op == "starts_with":
+        return func.substr(t, 1, len(v)) == v
+    if c.op == "ends_with":
+        return and_(func.length(t) >= len(v), func.substr(t, func.length(t) - len(v) + 1) == v)
+    if c.op == "before":
+        return t < v
+    if c.op == "after":
+        return t >= v
+    return and_(t >= v[0], t < v[1])  # date_between
+
+
+class Compiler:
+    """Compiles trees for a population query: ``person`` is the column holding the surviving
+    profile id, ``traits`` its plain-traits JSON column, ``now`` the time windows count from."""
+
+    def __init__(self, person: Any, traits: Any, now: datetime) -> None:
+        self.person, self.traits, self.now = person, traits, now
+        self.events = events_table()
+
+    def __call__(self, node: Node) -> ColumnElement[bool]:
+        if isinstance(node, All):
+            return and_(*(self(n) for n in node.items))
+        if isinstance(node, AnyOf):
+            return or_(*(self(n) for n in node.items))
+        if isinstance(node, Not):
+            return not_(self(node.item))
+        if isinstance(node, Trait):
+            return and_(*(cmp_sql(self.traits, node.name, c) for c in node.cmps))
+        if isinstance(node, Consent):
+            return self._consent(node)
+        if isinstance(node, InSegment):
+            m = table_of(SegmentMember)
+            q = select(m.c.profile_id).where(m.c.segment_id == node.segment_id, m.c.profile_id == self.person)
+            return q.correlate_except(m).exists()
+        if isinstance(node, Event):
+            return self._event(node)
+        return self._funnel(node)
+
+    def _consent(self, node: Consent) -> ColumnElement[bool]:
+        if node.state == "none":
+            return not_(state_clause(self.person, node.purpose, ["granted", "denied", "withdrawn"], self.now))
+        return state_clause(self.person, node.purpose, [node.state], self.now)
+
+    def _step(self, e: Any, step: Step) -> list[ColumnElement[bool]]:
+        out = [e.c.name == step.name]
+        for prop, cmps in step.where:
+            out += [cmp_sql(e.c.properties, prop, c) for c in cmps]
+        return out
+
+    def _window(self, e: Any, w: Window) -> list[ColumnElement[bool]]:
+        if w.seconds_back is not None:
+            return [e.c.occurred_at >= self.now - timedelta(seconds=w.seconds_back)]
+        if w.start is not None and w.end is not None:
+            return [e.c.occurred_at >= w.start, e.c.occurred_at < w.end]
+        return []
+
+    def _event(self, node: Event) -> ColumnElement[bool]:
+        e = self.events
+        where = [e.c.profile_id == self.person, *self._step(e, node.step), *self._window(e, node.window)]
+        if node.count_min <= 0 and node.count_max is None:
+            return true()
+        if node.count_min == 1 and node.count_max is None:
+            return select(e.c.id).where(*where).correlate_except(e).exists()
+        n = select(func.count()).select_from(e).where(*where).correlate_except(e).scalar_subquery()
+        bounds = [n >= node.count_min] if node.count_min > 0 else []
+        if node.count_max is not None:
+            bounds.append(n <= node.count_max)
+        return and_(*bounds) if bounds else false()
+
+    def _funnel(self, node: Funnel) -> ColumnElement[bool]:
+        steps = [self.events.alias(f"funnel_{n}") for n in range(len(node.steps))]
+        first, last = steps[0], steps[-1]
+        where = [first.c.profile_id == self.person]
+        for n, (e, step) in enumerate(zip(steps, node.steps, strict=True)):
+            where += self._step(e, step)
+            if n:
+                prev = steps[n - 1]
+                where += [e.c.profile_id == prev.c.profile_id, e.c.occurred_at > prev.c.occurred_at]
+        where.append(epoch(last.c.occurred_at) - epoch(first.c.occurred_at) <= node.within_s)
+        q = select(first.c.id).select_from(*steps).where(*where)
+        return q.correlate_except(*steps).exists()
