@@ -533,3 +533,30 @@ def test_a_birthday_makes_a_minor_who_needs_a_guardians_consent(env: Env) -> Non
     assert got["de30"]["decision"] == "allow"
     assert guardian.json()["decision"] == "allow"
     assert adult.json()["decision"] == "allow"
+
+
+def test_the_same_bulk_consents_sent_twice_at_once_are_stored_once(env: Env) -> None:
+    """Two requests carrying the same client ids race: each record is stored once, and each
+    request reports only the ones it stored."""
+    import asyncio
+
+    from app.consent.records import Choice, record_choices
+    from app.db import unit_of_work
+
+    keys = make_keys()
+    with client() as c:
+        people = [_person(c, keys, n, "DE") for n in range(1, 4)]
+
+    async def send() -> list[str]:
+        choices = [Choice(p, M, "granted", "form", "race", T0, client_id=f"race-{n}") for n, p in enumerate(people)]
+        async with unit_of_work() as session:
+            return [r.id for r in await record_choices(session, choices)]
+
+    async def both() -> list[list[str]]:
+        return list(await asyncio.gather(send(), send()))
+
+    first, second = run(both())
+    assert sorted([len(first), len(second)]) == [0, 3]
+    with sync_db() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM consent_record WHERE source = 'race'")).scalar()
+    assert stored == 3

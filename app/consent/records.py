@@ -150,16 +150,24 @@ async def _stored_client_ids(session: AsyncSession, choices: list[Choice]) -> se
     if not wanted:
         return set()
     t = table_of(ConsentRecord)
-    q = select(t.c.source, t.c.client_id).where(t.c.client_id.in_({cid for _, cid in wanted}))
-    return {(r.source, r.client_id) for r in (await session.execute(q)).all()} & wanted
+    found: set[tuple[str, str]] = set()
+    for source in {src for src, _ in wanted}:  # (source, client_id) is the unique index: seek, never scan
+        ids = {cid for src, cid in wanted if src == source}
+        q = select(t.c.source, t.c.client_id).where(t.c.source == source, t.c.client_id.in_(ids))
+        found |= {(r.source, r.client_id) for r in (await session.execute(q)).all()}
+    return found
 
 
 async def _insert_records(session: AsyncSession, table: Any, rows: list[dict[str, Any]]) -> set[str]:
     """Insert the records, skipping any whose (source, client id) is stored meanwhile; the ids stored."""
     if not rows:
         return set()
-    stmt = _upsert_ignore(session, table).on_conflict_do_nothing().returning(table.c.id)
-    return set((await session.execute(stmt, rows)).scalars())
+    stmt = _upsert_ignore(session, table).on_conflict_do_nothing()
+    result = await session.execute(stmt, rows)
+    ids = [r["id"] for r in rows]
+    if getattr(result, "rowcount", -1) == len(rows):
+        return set(ids)  # the usual case, without the cost of RETURNING on every row
+    return set((await session.execute(select(table.c.id).where(table.c.id.in_(ids)))).scalars())
 
 
 def _upsert_ignore(session: AsyncSession, table: Any) -> Any:
