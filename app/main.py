@@ -18,6 +18,7 @@ from sqlalchemy import text
 from app.access.guards import require_role
 from app.access.routes import ApiKeyController
 from app.consent.check import PolicyError, check_policies
+from app.consent.snapshots import remember_policy
 from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
@@ -69,6 +70,8 @@ def check_policy_files(policy_dir: Path) -> None:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     settings = get_settings()
     check_policy_files(settings.policy_dir)  # refuse to start on a broken policy (file:line: problem)
+    async with unit_of_work() as session:  # so a decision can be replayed under the rules of its day
+        await remember_policy(session, settings.policy_dir)
     key_material(settings)  # fail fast on bad key configuration; create dev keys once
     model, has_ner = resolve_ner_model(settings.ner_model, settings.nlp_dir)
     log.info("pii_ner_model", model=model if has_ner else None, names_and_places=has_ner)

@@ -560,3 +560,52 @@ def test_the_same_bulk_consents_sent_twice_at_once_are_stored_once(env: Env) -> 
     with sync_db() as conn:
         stored = conn.execute(text("SELECT count(*) FROM consent_record WHERE source = 'race'")).scalar()
     assert stored == 3
+
+
+def test_explain_replays_the_policy_in_force_at_a_past_time(env: Env, tmp_path: Any, monkeypatch: Any) -> None:
+    """After a policy change, ``explain?at=`` before the change answers under the old version."""
+    import shutil
+    import time
+
+    import yaml
+
+    from app.settings import get_settings
+
+    keys = make_keys()
+    with client() as c:  # the service starts with today's policy: GDPR marketing is opt-in
+        pid = _person(c, keys, 1, "DE")
+        before = c.get("/v1/decisions/explain", params={"person": pid, "purpose": M}, headers=auth(keys["compliance"]))
+    time.sleep(0.05)
+    between = datetime.now(UTC).isoformat()
+    time.sleep(0.05)
+    new = tmp_path / "policies"
+    shutil.copytree(get_settings().policy_dir, new)
+    j = new / "jurisdictions.yaml"
+    data = yaml.safe_load(j.read_text())
+    data["jurisdictions"]["GDPR"]["purposes"][M] = "opt_out"
+    j.write_text(yaml.safe_dump(data, allow_unicode=True))
+    monkeypatch.setenv("CONSENTRY_POLICY_DIR", str(new))
+    get_settings.cache_clear()
+    with client() as c:  # restarted with the new policy
+        now = c.get("/v1/decisions/explain", params={"person": pid, "purpose": M}, headers=auth(keys["compliance"]))
+        then = c.get(
+            "/v1/decisions/explain",
+            params={"person": pid, "purpose": M, "at": between},
+            headers=auth(keys["compliance"]),
+        )
+        too_early = c.get(
+            "/v1/decisions/explain",
+            params={"person": pid, "purpose": M, "at": "2001-01-01T00:00:00Z"},
+            headers=auth(keys["compliance"]),
+        )
+    old, current, replay = before.json(), now.json(), then.json()
+    assert (old["decision"], old["reason"]) == ("deny", "no consent")
+    assert (current["decision"], current["reason"]) == ("allow", "allowed")
+    assert current["policy_version"] != old["policy_version"]
+    assert (replay["decision"], replay["reason"], replay["policy_version"]) == (
+        "deny",
+        "no consent",
+        old["policy_version"],
+    )
+    assert replay["state_as_of"] == "now"
+    assert too_early.status_code == 422 and too_early.json()["invalid-params"][0]["name"] == "at"

@@ -95,6 +95,4 @@ async def _record_denial(
     """Record a refusal in its own transaction: it survives the failed request, and the
     caller's transaction is never committed for it."""
     items = [(sid, details) for sid in subject_ids] if subject_ids else [(None, details)]
-    await record_detached(
-        principal, action, items, purpose=ledger_purpose(decision), legal_basis=decision.legal_basis
-    )
+    await record_detached(principal, action, items, purpose=ledger_purpose(decision), legal_basis=decision.legal_basis)

@@ -29,6 +29,4 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
-HOLDER = register(
-    ConsentHolder("consent", (table_of(ConsentRecord), table_of(ConsentState), table_of(PrivacyFlag)))
-)
+HOLDER = register(ConsentHolder("consent", (table_of(ConsentRecord), table_of(ConsentState), table_of(PrivacyFlag))))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -73,3 +73,24 @@ class PrivacyFlag(SQLModel, table=True):
     profile_id: str = Field(index=True, max_length=36)
     set_at: datetime = Field(sa_type=UtcDateTime)
     source: str = Field(max_length=128)
+
+
+class PolicySnapshot(SQLModel, table=True):
+    """The policy files of one version, as they were."""
+
+    __tablename__ = "policy_snapshot"
+
+    version: str = Field(primary_key=True, max_length=16)
+    files: str = Field(sa_type=Text)
+    """JSON: file name → text."""
+    stored_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class PolicyActivation(SQLModel, table=True):
+    """A policy version coming into force (a service started with it)."""
+
+    __tablename__ = "policy_activation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=16, index=True)
+    active_from: datetime = Field(sa_type=UtcDateTime, index=True)

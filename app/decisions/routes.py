@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from app.consent.policy import load_policies
 from app.consent.records import Choice, consent_receipt, consent_view, record_choices, set_flags
 from app.consent.rules import load_rules
+from app.consent.snapshots import rules_at
 from app.decisions.engine import Ask
 from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
@@ -186,9 +187,17 @@ class ConsentController(Controller):
         principal: Caller,
         person: Annotated[str, QueryParameter(max_length=64)],
         purpose: Annotated[str, QueryParameter(max_length=128)],
+        at: Annotated[datetime | None, QueryParameter(description="replay the policy in force then (ISO time)")] = None,
     ) -> dict[str, Any]:
-        """Which rule decided for this person and purpose, under the current policy version."""
-        v = await decide_person(db, principal, Ask(purpose), person, explain=True)
+        """Which rule decided for this person and purpose: under the current policy version, or
+        with ``at`` under the version that was in force then (against the person's consent
+        state as it stands now: ``state_as_of`` says so)."""
+        rules = None
+        if at is not None:
+            rules = await rules_at(db, at if at.tzinfo else at.replace(tzinfo=UTC))
+            if rules is None:
+                raise InvalidField("no policy version was recorded as in force at this time", field="at")
+        v = await decide_person(db, principal, Ask(purpose), person, explain=True, rules=rules)
         root = await resolve_merged(db, person)
         view = await consent_view(db, root)
         await record_each(
@@ -205,6 +214,7 @@ class ConsentController(Controller):
             "rule": v.rule,
             "jurisdiction": v.jurisdiction,
             "policy_version": v.policy_version,
+            "state_as_of": "now",
             "consent": view["current"].get(purpose),
             "flags": view["flags"],
         }

@@ -85,10 +85,12 @@ async def decide_person(
     now: datetime | None = None,
     *,
     explain: bool = False,
+    rules: Rules | None = None,
 ) -> Verdict:
     """The decision for one person (merged-away ids follow to the survivor); a denial is
-    recorded. ``explain`` evaluates the person's rules whatever the caller's role, records nothing."""
-    rules = current_rules()
+    recorded. ``explain`` evaluates the person's rules whatever the caller's role, records
+    nothing; ``rules`` replaces the current policy (an older version, replayed)."""
+    rules = rules or current_rules()
     _check(rules, ask)
     root = await resolve_merged(session, profile_id)
     role = decide(principal, ask.purpose)
@@ -195,10 +197,14 @@ async def policy_diff(session: AsyncSession, old: Rules, new: Rules, now: dateti
         ask = Ask(purpose)
         before = reason_expr(old, ask, person, region, at) == "allowed"
         after = reason_expr(new, ask, person, region, at) == "allowed"
-        q = select(
-            func.coalesce(func.sum(case((and_(~before, after), 1), else_=0)), 0),
-            func.coalesce(func.sum(case((and_(before, ~after), 1), else_=0)), 0),
-        ).select_from(table).where(live)
+        q = (
+            select(
+                func.coalesce(func.sum(case((and_(~before, after), 1), else_=0)), 0),
+                func.coalesce(func.sum(case((and_(before, ~after), 1), else_=0)), 0),
+            )
+            .select_from(table)
+            .where(live)
+        )
         allowed, denied = (await session.execute(q)).one()
         out.append(PolicyChange(purpose, int(allowed), int(denied)))
     return out
