@@ -609,3 +609,46 @@ def test_explain_replays_the_policy_in_force_at_a_past_time(env: Env, tmp_path: 
     )
     assert replay["state_as_of"] == "now"
     assert too_early.status_code == 422 and too_early.json()["invalid-params"][0]["name"] == "at"
+
+
+def test_a_minor_grows_up_on_their_birthday_without_anyone_touching_the_profile(env: Env) -> None:
+    """The minor flag a birthday sets lapses on the 16th birthday: decisions from that day on
+    no longer ask for a guardian, and the retention run removes the lapsed flag."""
+    from app.access.service import SYSTEM
+    from app.db import unit_of_work
+    from app.decisions.engine import Ask
+    from app.decisions.service import decide_person
+
+    tomorrow = datetime.now(UTC).date() + timedelta(days=1)
+    try:
+        born = tomorrow.replace(year=tomorrow.year - 16)
+    except ValueError:  # 29 February
+        born = tomorrow.replace(year=tomorrow.year - 16, day=28)
+    keys = make_keys()
+    with client() as c:
+        body = {"userId": "teen", "traits": {"country": "DE", "birthday": born.isoformat()}}
+        assert c.post("/v1/identify", json=body, auth=(keys["ingest"], "")).json()["accepted"] == 1
+        found = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": "teen"}, headers=auth(keys["admin"]))
+        pid = found.json()["profiles"][0]["id"]
+        _consent(c, keys, {"consents": [_grant(pid, M)]})
+        today = c.post("/v1/decisions", json={"person": pid, "purpose": M}, headers=auth(keys["marketer"])).json()
+
+    async def on(day: datetime) -> str:
+        async with unit_of_work() as session:
+            return (await decide_person(session, SYSTEM, Ask(M), pid, day, explain=True)).reason
+
+    after = datetime(tomorrow.year, tomorrow.month, tomorrow.day, 12, tzinfo=UTC) + timedelta(days=1)
+    assert today["reason"] == "minor without guardian consent"
+    assert run(on(after)) == "allowed"
+    with sync_db() as conn:  # the birthday has passed (as the daily run will see it)
+        conn.execute(text("UPDATE privacy_flag SET until = :t WHERE profile_id = :p"), {"t": "2001-01-01", "p": pid})
+    from app.retention.service import run_retention
+
+    async def retention() -> dict[str, int]:
+        async with unit_of_work() as session:
+            return (await run_retention(session, datetime.now(UTC), dry_run=False)).removed
+
+    assert run(retention())["privacy_flag"] == 1
+    with sync_db() as conn:
+        left = conn.execute(text("SELECT count(*) FROM privacy_flag WHERE profile_id = :p"), {"p": pid}).scalar()
+    assert left == 0

@@ -5,13 +5,14 @@ restrictive over their origins."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.consent.models import ConsentRecord, ConsentState, PrivacyFlag
 from app.db import table_of
-from app.inventory import Person, TableHolder, register
+from app.inventory import Person, TableHolder, register, remove_rows
 from app.vault.service import DataKey
 
 
@@ -23,6 +24,18 @@ class ConsentHolder(TableHolder):
             "consent_now": [_plain(r) for r in states],
             "privacy_flags": [r["flag"] for r in flags],
         }
+
+    async def expire(self, session: AsyncSession, cutoffs: Mapping[str, datetime], dry_run: bool) -> dict[str, int]:
+        """Retention by category, and the flags that lapsed (a minor grown up)."""
+        out = await super().expire(session, cutoffs, dry_run)
+        flags = table_of(PrivacyFlag)
+        lapsed = await remove_rows(session, flags, flags.c.until <= datetime.now(UTC), dry_run)
+        if lapsed:
+            out[flags.name] = out.get(flags.name, 0) + lapsed
+        return out
+
+    def expiry_category(self, table: str) -> str | None:
+        return "lapsed privacy flags" if table == "privacy_flag" else super().expiry_category(table)
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -73,6 +73,8 @@ class PrivacyFlag(SQLModel, table=True):
     profile_id: str = Field(index=True, max_length=36)
     set_at: datetime = Field(sa_type=UtcDateTime)
     source: str = Field(max_length=128)
+    until: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When the flag lapses by itself (a minor's 14th or 16th birthday); None: it stands."""
 
 
 class PolicySnapshot(SQLModel, table=True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, literal, or_, select, update
@@ -219,16 +219,45 @@ async def _put_states(
     await session.execute(stmt, new)
 
 
-async def set_flags(session: AsyncSession, profile_id: str, flags: Mapping[str, bool], source: str) -> None:
-    """Set or clear privacy flags on a person (restricted, suppressed, profiling refused, minor…)."""
+async def set_flags(
+    session: AsyncSession,
+    profile_id: str,
+    flags: Mapping[str, bool],
+    source: str,
+    until: Mapping[str, datetime | None] | None = None,
+) -> None:
+    """Set or clear privacy flags on a person (restricted, suppressed, profiling refused, minor…);
+    ``until`` gives a flag the time it lapses by itself."""
     t = table_of(PrivacyFlag)
     for flag, on in flags.items():
         if flag not in FLAGS:
             raise InvalidField(f"must be one of {', '.join(FLAGS)}", field=f"flags.{flag}")
         await session.execute(delete(t).where(t.c.profile_id == profile_id, t.c.flag == flag))
         if on:
-            row = {"origin_id": profile_id, "flag": flag, "profile_id": profile_id}
-            await session.execute(insert(t).values({**row, "set_at": datetime.now(UTC), "source": source}))
+            row = {"origin_id": profile_id, "flag": flag, "profile_id": profile_id, "source": source}
+            lapse = (until or {}).get(flag)
+            await session.execute(insert(t).values({**row, "set_at": datetime.now(UTC), "until": lapse}))
+
+
+MINOR_AGES = {"minor_under_14": 14, "minor_under_16": 16}
+
+
+def birthday_at(born: date, years: int) -> datetime:
+    """The start (UTC) of the day the person turns ``years`` (29 February → 1 March)."""
+    try:
+        day = born.replace(year=born.year + years)
+    except ValueError:
+        day = date(born.year + years, 3, 1)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+async def set_minor_flags(session: AsyncSession, profile_id: str, born: date | None, source: str) -> None:
+    """The minor flags a birthday implies (under 14, under 16), each lapsing on the birthday
+    that ends it, so decisions know without decrypting, and a child grows up on time."""
+    now = datetime.now(UTC)
+    until = {flag: birthday_at(born, age) if born else None for flag, age in MINOR_AGES.items()}
+    flags = {flag: lapse is not None and lapse > now for flag, lapse in until.items()}
+    await set_flags(session, profile_id, flags, source, until)
 
 
 async def consent_view(session: AsyncSession, profile_id: str) -> dict[str, Any]:
@@ -249,7 +278,10 @@ async def consent_view(session: AsyncSession, profile_id: str) -> dict[str, Any]
     history = (
         await session.execute(select(r).where(r.c.profile_id == profile_id).order_by(r.c.decided_at, r.c.received_at))
     ).all()
-    flags = sorted({row.flag for row in (await session.execute(select(f).where(f.c.profile_id == profile_id))).all()})
+    standing = or_(f.c.until.is_(None), f.c.until > datetime.now(UTC))
+    flags = sorted(
+        {r.flag for r in (await session.execute(select(f).where(f.c.profile_id == profile_id, standing))).all()}
+    )
     return {
         "current": current,
         "flags": flags,
@@ -292,14 +324,16 @@ def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, af
     return exists().where(and_(*cond)).correlate_except(t)
 
 
-def flag_clause(person: Any, flag: str) -> ColumnElement[bool]:
-    """SQL: the person (a column holding the surviving profile id) carries this privacy flag."""
+def flag_clause(person: Any, flag: str, now: When) -> ColumnElement[bool]:
+    """SQL: the person (a column holding the surviving profile id) carries this privacy flag,
+    and it has not lapsed (a minor flag ends on the birthday that ends it)."""
     t = table_of(PrivacyFlag)
-    return exists().where(t.c.profile_id == person, t.c.flag == flag).correlate_except(t)
+    standing = or_(t.c.until.is_(None), t.c.until > now)
+    return exists().where(t.c.profile_id == person, t.c.flag == flag, standing).correlate_except(t)
 
 
 def flags_clause(person: Any, flags: Iterable[str]) -> ColumnElement[bool]:
-    """SQL: the person carries any of these privacy flags."""
+    """SQL: the person carries any of these privacy flags (lapsed or not: a cheap first probe)."""
     t = table_of(PrivacyFlag)
     return exists().where(t.c.profile_id == person, t.c.flag.in_(constants(sorted(flags)))).correlate_except(t)
 

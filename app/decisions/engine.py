@@ -98,15 +98,15 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) 
     flagged: list[str] = []  # the flags the first ``flag_whens`` conditions look at
     flag_whens = 0
     if mode != "none":
-        whens += [(flag_clause(person, "restricted"), "restricted"), (flag_clause(person, "suppressed"), "suppressed")]
+        whens += [(flag_clause(person, f, now), f) for f in ("restricted", "suppressed")]
         flagged += ["restricted", "suppressed"]
         if purpose.profiling and j.profiling_refusal:
-            whens.append((flag_clause(person, "profiling_refused"), "profiling refused"))
+            whens.append((flag_clause(person, "profiling_refused", now), "profiling refused"))
             flagged.append("profiling_refused")
-        minor = flag_clause(person, "minor_under_14")  # under 14 is under 16 as well
+        minor = flag_clause(person, "minor_under_14", now)  # under 14 is under 16 as well
         flagged.append("minor_under_14")
         if j.minor_age > 14:
-            minor = or_(minor, flag_clause(person, "minor_under_16"))
+            minor = or_(minor, flag_clause(person, "minor_under_16", now))
             flagged.append("minor_under_16")
         no_guardian = ~guardian_clause(person, ask.purpose, now)
         whens.append((and_(minor, no_guardian), "minor without guardian consent"))

@@ -23,7 +23,7 @@ from sqlmodel import col, select
 from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies, normal_name
-from app.consent.records import set_flags
+from app.consent.records import set_minor_flags
 from app.db import table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
 from app.inventory import Person
@@ -313,25 +313,21 @@ async def apply_observations(
     return changed
 
 
-def age_on(birthday: str, today: date) -> int | None:
-    """Completed years between an ISO birthday and ``today`` (None when it is no date)."""
+def born_on(birthday: str) -> date | None:
+    """The date of an ISO birthday (None when it is no date)."""
     try:
-        born = date.fromisoformat(birthday[:10])
+        return date.fromisoformat(birthday[:10])
     except ValueError:
         return None
-    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
 async def _write_minor_flags(session: AsyncSession, observations: list[Observation]) -> None:
     """A birthday sets or clears the consent domain's minor flags (under 14, under 16), so
     decisions need no decryption to know a minor needs a guardian's consent."""
-    today = datetime.now(UTC).date()
     for o in observations:
         if o.name != "birthday" or not (o.value is None or isinstance(o.value, str)):
             continue
-        age = age_on(o.value, today) if o.value else None
-        flags = {"minor_under_14": age is not None and age < 14, "minor_under_16": age is not None and age < 16}
-        await set_flags(session, o.profile_id, flags, o.stamp.source or "profile")
+        await set_minor_flags(session, o.profile_id, born_on(o.value) if o.value else None, o.stamp.source or "profile")
 
 
 REGION_TRAITS = frozenset({"region", "country", "countrycode"})
