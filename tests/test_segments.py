@@ -67,15 +67,30 @@ def exact(monkeypatch: pytest.MonkeyPatch, env: Env) -> Env:
     return env
 
 
+def _born(years: int, days: int = 0) -> str:
+    """A birthday making someone ``years`` old today, ``days`` earlier."""
+    today = datetime.now(UTC).date()
+    try:
+        day = today.replace(year=today.year - years)
+    except ValueError:  # 29 February
+        day = today.replace(year=today.year - years, day=28)
+    return (day - timedelta(days=days)).isoformat()
+
+
 def test_the_basketball_shoes_segment_and_its_consent_counts(exact: Env) -> None:
     keys = make_keys()
     with client() as c:
         ids = _shop(c, keys)
+        ages = {"u0": _born(25), "u1": _born(30, 300), "u4": _born(18), "u5": _born(22), "u6": _born(31)}
+        for uid, birthday in ages.items():  # u6: 31 today, bought shoes, consented: too old
+            ids[f"p{uid[1:]}"] = _person(c, keys, uid, {"birthday": birthday})
+        _bought(c, keys, "u6", "basketball shoes", 2)
+        grant_marketing(c, keys["compliance"], ids["p6"])
         vip = c.post(
             "/v1/segments", json={"name": "VIP", "tree": {"trait": "plan", "eq": "vip"}}, headers=auth(keys["marketer"])
         )
         assert vip.status_code == 201, vip.text
-        tree = {"all": [SHOES, {"not": {"segment": vip.json()["id"]}}]}
+        tree = {"all": [SHOES, {"age": {"between": [18, 30]}}, {"not": {"segment": vip.json()["id"]}}]}
         saved = c.post(
             "/v1/segments",
             json={"name": "Hoops", "tree": tree, "purpose": REPORTING},
@@ -204,3 +219,30 @@ def test_a_merged_profile_counts_once_and_an_erased_person_leaves(exact: Env) ->
     with sync_db() as db:
         q = text("SELECT count(*) FROM segment_member WHERE profile_id = :p")
         assert db.execute(q, {"p": ids["p1"]}).scalar() == 0
+
+
+def test_age_and_birthday_select_by_blind_index_without_decrypting(exact: Env) -> None:
+    keys = make_keys()
+    people = {"a": _born(18), "b": _born(18, -1), "c": _born(30, 364), "d": _born(31), "e": _born(40)}
+    with client() as c:
+        ids = {u: _person(c, keys, u, {"birthday": b}) for u, b in people.items()}
+        ids["none"] = _person(c, keys, "u-nob")
+
+        def chosen(tree: dict[str, Any]) -> set[str]:
+            r = c.post(
+                "/v1/segments", json={"name": "t", "tree": tree, "purpose": REPORTING}, headers=auth(keys["admin"])
+            )
+            assert r.status_code == 201, r.text
+            page = c.get(f"/v1/segments/{r.json()['id']}/members", headers=auth(keys["admin"])).json()
+            by_id = {v: k for k, v in ids.items()}
+            return {by_id[m["id"]] for m in page["members"]}
+
+        assert chosen({"age": {"between": [18, 30]}}) == {"a", "c"}  # b turns 18 tomorrow, d is 31 today
+        assert chosen({"age": {"gte": 31}}) == {"d", "e"}
+        assert chosen({"not": {"age": {"lte": 17}}}) == {"a", "c", "d", "e", "none"}
+        assert chosen({"birthday": "today"}) == {"a", "d", "e"}
+    with sync_db() as db:
+        stored = db.execute(
+            text("SELECT birth_year_index, birth_md_index FROM profile_field WHERE name = 'birthday'")
+        ).all()
+        assert len(stored) == 5 and all(len(y) == 32 and len(md) == 32 for y, md in stored)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, select, text
 
 from app.db import create_sync_engine, table_of
-from app.profiles.service import population
+from app.profiles.models import ProfileField
+from app.profiles.service import birth_indexes, population
 from app.segments.evaluate import ConsentFact, Fact, Facts, matches
 from app.segments.grammar import Parser
 from app.segments.models import SegmentMember
 from app.segments.sql import Compiler, events_table
+from app.settings import get_settings
+from app.vault.keyring import key_material
 from tests.conftest import Env
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -74,7 +77,13 @@ def _population(seed: int) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             for p in PURPOSES
             if r.random() < 0.5
         ]
-        facts = Facts(_bag(r, TRAITS), events, consents, frozenset({SEG}) if r.random() < 0.3 else frozenset())
+        born = None
+        if r.random() < 0.8:  # many near today's month-day and the age bounds
+            month, day = r.choice([(5, 31), (6, 1), (6, 1), (6, 2), (2, 28), (1, 1), (12, 31)])
+            born = date(r.randint(1950, 2026), month, day)
+            born = born if born <= NOW.date() else None
+        segs = frozenset({SEG}) if r.random() < 0.3 else frozenset()
+        facts = Facts(_bag(r, TRAITS), events, consents, segs, born)
         if n % 10 == 9:
             merged.append({"id": pid, "facts": facts})  # merged away: never a member
         else:
@@ -87,6 +96,8 @@ def _store(people: dict[str, Facts], merged: list[dict[str, Any]]) -> None:
     events = events_table()
     states = table_of_consent_state()
     members = table_of(SegmentMember)
+    fields = table_of(ProfileField)
+    key = key_material(get_settings()).index_key
     survivor = next(iter(people))
     engine = create_sync_engine()
     with engine.begin() as db:
@@ -138,6 +149,19 @@ def _store(people: dict[str, Facts], merged: list[dict[str, Any]]) -> None:
                         "record_id": str(uuid.uuid4()),
                     },
                 )
+            if f.birthday is not None:
+                row = {
+                    "origin_id": pid,
+                    "name": "birthday",
+                    "profile_id": pid,
+                    "category": "user.demographic.date_of_birth",
+                    "key_version": 1,
+                    "ciphertext": b"x",
+                    "updated_at": NOW,
+                    "source": "t",
+                    "trust": "server",
+                }
+                db.execute(insert(fields), {**row, **birth_indexes(key, "birthday", f.birthday.isoformat())})
             if SEG in f.segments:
                 db.execute(insert(members), {"segment_id": SEG, "profile_id": pid, "entered_at": NOW})
     engine.dispose()
@@ -189,6 +213,9 @@ leaf = st.one_of(
         st.sampled_from(["granted", "denied", "withdrawn", "none"]),
     ),
     st.just({"segment": SEG}),
+    st.just({"birthday": "today"}),
+    st.builds(lambda a, b: {"age": {"between": [a, a + b]}}, st.integers(0, 80), st.integers(0, 20)),
+    st.builds(lambda a: {"age": {"gte": a}}, st.integers(0, 80)),
     st.builds(lambda n, w, win, c: {"event": n, "where": w, **win, **c}, st.sampled_from("ABC"), where, window, count),
     st.builds(
         lambda steps, d: {"funnel": [{"event": n, "where": w} for n, w in steps], "within": {"days": d}},
@@ -230,11 +257,15 @@ def test_sql_and_the_in_memory_evaluator_choose_the_same_people(populated: dict[
     assert got == expected, tree
 
 
-def test_the_population_is_stored(populated: dict[str, Facts]) -> None:
+def test_the_population_is_stored_and_trees_tell_people_apart(populated: dict[str, Facts]) -> None:
     engine = create_sync_engine()
     with engine.connect() as db:
         assert db.execute(text("SELECT count(*) FROM profile")).scalar() == 40
     engine.dispose()
+    for tree in ({"event": "A"}, {"trait": "plan", "exists": True}, {"age": {"gte": 30}}, {"consent": M}):
+        node = Parser(lambda _name: None, lambda name: name, PURPOSES).parse(tree)
+        chosen = [pid for pid, facts in populated.items() if matches(node, facts, NOW)]
+        assert 0 < len(chosen) < len(populated), tree
 
 
 json_values = st.recursive(

@@ -46,3 +46,7 @@ class ProfileField(SQLModel, table=True):
     trust: str = Field(default="server", max_length=8)
     observed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """When the source observed the value (event timestamp); decides trait precedence."""
+    birth_year_index: str | None = Field(default=None, max_length=32)
+    """Birthday rows only: keyed blind index of the birth year (age segments without decrypting)."""
+    birth_md_index: str | None = Field(default=None, max_length=32)
+    """Birthday rows only: keyed blind index of the month and day (``MM-DD``)."""

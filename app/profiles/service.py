@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, bindparam, delete, insert, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -32,6 +32,7 @@ from app.profiles.masking import mask_value
 from app.profiles.models import Profile, ProfileField
 from app.profiles.precedence import Stamp, stamp_entry, stamp_of, takes_precedence
 from app.settings import Settings, get_settings
+from app.vault.blind_index import blind_index
 from app.vault.cipher import open_field, seal_field
 from app.vault.keyring import KeyMaterial, key_material
 from app.vault.normalize import normalize_date, normalize_email, normalize_phone, normalize_text
@@ -396,7 +397,62 @@ def _field_row(dk: DataKey, o: Observation, now: datetime) -> dict[str, Any]:
         "source": o.stamp.source,
         "trust": o.stamp.trust,
         "observed_at": o.stamp.at,
+        **birth_indexes(key_material(get_settings()).index_key, o.name, o.value),
     }
+
+
+def birth_indexes(index_key: bytes, name: str, value: Any) -> dict[str, str | None]:
+    """For a birthday: keyed blind indexes of its year and of its month-day, so segments
+    select ages and birthdays without decrypting. Few-valued (about 130 years, 366 days):
+    whoever holds the index key can tell every person's birth date from them by trying
+    every value; without the key, equal indexes still show who shares a birth year or day."""
+    born = _date_of(value) if name == "birthday" else None
+    if born is None:
+        return {"birth_year_index": None, "birth_md_index": None}
+    return {
+        "birth_year_index": blind_index(index_key, "birth_year", str(born.year)),
+        "birth_md_index": blind_index(index_key, "birth_md", born.strftime("%m-%d")),
+    }
+
+
+def _date_of(value: Any) -> date | None:
+    try:
+        return date.fromisoformat(value[:10]) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+MONTH_DAYS = tuple(f"{m:02d}-{d:02d}" for m in range(1, 13) for d in range(1, 32) if _date_of(f"2000-{m:02d}-{d:02d}"))
+
+
+def age_clause(person: Any, low: int, high: int, today: date) -> ColumnElement[bool]:
+    """SQL: the person (a column holding the surviving profile id) has a birthday row whose
+    age on ``today`` is between ``low`` and ``high`` (whole years), by the blind indexes only:
+    born on or before today's month-day in years ``today.year - high .. today.year - low``,
+    or after it a year earlier."""
+    key = key_material(get_settings()).index_key
+    t = table_of(ProfileField)
+    md = today.strftime("%m-%d")
+
+    def years(first: int, last: int) -> list[str]:
+        return [blind_index(key, "birth_year", str(y)) for y in range(first, last + 1)]
+
+    def days(early: bool) -> list[str]:
+        return [blind_index(key, "birth_md", d) for d in MONTH_DAYS if (d <= md) == early]
+
+    y = today.year
+    on_or_before = and_(t.c.birth_md_index.in_(days(True)), t.c.birth_year_index.in_(years(y - high, y - low)))
+    after = and_(t.c.birth_md_index.in_(days(False)), t.c.birth_year_index.in_(years(y - high - 1, y - low - 1)))
+    found = exists().where(t.c.profile_id == person, t.c.name == "birthday", or_(on_or_before, after))
+    return found.correlate_except(t)
+
+
+def birthday_clause(person: Any, today: date) -> ColumnElement[bool]:
+    """SQL: the person's birthday (month and day) is ``today``, by the blind index only."""
+    t = table_of(ProfileField)
+    md = blind_index(key_material(get_settings()).index_key, "birth_md", today.strftime("%m-%d"))
+    found = exists().where(t.c.profile_id == person, t.c.name == "birthday", t.c.birth_md_index == md)
+    return found.correlate_except(t)
 
 
 async def _write_fields(

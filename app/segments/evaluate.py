@@ -6,10 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from app.segments.grammar import All, AnyOf, Cmp, Consent, Event, Funnel, InSegment, Node, Not, Step, Trait, Window
+from app.segments.grammar import (
+    Age,
+    All,
+    AnyOf,
+    BirthdayToday,
+    Cmp,
+    Consent,
+    Event,
+    Funnel,
+    InSegment,
+    Node,
+    Not,
+    Step,
+    Trait,
+    Window,
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,7 @@ class Facts:
     events: Sequence[Fact] = ()
     consents: Sequence[ConsentFact] = ()
     segments: Collection[str] = frozenset()
+    birthday: date | None = None
 
 
 def _text(v: Any) -> str | None:
@@ -128,6 +144,15 @@ def _consent(node: Consent, facts: Facts, now: datetime) -> bool:
     return not found if node.state == "none" else found
 
 
+def _born(node: Age | BirthdayToday, born: date | None, today: date) -> bool:
+    if born is None:
+        return False
+    if isinstance(node, BirthdayToday):
+        return (born.month, born.day) == (today.month, today.day)
+    age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+    return node.low <= age <= node.high
+
+
 def matches(node: Node, facts: Facts, now: datetime) -> bool:
     """Whether the person these facts describe is in the tree's segment at ``now``."""
     if isinstance(node, All):
@@ -142,6 +167,8 @@ def matches(node: Node, facts: Facts, now: datetime) -> bool:
         return _consent(node, facts, now)
     if isinstance(node, InSegment):
         return node.segment_id in facts.segments
+    if isinstance(node, Age | BirthdayToday):
+        return _born(node, facts.birthday, now.date())
     if isinstance(node, Event):
         n = sum(1 for f in facts.events if _step_holds(f, node.step) and _in_window(f, node.window, now))
         return n >= node.count_min and (node.count_max is None or n <= node.count_max)

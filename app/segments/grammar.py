@@ -5,6 +5,8 @@ A tree is ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": node}`` or one condi
 - ``{"trait": "plan", "eq": "pro"}`` — a non-personal profile trait, one or more operators;
 - ``{"consent": PURPOSE, "state": "granted" | "denied" | "withdrawn" | "none"}``;
 - ``{"segment": ID}`` — a member of another saved segment;
+- ``{"age": {"between": [18, 30]}}`` (or ``gte``, ``lte``) and ``{"birthday": "today"}`` —
+  from keyed blind indexes of the birth year and month-day (the birthday stays encrypted);
 - ``{"event": NAME, "where": {PROP: {OP: VALUE}}, "count": {"gte": 2}, "within": {"days": 90}}``
   (``count``: ``gte``, ``lte`` or ``between`` [a, b]; default at least one; instead of
   ``within`` (``days`` or ``hours``) ``between`` [date, date] inclusive);
@@ -48,6 +50,8 @@ NUMBER_OPS = ("gt", "gte", "lt", "lte")
 DATE_OPS = ("before", "after", "date_between")
 OPERATORS = ("eq", "ne", "in", "not_in", *NUMBER_OPS, "between", *STRING_OPS, *DATE_OPS, "includes", "exists")
 
+KINDS = ("all", "any", "not", "trait", "consent", "segment", "age", "birthday", "event", "funnel")
+MAX_AGE = 150
 Scalar = str | float | bool
 
 
@@ -88,6 +92,19 @@ class Consent:
 
 
 @dataclass(frozen=True)
+class Age:
+    """Age in whole years today, between ``low`` and ``high`` inclusive."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class BirthdayToday:
+    pass
+
+
+@dataclass(frozen=True)
 class InSegment:
     segment_id: str
 
@@ -121,7 +138,7 @@ class Funnel:
     within_s: int
 
 
-Node = All | AnyOf | Not | Trait | Consent | InSegment | Event | Funnel
+Node = All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel
 NameCheck = Callable[[str], str | None]
 """A field name → None when conditions may use it, else why not (a short reason)."""
 Label = Callable[[str], str]
@@ -146,11 +163,9 @@ class Parser:
             raise InvalidField(f"a tree has at most {MAX_NODES} conditions, {MAX_DEPTH} deep", field=path)
         if not isinstance(obj, dict) or not obj:
             raise InvalidField("expects a condition object", field=path)
-        kind = next(
-            (k for k in ("all", "any", "not", "trait", "consent", "segment", "event", "funnel") if k in obj), None
-        )
+        kind = next((k for k in KINDS if k in obj), None)
         if kind is None:
-            raise InvalidField("expects one of all, any, not, trait, consent, segment, event, funnel", field=path)
+            raise InvalidField(f"expects one of {', '.join(KINDS)}", field=path)
         if kind in ("all", "any"):
             _only(obj, {kind}, path)
             items = obj[kind]
@@ -184,6 +199,26 @@ class Parser:
             raise InvalidField("expects a segment id", field=f"{path}.segment")
         self.segments.add(sid)
         return InSegment(sid)
+
+    def _age(self, obj: dict[str, Any], path: str) -> Age:
+        _only(obj, {"age"}, path)
+        spec, at = obj["age"], f"{path}.age"
+        if not isinstance(spec, dict) or not spec or not set(spec) <= {"gte", "lte", "between"}:
+            raise InvalidField("expects gte, lte or between", field=at)
+        if "between" in spec:
+            _only(spec, {"between"}, at)
+            return Age(*_pair(spec["between"], f"{at}.between", _age_value))
+        low = _age_value(spec.get("gte", 0), f"{at}.gte")
+        high = _age_value(spec.get("lte", MAX_AGE), f"{at}.lte")
+        if low > high:
+            raise InvalidField("gte must not exceed lte", field=at)
+        return Age(low, high)
+
+    def _birthday(self, obj: dict[str, Any], path: str) -> BirthdayToday:
+        _only(obj, {"birthday"}, path)
+        if obj["birthday"] != "today":
+            raise InvalidField("expects today", field=f"{path}.birthday")
+        return BirthdayToday()
 
     def _event(self, obj: dict[str, Any], path: str) -> Event:
         _only(obj, {"event", "where", "count", "within", "between"}, path)
@@ -285,6 +320,12 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= MAX_NUMBER
+
+
+def _age_value(v: Any, path: str) -> int:
+    if not _is_int(v) or not 0 <= v <= MAX_AGE:
+        raise InvalidField(f"expects whole years from 0 to {MAX_AGE}", field=path)
+    return int(v)
 
 
 def _count_value(v: Any, path: str) -> int:

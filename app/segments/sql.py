@@ -33,7 +33,23 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from app.consent.records import state_clause
 from app.db import table_of
-from app.segments.grammar import All, AnyOf, Cmp, Consent, Event, Funnel, InSegment, Node, Not, Step, Trait, Window
+from app.profiles.service import age_clause, birthday_clause
+from app.segments.grammar import (
+    Age,
+    All,
+    AnyOf,
+    BirthdayToday,
+    Cmp,
+    Consent,
+    Event,
+    Funnel,
+    InSegment,
+    Node,
+    Not,
+    Step,
+    Trait,
+    Window,
+)
 from app.segments.models import SegmentMember
 
 
@@ -278,6 +294,10 @@ class Compiler:
             m = table_of(SegmentMember)
             q = select(m.c.profile_id).where(m.c.segment_id == node.segment_id, m.c.profile_id == self.person)
             return q.correlate_except(m).exists()
+        if isinstance(node, Age):
+            return age_clause(self.person, node.low, node.high, self.now.date())
+        if isinstance(node, BirthdayToday):
+            return birthday_clause(self.person, self.now.date())
         if isinstance(node, Event):
             return self._event(node)
         return self._funnel(node)

@@ -82,9 +82,15 @@ def upgrade() -> None:
         sa.Column("left", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("segment_id", "at"),
     )
+    with op.batch_alter_table("profile_field") as b:
+        b.add_column(sa.Column("birth_year_index", S(length=32), nullable=True))
+        b.add_column(sa.Column("birth_md_index", S(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("profile_field") as b:
+        b.drop_column("birth_md_index")
+        b.drop_column("birth_year_index")
     op.drop_table("segment_size")
     op.drop_index("ix_segment_history_profile", table_name="segment_history")
     op.drop_table("segment_history")
