@@ -182,7 +182,7 @@ async def _worker(args: argparse.Namespace) -> int:
     from app.process import tune_garbage_collector
 
     tune_garbage_collector()
-    await Processor(idle=args.idle).run(stop_when_empty=args.once)
+    await Processor(idle=args.idle).run(stop_when_empty=args.once, parent=args.parent)
     return 0
 
 
@@ -394,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="process the ingest inbox (run beside services started with INGEST_PROCESSOR=0)")
     wk.add_argument("--once", action="store_true", help="stop when the inbox is empty")
     wk.add_argument("--idle", type=float, default=0.2, help="seconds between polls of an empty inbox")
+    wk.add_argument("--parent", type=int, help="stop when this process is gone (the service that started it)")
     wk.set_defaults(func=lambda ns: asyncio.run(_worker(ns)))
 
     im = sub.add_parser("import", help="import a CSV, NDJSON or JSON export (idempotent)")

@@ -23,7 +23,7 @@ from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
 from app.imports.routes import ImportController
-from app.ingest.processor import Processor
+from app.ingest.processor import service_processor
 from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
 from app.jobs.routes import JobController
@@ -79,7 +79,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     scheduler = build_scheduler(product_jobs()) if settings.scheduler_enabled else None
     if scheduler is not None:
         scheduler.start()
-    processor = Processor() if settings.ingest_processor else None
+    processor = service_processor(settings.ingest_processor)
     app.state.ingest_processor = processor
     if processor is not None:
         processor.start()

@@ -18,6 +18,13 @@ def _env_bool(name: str, default: bool) -> bool:
     return _env(name, "1" if default else "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _processor_mode(value: str) -> str:
+    v = value.strip().lower()
+    if v in {"0", "false", "no", "off"}:
+        return "off"
+    return "loop" if v == "loop" else "process"
+
+
 @dataclass(frozen=True)
 class Settings:
     """All settings of one service process; every field maps to one variable."""
@@ -59,8 +66,10 @@ class Settings:
     redis_url: str = field(default_factory=lambda: _env("REDIS_URL", ""))
     """Redis for state shared by all service processes (rate-limit counters), e.g. ``redis://127.0.0.1:6379/0``;
     empty: each process counts on its own."""
-    ingest_processor: bool = field(default_factory=lambda: _env_bool("INGEST_PROCESSOR", True))
-    """Process the ingest inbox inside this service process (off when ``consentry worker`` processes run it)."""
+    ingest_processor: str = field(default_factory=lambda: _processor_mode(_env("INGEST_PROCESSOR", "process")))
+    """How the service processes the ingest inbox: ``process`` (a worker process it starts and
+    stops, on the other core), ``loop`` (in the service's event loop) or ``off`` (``consentry
+    worker`` processes run it)."""
     ingest_wait_s: float = field(default_factory=lambda: float(_env("INGEST_WAIT", "0")))
     """Seconds an accepting request waits for its batch to be processed (read-your-writes); 0: answer at once."""
     audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "10000")))

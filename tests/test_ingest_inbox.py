@@ -94,11 +94,11 @@ def test_a_poison_batch_is_set_aside_with_its_reason_and_the_rest_is_processed(n
 
 
 def test_read_your_writes_with_the_in_service_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default service processes in the background; with ``CONSENTRY_INGEST_WAIT`` the
-    answer comes once the batch is stored, so a read right after shows it."""
+    """A service processes in the background (here in its event loop; by default in a child
+    process); with ``CONSENTRY_INGEST_WAIT`` the answer comes once the batch is stored."""
     from app.settings import get_settings
 
-    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "1")
+    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "loop")
     get_settings.cache_clear()
     keys = make_keys()
     with client() as c:

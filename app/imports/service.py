@@ -23,7 +23,8 @@ from app.access.service import Principal
 from app.db import unit_of_work
 from app.errors import InvalidField
 from app.imports.mapping import Mapping, row_to_message
-from app.ingest.service import ingest_messages
+from app.ingest.inbox import accept_messages
+from app.ingest.processor import drain_outcome
 from app.profiles.service import VaultContext
 
 FORMATS = ("csv", "ndjson", "json")
@@ -211,12 +212,13 @@ async def run_import(
                 lines.append(line)
             except InvalidField as exc:
                 rejected.append((line, exc.field or "", exc.detail))
-        async with unit_of_work() as session:
-            result = await ingest_messages(session, ctx, principal, messages, require_ids=False)
+        async with unit_of_work() as session:  # accepted durably: a re-run finds these rows duplicates
+            result = (await accept_messages(session, ctx, principal, messages, require_ids=False)).result
+        stored = await drain_outcome(ctx)  # the same processor as events (with whatever else is queued)
         summary.events_stored += result.accepted
         summary.duplicates += result.duplicates
-        summary.profiles_created += result.profiles_created
-        summary.profiles_updated += result.profiles_updated
+        summary.profiles_created += stored.profiles_created
+        summary.profiles_updated += stored.profiles_updated
         rejected += [(lines[r.index], r.field, r.reason) for r in result.rejected]
         summary.rows_rejected += len(rejected)
         if writer is not None:

@@ -53,6 +53,7 @@ class Claimed:
     gpc: bool
     messages: list[Any]
     defaults: dict[str, Any]
+    require_ids: bool = True
 
 
 async def accept_messages(
@@ -64,14 +65,16 @@ async def accept_messages(
     defaults: dict[str, Any] | None = None,
     gpc: bool = False,
     expected_type: str | None = None,
+    require_ids: bool = True,
 ) -> Accepted:
-    """Check the messages, register fresh ids and append the accepted ones as one sealed row."""
+    """Check the messages, register fresh ids and append the accepted ones as one sealed row.
+    ``require_ids=False`` (imports): a message may come without userId/anonymousId."""
     now = datetime.now(UTC)
     if not decide(principal, None).allowed:
         await authorize(session, principal, "ingest.events", [], None)
     result = BatchResult()
     fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
-    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, True, now, fp)
+    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, require_ids, now, fp)
     unique: dict[str, Prepared] = {}
     for p in prepared:
         unique.setdefault(p.msg.message_id, p)
@@ -82,7 +85,8 @@ async def accept_messages(
     if not keep:
         return Accepted(result, None)
     messages = [{**raw_messages[p.msg.index], "messageId": p.msg.message_id} for p in keep]
-    batch_id = await append(session, ctx, principal, now, messages, defaults or {}, expected_type, gpc)
+    body = {"m": messages, "d": defaults or {}, "r": require_ids}
+    batch_id = await append(session, ctx, principal, now, body, len(messages), expected_type, gpc)
     return Accepted(result, batch_id)
 
 
@@ -91,13 +95,14 @@ async def append(
     ctx: VaultContext,
     principal: Principal,
     received_at: datetime,
-    messages: list[Any],
-    defaults: dict[str, Any],
+    body: dict[str, Any],
+    events: int,
     kind: str | None,
     gpc: bool,
 ) -> int:
-    """One inbox row holding ``messages`` sealed as one blob; returns its id."""
-    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode({"m": messages, "d": defaults}))
+    """One inbox row holding ``body`` (messages ``m``, batch defaults ``d``, ids required ``r``)
+    sealed as one blob; returns its id."""
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body))
     row = {
         "received_at": received_at,
         "key_id": principal.key_id,
@@ -105,7 +110,7 @@ async def append(
         "name": principal.name,
         "source": principal.source,
         "trust": principal.trust,
-        "events": len(messages),
+        "events": events,
         "kind": kind,
         "gpc": gpc,
         "key_version": version,
@@ -150,7 +155,7 @@ def opened(ctx: VaultContext, r: Any) -> Claimed:
     """A claimed row's messages, decrypted (``IntegrityFailure`` if the seal was altered)."""
     body = msgspec.json.decode(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed))
     principal = Principal(key_id=r.key_id, role=r.role, name=r.name, source=r.source, trust=r.trust)
-    return Claimed(r.id, principal, r.received_at, r.kind, r.gpc, body["m"], body["d"])
+    return Claimed(r.id, principal, r.received_at, r.kind, r.gpc, body["m"], body["d"], body.get("r", True))
 
 
 async def remove(session: AsyncSession, ids: list[int]) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +39,15 @@ class Outcome:
     batches: int = 0
     events: int = 0
     set_aside: list[int] = field(default_factory=list)
+    profiles_created: int = 0
+    profiles_updated: int = 0
+
+    def add(self, other: Outcome) -> None:
+        self.batches += other.batches
+        self.events += other.events
+        self.set_aside += other.set_aside
+        self.profiles_created += other.profiles_created
+        self.profiles_updated += other.profiles_updated
 
 
 def _reason(exc: BaseException) -> str:
@@ -51,7 +63,7 @@ async def _apply(session: AsyncSession, ctx: VaultContext, batches: list[Claimed
     group: list[Prepared] = []
     dropped = BatchResult()
     for b in batches:
-        prepared = _validated(ctx, principal, b.messages, dropped, b.defaults, b.kind, True, b.received_at, fp)
+        prepared = _validated(ctx, principal, b.messages, dropped, b.defaults, b.kind, b.require_ids, b.received_at, fp)
         for p in prepared:
             p.gpc = b.gpc
         group += prepared
@@ -78,20 +90,18 @@ async def process_next(
             return Outcome()
         try:
             batches = [opened(ctx, r) for r in rows]
-            await _apply(session, ctx, batches)
+            stored = await _apply(session, ctx, batches)
             await remove(session, [b.id for b in batches])
             await session.commit()
-            return Outcome(len(batches), sum(len(b.messages) for b in batches))
+            events = sum(len(b.messages) for b in batches)
+            return Outcome(len(batches), events, [], stored.profiles_created, stored.profiles_updated)
         except Exception as exc:  # a poison batch among them: isolate it
             await session.rollback()
             if len(rows) == 1:
                 return await _failed(maker, rows[0].id, exc)
     out = Outcome()
     for _row in rows:  # one at a time: the poison one fails alone, the others are stored
-        one = await process_next(ctx, maker, max_events=1)
-        out.batches += one.batches
-        out.events += one.events
-        out.set_aside += one.set_aside
+        out.add(await process_next(ctx, maker, max_events=1))
     return out
 
 
@@ -106,13 +116,20 @@ async def _failed(maker: async_sessionmaker[AsyncSession], batch_id: int, exc: B
 
 async def drain(ctx: VaultContext | None = None, maker: async_sessionmaker[AsyncSession] | None = None) -> int:
     """Process until the queue is empty (set-aside batches stay); returns events stored."""
+    return (await drain_outcome(ctx, maker)).events
+
+
+async def drain_outcome(
+    ctx: VaultContext | None = None, maker: async_sessionmaker[AsyncSession] | None = None
+) -> Outcome:
+    """Process until the queue is empty; what was done, summed over the groups."""
     ctx = ctx or VaultContext.from_settings()
-    total = 0
+    total = Outcome()
     while True:
         out = await process_next(ctx, maker)
         if out.batches == 0:
             return total
-        total += out.events
+        total.add(out)
 
 
 @dataclass
@@ -145,9 +162,10 @@ class Processor:
         finally:
             self._task = None
 
-    async def run(self, stop_when_empty: bool = False) -> None:
+    async def run(self, stop_when_empty: bool = False, parent: int | None = None) -> None:
+        """Drain, then wait to be woken; ``parent``: also stop once that process is gone."""
         ctx = VaultContext.from_settings()
-        while not self._stopping:
+        while not self._stopping and (parent is None or os.getppid() == parent):
             self._wake.clear()
             try:
                 out = await process_next(ctx, max_events=self.max_events)
@@ -161,3 +179,37 @@ class Processor:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle)
+
+
+@dataclass
+class ChildProcessor:
+    """The service's processor as a ``consentry worker`` child process: the service answers
+    requests on one core while the inbox is processed on another. The child stops with the
+    service, and by itself when the service is gone (even after ``kill -9``)."""
+
+    idle: float = 0.05
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def wake(self) -> None:
+        """The child polls the inbox every ``idle`` seconds."""
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "app", "worker", "--parent", str(os.getpid()), "--idle", str(self.idle)]
+        self._proc = subprocess.Popen(cmd)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            await asyncio.to_thread(self._proc.wait, grace)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._proc = None
+
+
+def service_processor(mode: str) -> Processor | ChildProcessor | None:
+    """The processor a service runs for ``CONSENTRY_INGEST_PROCESSOR`` (not started yet)."""
+    if mode == "off":
+        return None
+    return Processor() if mode == "loop" else ChildProcessor()

@@ -400,10 +400,11 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
             time.sleep(0.2)
         cmd = [sys.executable, str(SCRIPT), "--client", base, key]
         url = environ["CONSENTRY_DATABASE_URL"]
+        before = _event_count(url)  # the in-process figure's events are in the same database
         run("HTTP warm-up", [*cmd, "20", "99", "8"], environ, tree)
-        _visible_times(url, [2000], server, 600)  # warm-up stored before measuring
+        _visible_times(url, [before + 2000], server, 600)  # warm-up stored before measuring
         proc = subprocess.Popen([*cmd, str(n), "7", "8"], env=environ, cwd=tree, stdout=subprocess.PIPE, text=True)
-        done = _visible_times(url, [2000 + n * 100], proc, 600)[0]
+        done = _visible_times(url, [before + 2000 + n * 100], proc, 600)[0]
         out, _ = proc.communicate(timeout=600)
         if proc.returncode:
             raise BenchError(f"HTTP client failed ({proc.returncode})")
@@ -411,7 +412,7 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
         processed = n * 100 / (done - start)
         figures = {"http": n * 100 / elapsed, "processed": processed}
         if args.lag_rate:
-            before = 2000 + n * 100
+            before = _event_count(url)
             lag_cmd = [sys.executable, str(SCRIPT), "--client", base, key]
             figures["lag_p50"], figures["lag_p95"] = _lag(
                 url, before, lag_cmd, environ, tree, args.lag_rate, args.lag_seconds
