@@ -652,3 +652,29 @@ def test_a_minor_grows_up_on_their_birthday_without_anyone_touching_the_profile(
     with sync_db() as conn:
         left = conn.execute(text("SELECT count(*) FROM privacy_flag WHERE profile_id = :p"), {"p": pid}).scalar()
     assert left == 0
+
+
+def test_concurrent_bulk_consents_for_the_same_people_in_any_order_all_succeed(env: Env) -> None:
+    """Two bulk writes naming the same people in opposite orders: both are stored (no
+    deadlock surfaces as an error), and each person ends with one current state."""
+    import asyncio
+
+    from app.consent.records import Choice, record_choices
+    from app.db import unit_of_work
+
+    keys = make_keys()
+    with client() as c:
+        people = [_person(c, keys, n, "DE") for n in range(1, 41)]
+
+    async def send(order: list[str], tag: str, state: str) -> int:
+        choices = [Choice(p, M, state, "form", tag, T0, client_id=f"{tag}-{p}") for p in order]
+        async with unit_of_work() as session:
+            return len(await record_choices(session, choices))
+
+    async def both() -> list[int]:
+        return list(await asyncio.gather(send(people, "a", "granted"), send(list(reversed(people)), "b", "withdrawn")))
+
+    assert run(both()) == [40, 40]
+    with sync_db() as conn:
+        states = conn.execute(text("SELECT state, count(*) FROM consent_state GROUP BY state")).all()
+    assert dict(states) == {"withdrawn": 40}  # a withdrawal always applies

@@ -205,18 +205,30 @@ async def _put_states(
     fields = ("state", "method", "decided_at", "received_at", "expires_at", "record_id")
     merged = [s for s in new if (before.get((s["profile_id"], s["purpose"])) or {}).get("merged")]
     if merged:
+        v: dict[str, Any] = {f: bindparam(f"v_{f}") for f in fields}
         await session.execute(
             update(t)
             .where(t.c.profile_id == bindparam("pid"), t.c.purpose == bindparam("pp"))
-            .values({f: bindparam(f"v_{f}") for f in fields}),
+            .where(_overrides(t, v["state"], v["decided_at"], v["received_at"]))
+            .values(v),
             [{"pid": s["profile_id"], "pp": s["purpose"], **{f"v_{f}": s[f] for f in fields}} for s in merged],
         )
     stmt = _upsert_ignore(session, t)
+    ex = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=[t.c.origin_id, t.c.purpose],
-        set_={"profile_id": stmt.excluded.profile_id, **{f: stmt.excluded[f] for f in fields}},
+        set_={"profile_id": ex.profile_id, **{f: ex[f] for f in fields}},
+        where=_overrides(t, ex.state, ex.decided_at, ex.received_at),
     )
-    await session.execute(stmt, new)
+    await session.execute(stmt, sorted(new, key=lambda s: (s["origin_id"], s["purpose"])))
+
+
+def _overrides(t: Any, state: Any, decided_at: Any, received_at: Any) -> ColumnElement[bool]:
+    """SQL: a new state replaces the stored one (``_wins`` again, inside the database, so a
+    concurrent writer that read the same old state cannot put back a grant the other one's
+    withdrawal replaced): a denial or withdrawal always does, a grant only if newer."""
+    newer = or_(decided_at > t.c.decided_at, and_(decided_at == t.c.decided_at, received_at > t.c.received_at))
+    return or_(state.in_(constants(["denied", "withdrawn"])), newer)
 
 
 async def set_flags(

@@ -19,7 +19,7 @@ from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound
 from app.ledger.service import record_each, record_group
-from app.profiles.service import resolve_many, resolve_merged
+from app.profiles.service import lock_profiles, resolve_many, resolve_merged
 from app.settings import get_settings
 
 STAFF = ("admin", "compliance")
@@ -86,6 +86,17 @@ def _choice(c: ConsentIn, root: str, source: str, n: int) -> Choice:
     return choice
 
 
+async def _locked_roots(db: Any, ids: list[str]) -> dict[str, str]:
+    """Each id's surviving profile, locked (in id order) for the rest of the write, so two
+    writes for the same people take turns and each sees the other's result."""
+    for _ in range(3):
+        roots = await resolve_many(db, ids)
+        locked = await lock_profiles(db, set(roots.values()))
+        if all(p.merged_into is None for p in locked.values()):
+            return roots
+    return roots  # merged again meanwhile, three times: the rows still follow the merge
+
+
 async def _record_consents(db: Any, principal: Caller, stored: list[Any], flags: dict[str, Any]) -> None:
     """The ledger's record of a consent write: an entry per person with what was recorded,
     or, for a bulk write naming several people, one group entry with counts (the consent
@@ -123,7 +134,7 @@ class ConsentController(Controller):
         if len(data.consents) > 5000:
             raise InvalidField("at most 5000 consents a request", field="consents")
         source = principal.source or f"api:{principal.name}"
-        roots = await resolve_many(db, [c.profile_id for c in data.consents] + list(data.flags))
+        roots = await _locked_roots(db, [c.profile_id for c in data.consents] + list(data.flags))
         choices = [
             _choice(c, _root(roots, c.profile_id, f"consents[{n}]"), source, n) for n, c in enumerate(data.consents)
         ]
