@@ -171,9 +171,11 @@ def test_saved_segments_are_versioned_owned_and_audited(exact: Env) -> None:
             f"/v1/segments/{sid}", json={"name": "x", "tree": {"trait": "plan", "eq": "x"}}, headers=auth(other["key"])
         )
         assert denied.status_code == 403
+        refused = c.get(f"/v1/segments/{sid}/members", headers=auth(keys["compliance"]))
+        assert refused.status_code == 403  # compliance may not use marketing: refused and recorded
         entries = c.get("/v1/audit/entries?limit=500", headers=auth(keys["auditor"])).json()
         actions = [e["action"] for e in entries["entries"]]
-        assert {"segment.create", "segment.update"} <= set(actions)
+        assert {"segment.create", "segment.update", "segment.use.denied"} <= set(actions)
         assert c.delete(f"/v1/segments/{sid}", headers=m).status_code == 204
         assert c.get(f"/v1/segments/{sid}", headers=m).status_code == 404
 

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.access.service import Principal
-from app.consent.gate import decide
+from app.consent.gate import authorize, decide
 from app.consent.policy import load_policies
 from app.db import UtcDateTime, table_of
 from app.decisions.engine import Ask
@@ -194,9 +194,9 @@ def _may_change(principal: Principal, seg: Segment) -> None:
         raise PolicyDenied("only the segment's owner (or an admin) may change it", field="segment_id")
 
 
-def _may_use(principal: Principal, purpose: str) -> None:
-    if not decide(principal, purpose).allowed:
-        raise PolicyDenied("this role may not use the segment's purpose", field="purpose")
+async def _may_use(session: AsyncSession, principal: Principal, purpose: str) -> None:
+    """The role may use the purpose (a refusal is a 403 recorded in the ledger)."""
+    await authorize(session, principal, "segment.use", [], purpose)
 
 
 async def create_segment(
@@ -204,7 +204,7 @@ async def create_segment(
 ) -> Segment:
     """Save a segment (version 1), materialise its members, record the change."""
     use = _purpose(principal, purpose)
-    _may_use(principal, use)
+    await _may_use(session, principal, use)
     parsed = await parse_tree(session, tree)
     now = datetime.now(UTC)
     seg = Segment(
@@ -228,7 +228,7 @@ async def update_segment(
     seg = await get_segment(session, segment_id)
     _may_change(principal, seg)
     use = _purpose(principal, purpose or seg.purpose)
-    _may_use(principal, use)
+    await _may_use(session, principal, use)
     parsed = await parse_tree(session, tree)
     await _check_refs(session, parsed.segments, "tree", self_id=seg.id)
     now = datetime.now(UTC)
@@ -366,7 +366,7 @@ async def members_page(
     """A page of a segment's members who may be used for its purpose, as the role may see
     them, with the counts (by denial reason) over all its members."""
     seg = await get_segment(session, segment_id)
-    _may_use(principal, seg.purpose)
+    await _may_use(session, principal, seg.purpose)
     now = datetime.now(UTC)
     within = member_of(seg.id)
     out = await counts(session, principal, seg.purpose, within, now)
@@ -380,7 +380,7 @@ async def members_page(
 async def sizes(session: AsyncSession, principal: Principal, segment_id: str, limit: int) -> list[dict[str, Any]]:
     """The segment's size at each refresh, newest first (masked below the threshold)."""
     seg = await get_segment(session, segment_id)
-    _may_use(principal, seg.purpose)
+    await _may_use(session, principal, seg.purpose)
     masked = decide(principal, seg.purpose).reveal != "plain"
     q = (
         select(SegmentSize)

@@ -1,0 +1,268 @@
+"""Segments: the basketball-shoes count on a generated population, with and without the
+consent engine, a preview's counts by reason, and a full materialisation — in one run.
+
+    .venv/bin/python scripts/bench/segments.py [--people 1000000] [--events 10] [--repeat 5]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench_seg]
+
+A fresh database each run (a new SQLite file, or the ``public`` schema of a PostgreSQL
+database named ``bench*`` dropped and re-created), migrated, then ``--people`` profiles
+(plain traits, regions, consent states, flags: ``scripts/bench/decisions.py``'s
+generator) and about ``--events`` events a person (seeded; 3% of people bought basketball
+shoes in the last 90 days), inserted in bulk, then ``ANALYZE``.
+
+Measured, medians of ``--repeat`` runs, alternating:
+  baseline  the count of surviving profiles in one region (no segment, no consent);
+  segment   the segment's count without consent (the tree compiled to SQL);
+  preview   the segment's counts by denial reason for marketing (``decide_population``
+            narrowed to the tree: what ``POST /v1/segments/preview`` runs);
+  members   a full materialisation of the saved segment (first save, then a refresh);
+  +index    (``--with-index``) segment and preview again after ``CREATE INDEX … ON event (name,
+            occurred_at)``, an index the event table does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+M = "marketing.advertising.first_party.targeted"
+NOW = datetime.now(UTC)
+TREE = {
+    "all": [
+        {"event": "Order Completed", "where": {"category": {"eq": "basketball shoes"}}, "within": {"days": 90}},
+        {"not": {"trait": "plan", "eq": "vip"}},
+    ]
+}
+EVENT_COLS = (
+    "id", "profile_id", "origin_id", "source", "message_id", "type", "name",
+    "occurred_at", "received_at", "properties", "traits", "key_version", "sealed",
+)  # fmt: skip
+NAMES = ["Page Viewed"] * 6 + ["Product Viewed"] * 3 + ["Order Completed"]
+CATEGORIES = ["running shoes", "socks", "shirts", "basketballs", "hats", "bags"]
+
+
+def profiles(n: int) -> dict[str, list[tuple[Any, ...]]]:
+    """decisions.py's population, with a plan trait (5% vip)."""
+    from scripts.bench.decisions import rows
+
+    rng = random.Random(5)
+    data = rows(n)
+    data["profile"] = [
+        (*r[:3], json.dumps({"plan": "vip" if rng.random() < 0.05 else "basic"}), *r[4:]) for r in data["profile"]
+    ]
+    return data
+
+
+def events(n: int, per_person: int, seed: int = 7) -> Iterator[list[tuple[Any, ...]]]:
+    """Chunks of event rows: about ``per_person`` events a person over 400 days."""
+    from scripts.bench.decisions import pid
+
+    rng = random.Random(seed)
+    chunk: list[tuple[Any, ...]] = []
+    for i in range(n):
+        p = pid(i)
+        shoes = rng.random() < 0.03
+        for k in range(rng.randrange(per_person * 2 + 1)):
+            name = NAMES[rng.randrange(len(NAMES))]
+            props: dict[str, Any] = {}
+            if name != "Page Viewed":
+                props = {"category": rng.choice(CATEGORIES), "price": rng.randrange(5, 300)}
+            at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
+            if shoes and k == 0:
+                name, props = "Order Completed", {"category": "basketball shoes", "price": 120}
+                at = NOW - timedelta(days=rng.randrange(80))
+            chunk.append(
+                (
+                    str(uuid.UUID(int=rng.getrandbits(128))),
+                    p,
+                    p,
+                    "bench",
+                    f"m{i}-{k}",
+                    "track",
+                    name,
+                    at,
+                    at,
+                    json.dumps(props),
+                    "{}",
+                    1,
+                    b"x",
+                )
+            )
+        if len(chunk) >= 50_000:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def populate(n: int, per_person: int, postgres: bool) -> dict[str, int]:
+    from sqlalchemy import text
+
+    from app.db import create_sync_engine
+    from scripts.bench.decisions import COLUMNS
+
+    counts: dict[str, int] = {}
+    engine = create_sync_engine()
+    try:
+        with engine.begin() as conn:
+            data = profiles(n)
+            for table, cols in COLUMNS.items():
+                _insert(conn, table, cols, data[table], postgres)
+                counts[table] = len(data[table])
+            del data
+            counts["event"] = 0
+            for chunk in events(n, per_person):
+                _insert(conn, "event", EVENT_COLS, chunk, postgres)
+                counts["event"] += len(chunk)
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
+    return counts
+
+
+def _insert(conn: Any, table: str, cols: tuple[str, ...], data: list[tuple[Any, ...]], postgres: bool) -> None:
+    from sqlalchemy import text
+
+    if postgres:
+        cur = conn.connection.driver_connection.cursor()
+        with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in data:
+                copy.write_row(r)
+        return
+    marks = ", ".join(f":{c}" for c in cols)
+    conn.execute(
+        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
+        [dict(zip(cols, r, strict=True)) for r in data],
+    )
+
+
+async def measure(repeat: int, with_index: bool) -> dict[str, Any]:
+    from sqlalchemy import func, select
+
+    from app.access.service import Principal
+    from app.db import dispose_engines, unit_of_work
+    from app.decisions.engine import Ask
+    from app.decisions.service import decide_population
+    from app.profiles.service import population
+    from app.segments.models import Segment
+    from app.segments.service import matching, materialise, parse_tree
+
+    marketer = Principal(key_id="bench", role="marketer", name="bench")
+    table, _person, region, live = population()
+    out: dict[str, Any] = {"values": {}}
+    times: dict[str, list[float]] = {"baseline": [], "segment": [], "preview": []}
+    async with unit_of_work() as s:
+        node = (await parse_tree(s, TREE)).node
+        where = matching(node, NOW)
+        baseline = select(func.count()).select_from(table).where(live, region == "DE")
+        segment = select(func.count()).select_from(table).where(where)
+
+        async def run(name: str) -> Any:
+            if name == "preview":
+                v = await decide_population(s, marketer, Ask(M), NOW, within=where)
+                return {"total": v.total, "usable": v.allowed, "denied": v.denied}
+            return int((await s.execute(baseline if name == "baseline" else segment)).scalar() or 0)
+
+        for name in times:  # warm once
+            out["values"][name] = await run(name)
+        for _ in range(repeat):
+            for name in times:
+                t0 = time.perf_counter()
+                await run(name)
+                times[name].append(time.perf_counter() - t0)
+        if with_index:  # the index ingestion does not have yet: events by name and time
+            from sqlalchemy import text
+
+            await s.execute(text("CREATE INDEX ix_bench_event_name_time ON event (name, occurred_at)"))
+            await s.execute(text("ANALYZE event"))
+            for name in ("segment", "preview"):
+                times[f"{name} +index"] = []
+                out["values"][f"{name} +index"] = await run(name)
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    await run(name)
+                    times[f"{name} +index"].append(time.perf_counter() - t0)
+        seg = Segment(
+            id=str(uuid.uuid4()),
+            name="bench",
+            purpose=M,
+            tree=TREE,
+            owner_key_id="bench",
+            created_at=NOW,
+            updated_at=NOW,
+        )
+        s.add(seg)
+        await s.flush()
+        for label in ("materialise (first)", "materialise (refresh)"):
+            t0 = time.perf_counter()
+            out["values"][label] = await materialise(s, seg, node, datetime.now(UTC))
+            times[label] = [time.perf_counter() - t0]
+    await dispose_engines()
+    out["times"] = {k: statistics.median(v) for k, v in times.items()}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--events", type=int, default=10, help="events a person, on average")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--with-index", action="store_true", help="then also with an index on event (name, occurred_at)"
+    )
+    parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
+    args = parser.parse_args()
+    postgres = bool(args.database_url)
+    if postgres:
+        from sqlalchemy.engine import make_url
+
+        if not (make_url(args.database_url).database or "").startswith("bench"):
+            parser.error("--database-url: its public schema is dropped; use a database named bench*")
+        from scripts.bench.ingest import reset_postgres
+
+        reset_postgres(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-seg-"))
+    os.environ.update(
+        {
+            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/bench.db",
+            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+            "CONSENTRY_LOG_LEVEL": "WARNING",
+            "CONSENTRY_SCHEDULER": "0",
+        }
+    )
+    try:
+        subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
+        db = "PostgreSQL" if postgres else "SQLite"
+        print(f"segment benchmark on {db}, {os.cpu_count()} cores, {args.people:,} people")
+        t0 = time.perf_counter()
+        counts = populate(args.people, args.events, postgres)
+        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        result = asyncio.run(measure(args.repeat, args.with_index))
+        for name, seconds in result["times"].items():
+            print(f"  {name:<22} {seconds:8.3f} s   {result['values'][name]}")
+        base = result["times"]["baseline"]
+        print(f"  segment / baseline: {result['times']['segment'] / base:.1f}x; preview / segment: "
+              f"{result['times']['preview'] / result['times']['segment']:.2f}x")  # fmt: skip
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
