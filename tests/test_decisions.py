@@ -283,8 +283,8 @@ def test_population_counts_agree_with_single_decisions_for_every_person(env: Env
     independent Python reading of the rules give the same reason for every one."""
     from app.access.service import Principal
     from app.db import unit_of_work
-    from app.decisions.engine import Ask, reason_expr
-    from app.decisions.service import current_rules, decide_person, decide_population
+    from app.decisions.engine import Ask, JoinedFacts, reason_expr
+    from app.decisions.service import current_rules, decide_person, decide_population, population_predicate
     from app.profiles.service import population
 
     rng = random.Random(7)
@@ -314,15 +314,22 @@ def test_population_counts_agree_with_single_decisions_for_every_person(env: Env
 
     async def check() -> tuple[dict[str, str], dict[str, int], int]:
         rules = current_rules()
-        _table, person, region, live = population()
+        table, person, region, live = population()
         async with unit_of_work() as s:
             from sqlalchemy import select
 
             rows = (await s.execute(select(person, reason_expr(rules, ask, person, region, now)).where(live))).all()
+            facts = JoinedFacts(now)  # the population form: facts joined, not probed per person
+            joined = select(person, reason_expr(rules, ask, person, region, now, facts))
+            joined_rows = (await s.execute(joined.select_from(facts.joined(table, person)).where(live))).all()
+            predicate = population_predicate(ask, person, region, now)
+            allowed_ids = set((await s.execute(select(person).where(live, predicate))).scalars())
             counts = await decide_population(s, principal, ask, now)
             sample = rng.sample([p["id"] for p in people], 300)
             single = {pid: (await decide_person(s, principal, ask, pid, now, explain=True)).reason for pid in sample}
         by_row = {str(a): str(b) for a, b in rows}
+        assert {str(a): str(b) for a, b in joined_rows} == by_row
+        assert allowed_ids == {pid for pid, reason in by_row.items() if reason == "allowed"}
         assert all(by_row[pid] == reason for pid, reason in single.items())
         return by_row, counts.denied, counts.allowed
 

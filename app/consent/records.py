@@ -10,12 +10,12 @@ state wins.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -323,25 +323,46 @@ def constants(values: Iterable[str]) -> list[Any]:
     return [literal(v) for v in values]
 
 
+def state_rows(t: Any, purpose: str, states: Iterable[str], now: When) -> ColumnElement[bool]:
+    """SQL over ``consent_state`` rows: a state in ``states`` for ``purpose`` that stands at
+    ``now`` (grants must not have expired)."""
+    cond = [t.c.purpose == purpose, t.c.state.in_(constants(states))]
+    if "granted" in states:
+        cond.append(or_(t.c.expires_at.is_(None), t.c.expires_at > now))
+    return and_(*cond)
+
+
 def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, after: Any = None) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) has a current state in
     ``states`` for ``purpose`` on any origin (grants must not have expired); with ``after``,
     only states the person chose after that time (a column or value)."""
     t = table_of(ConsentState)
-    cond = [t.c.profile_id == person, t.c.purpose == purpose, t.c.state.in_(constants(states))]
-    if "granted" in states:
-        cond.append(or_(t.c.expires_at.is_(None), t.c.expires_at > now))
+    cond = [t.c.profile_id == person, state_rows(t, purpose, states, now)]
     if after is not None:
         cond.append(t.c.decided_at > after)
     return exists().where(and_(*cond)).correlate_except(t)
+
+
+def per_person(kind: str, columns: Mapping[str, Callable[[Any], ColumnElement[Any]]], name: str) -> Any:
+    """A subquery of one row per person (``profile_id``) over ``consent_state`` (kind
+    ``"state"``) or ``privacy_flag`` (``"flag"``): each named column is ``max`` of the given
+    expression over the person's rows — the facts a population decision joins instead of
+    probing every person with EXISTS."""
+    t = table_of(ConsentState if kind == "state" else PrivacyFlag)
+    cols = [func.max(build(t)).label(name) for name, build in columns.items()]
+    return select(t.c.profile_id, *cols).group_by(t.c.profile_id).subquery(name)
+
+
+def flag_rows(t: Any, flag: str, now: When) -> ColumnElement[bool]:
+    """SQL over ``privacy_flag`` rows: this flag, not lapsed at ``now``."""
+    return and_(t.c.flag == flag, or_(t.c.until.is_(None), t.c.until > now))
 
 
 def flag_clause(person: Any, flag: str, now: When) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) carries this privacy flag,
     and it has not lapsed (a minor flag ends on the birthday that ends it)."""
     t = table_of(PrivacyFlag)
-    standing = or_(t.c.until.is_(None), t.c.until > now)
-    return exists().where(t.c.profile_id == person, t.c.flag == flag, standing).correlate_except(t)
+    return exists().where(t.c.profile_id == person, flag_rows(t, flag, now)).correlate_except(t)
 
 
 def flags_clause(person: Any, flags: Iterable[str]) -> ColumnElement[bool]:
@@ -350,20 +371,15 @@ def flags_clause(person: Any, flags: Iterable[str]) -> ColumnElement[bool]:
     return exists().where(t.c.profile_id == person, t.c.flag.in_(constants(sorted(flags)))).correlate_except(t)
 
 
+def guardian_rows(t: Any, purpose: str, now: When) -> ColumnElement[bool]:
+    """SQL over ``consent_state`` rows: a guardian's grant of ``purpose`` that still stands."""
+    return and_(state_rows(t, purpose, ["granted"], now), t.c.method == "guardian")
+
+
 def guardian_clause(person: Any, purpose: str, now: When) -> ColumnElement[bool]:
     """SQL: a guardian granted this purpose for the person (a minor) and it still stands."""
     t = table_of(ConsentState)
-    return (
-        exists()
-        .where(
-            t.c.profile_id == person,
-            t.c.purpose == purpose,
-            t.c.state == "granted",
-            t.c.method == "guardian",
-            or_(t.c.expires_at.is_(None), t.c.expires_at > now),
-        )
-        .correlate_except(t)
-    )
+    return exists().where(t.c.profile_id == person, guardian_rows(t, purpose, now)).correlate_except(t)
 
 
 async def consent_receipt(

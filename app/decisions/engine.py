@@ -18,11 +18,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_
+from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, or_
 
-from app.consent.records import When, constants, flag_clause, flags_clause, guardian_clause, state_clause
+from app.consent.records import (
+    When,
+    constants,
+    flag_clause,
+    flag_rows,
+    flags_clause,
+    guardian_clause,
+    guardian_rows,
+    per_person,
+    state_clause,
+    state_rows,
+)
 from app.consent.rules import Jurisdiction, Rules
-from app.identity.service import gpc_clause
+from app.identity.service import gpc_clause, gpc_per_person
 
 REASONS = (
     "allowed",
@@ -88,7 +99,99 @@ def jurisdiction_expr(rules: Rules, region: Any) -> ColumnElement[str]:
     return case(*whens, else_=literal(rules.default))
 
 
-def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) -> ColumnElement[str]:
+class ExistsFacts:
+    """What is known about one person, probed with EXISTS on indexes (single decisions)."""
+
+    def __init__(self, person: Any, now: When) -> None:
+        self.person, self.now = person, now
+
+    def state(self, purpose: str, states: list[str]) -> ColumnElement[bool]:
+        return state_clause(self.person, purpose, states, self.now)
+
+    def flag(self, flag: str) -> ColumnElement[bool]:
+        return flag_clause(self.person, flag, self.now)
+
+    def flags(self, flags: list[str]) -> ColumnElement[bool]:
+        return flags_clause(self.person, flags)
+
+    def guardian(self, purpose: str) -> ColumnElement[bool]:
+        return guardian_clause(self.person, purpose, self.now)
+
+    def gpc(self, overridable_by: str | None) -> ColumnElement[bool]:
+        if overridable_by is None:
+            return gpc_clause(self.person)
+        purpose, now = overridable_by, self.now
+        return gpc_clause(self.person, lambda at: state_clause(self.person, purpose, ["granted"], now, after=at))
+
+
+class JoinedFacts:
+    """What is known about everyone, as columns of per-person aggregates joined onto the
+    population (``joined``): one pass over the consent and flag tables instead of EXISTS
+    probes per person, which PostgreSQL runs as a subplan per row. Agrees with
+    ``ExistsFacts`` fact by fact (a test checks every person of a generated population)."""
+
+    def __init__(self, now: When, prefix: str = "") -> None:
+        self.now, self.prefix = now, prefix
+        self.columns: dict[str, dict[str, Any]] = {"state": {}, "flag": {}}
+        self.uses_gpc = False
+        self.frozen = False
+
+    def _fact(self, kind: str, key: str, build: Any) -> Any:
+        if self.frozen:
+            raise RuntimeError("facts asked for after joined(): build the expression first")
+        names = self.columns[kind]
+        name = names.setdefault(key, (f"f{len(names)}", build))[0]
+        return literal_column(f"{self.prefix}{kind}_facts.{name}")
+
+    def _holds(self, kind: str, key: str, rows: Any) -> ColumnElement[bool]:
+        fact = self._fact(kind, key, lambda t: case((rows(t), 1), else_=0))
+        return func.coalesce(fact, 0) == 1
+
+    def state(self, purpose: str, states: list[str]) -> ColumnElement[bool]:
+        now = self.now
+        return self._holds("state", f"s:{purpose}:{sorted(states)}", lambda t: state_rows(t, purpose, states, now))
+
+    def flag(self, flag: str) -> ColumnElement[bool]:
+        return self._holds("flag", f"f:{flag}", lambda t: flag_rows(t, flag, self.now))
+
+    def flags(self, flags: list[str]) -> ColumnElement[bool]:
+        return self._holds("flag", f"any:{sorted(flags)}", lambda t: t.c.flag.in_(constants(sorted(flags))))
+
+    def guardian(self, purpose: str) -> ColumnElement[bool]:
+        return self._holds("state", f"g:{purpose}", lambda t: guardian_rows(t, purpose, self.now))
+
+    def gpc(self, overridable_by: str | None) -> ColumnElement[bool]:
+        if self.frozen:
+            raise RuntimeError("facts asked for after joined(): build the expression first")
+        self.uses_gpc = True
+        signal: Any = literal_column(f"{self.prefix}gpc_facts.gpc_at")
+        if overridable_by is None:
+            return signal.is_not(None)
+        purpose, now = overridable_by, self.now
+        granted = self._fact(
+            "state", f"t:{purpose}", lambda t: case((state_rows(t, purpose, ["granted"], now), t.c.decided_at))
+        )  # the newest standing grant: it overrides a signal sent before it
+        return and_(signal.is_not(None), or_(granted.is_(None), granted <= signal))
+
+    def joined(self, table: Any, person: Any) -> Any:
+        """``table`` (the population) with the facts used so far joined on ``person`` (build
+        every expression that uses these facts first)."""
+        self.frozen = True
+        out = table
+        for kind, names in self.columns.items():
+            if names:
+                sub = per_person(kind, dict(names.values()), f"{self.prefix}{kind}_facts")
+                out = out.outerjoin(sub, sub.c.profile_id == person)
+        if self.uses_gpc:
+            sub = gpc_per_person(f"{self.prefix}gpc_facts")
+            out = out.outerjoin(sub, sub.c.profile_id == person)
+        return out
+
+
+Facts = ExistsFacts | JoinedFacts
+
+
+def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, facts: Facts) -> ColumnElement[str]:
     mode = j.mode(ask.purpose)
     purpose = rules.purposes[ask.purpose]
     sensitive = [c for c in ask.categories if j.is_sensitive(c)]
@@ -98,32 +201,31 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) 
     flagged: list[str] = []  # the flags the first ``flag_whens`` conditions look at
     flag_whens = 0
     if mode != "none":
-        whens += [(flag_clause(person, f, now), f) for f in ("restricted", "suppressed")]
+        whens += [(facts.flag(f), f) for f in ("restricted", "suppressed")]
         flagged += ["restricted", "suppressed"]
         if purpose.profiling and j.profiling_refusal:
-            whens.append((flag_clause(person, "profiling_refused", now), "profiling refused"))
+            whens.append((facts.flag("profiling_refused"), "profiling refused"))
             flagged.append("profiling_refused")
-        minor = flag_clause(person, "minor_under_14", now)  # under 14 is under 16 as well
+        minor = facts.flag("minor_under_14")  # under 14 is under 16 as well
         flagged.append("minor_under_14")
         if j.minor_age > 14:
-            minor = or_(minor, flag_clause(person, "minor_under_16", now))
+            minor = or_(minor, facts.flag("minor_under_16"))
             flagged.append("minor_under_16")
-        no_guardian = ~guardian_clause(person, ask.purpose, now)
-        whens.append((and_(minor, no_guardian), "minor without guardian consent"))
+        whens.append((and_(minor, ~facts.guardian(ask.purpose)), "minor without guardian consent"))
         flag_whens = len(whens)
         if ask.purpose in j.gpc:
-            whens.append((gpc_clause(person, _later_grant(person, ask.purpose, now, j)), "GPC"))
+            whens.append((facts.gpc(ask.purpose if j.gpc_overridable else None), "GPC"))
     for category in sensitive:
-        explicit = state_clause(person, f"sensitive:{category}", ["granted"], now)
-        whens.append((~explicit, "sensitive category without explicit consent"))
+        whens.append(
+            (~facts.state(f"sensitive:{category}", ["granted"]), "sensitive category without explicit consent")
+        )
     if ask.cross_border and j.cross_border_consent:
-        transfer = state_clause(person, f"cross_border:{ask.purpose}", ["granted"], now)
-        whens.append((~transfer, "cross-border transfer not consented"))
+        whens.append((~facts.state(f"cross_border:{ask.purpose}", ["granted"]), "cross-border transfer not consented"))
     if mode != "none":
-        whens.append((state_clause(person, ask.purpose, ["withdrawn"], now), "withdrawn"))
-        whens.append((state_clause(person, ask.purpose, ["denied"], now), "denied"))
+        whens.append((facts.state(ask.purpose, ["withdrawn"]), "withdrawn"))
+        whens.append((facts.state(ask.purpose, ["denied"]), "denied"))
         if mode == "opt_in":
-            whens.append((~state_clause(person, ask.purpose, ["granted"], now), "no consent"))
+            whens.append((~facts.state(ask.purpose, ["granted"]), "no consent"))
     full = case(*[(cond, literal(reason)) for cond, reason in whens], else_=literal("allowed"))
     if not flagged:
         return full
@@ -131,26 +233,22 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, person: Any, now: When) 
     # flag conditions are all false, so the remaining conditions decide alone (same result).
     rest = whens[flag_whens:]
     unflagged = case(*[(c, literal(r)) for c, r in rest], else_=literal("allowed")) if rest else literal("allowed")
-    return case((flags_clause(person, flagged), full), else_=unflagged)
+    return case((facts.flags(flagged), full), else_=unflagged)
 
 
-def _later_grant(person: Any, purpose: str, now: When, j: Jurisdiction) -> Any:
-    """Where the regime lets a later explicit opt-in override GPC: that grant, given the signal's time."""
-    if not j.gpc_overridable:
-        return None
-    return lambda at: state_clause(person, purpose, ["granted"], now, after=at)
-
-
-def reason_expr(rules: Rules, ask: Ask, person: Any, region: Any, now: When) -> ColumnElement[str]:
+def reason_expr(
+    rules: Rules, ask: Ask, person: Any, region: Any, now: When, facts: Facts | None = None
+) -> ColumnElement[str]:
     """SQL: the reason the person (a column with the surviving profile id, and its region
     column) may not be used for ``ask`` — ``'allowed'`` when nothing stands in the way.
-    ``now`` is a time or a bound parameter standing for one."""
+    ``now`` is a time or a bound parameter standing for one. ``facts`` says how the person's
+    consent, flags and signals are read: EXISTS probes (the default, for one person) or
+    ``JoinedFacts`` (a population; join ``facts.joined(...)`` into the query)."""
+    facts = facts or ExistsFacts(person, now)
     whens = [
-        (region_clause(region, j), _reason_in(j, rules, ask, person, now))
-        for j in rules.jurisdictions.values()
-        if j.regions
+        (region_clause(region, j), _reason_in(j, rules, ask, facts)) for j in rules.jurisdictions.values() if j.regions
     ]
-    default = _reason_in(rules.jurisdictions[rules.default], rules, ask, person, now)
+    default = _reason_in(rules.jurisdictions[rules.default], rules, ask, facts)
     return case(*whens, else_=default)
 
 

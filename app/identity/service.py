@@ -189,6 +189,14 @@ async def mark_gpc(session: AsyncSession, keys: list[Key], at: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def gpc_per_person(name: str) -> Any:
+    """A subquery of one row per person who holds an id that sent GPC: ``profile_id`` and
+    the newest signal's time ``gpc_at`` (for population decisions, joined)."""
+    t = Identifier.__table__  # type: ignore[attr-defined]
+    q = select(t.c.profile_id, func.max(t.c.gpc_at).label("gpc_at")).where(t.c.gpc_at.is_not(None))
+    return q.group_by(t.c.profile_id).subquery(name)
+
+
 def gpc_clause(person: Any, unless: Callable[[Any], ColumnElement[bool]] | None = None) -> ColumnElement[bool]:
     """SQL: a device or browser id the person holds sent GPC; with ``unless`` (given the
     signal's time column), a later explicit choice that overrides it."""
