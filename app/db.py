@@ -18,8 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.settings import get_settings
 
 T = TypeVar("T")
-_async_engines: dict[str, AsyncEngine] = {}
-_makers: dict[str, async_sessionmaker[AsyncSession]] = {}
+_async_engines: dict[tuple[str, int], AsyncEngine] = {}
+_makers: dict[tuple[str, int], async_sessionmaker[AsyncSession]] = {}
+"""Per database and event loop: an asyncpg connection belongs to the loop that opened it (a
+service process has one loop; a test or CLI step running beside an app in a thread has two)."""
+
+
+def _loop() -> int:
+    try:
+        return id(asyncio.get_running_loop())
+    except RuntimeError:
+        return 0
 
 
 def is_sqlite(url: str) -> bool:
@@ -81,7 +90,8 @@ def private_path(path: Path, directory: bool = False) -> None:
 def get_engine(url: str | None = None) -> AsyncEngine:
     """The process-wide async engine for ``url`` (default: the configured database)."""
     url = url or get_settings().database_url
-    if url not in _async_engines:
+    key = (url, _loop())
+    if key not in _async_engines:
         kwargs: dict[str, Any] = {"hide_parameters": True}  # no bound value in any log or error text
         if is_sqlite(url):
             _ensure_sqlite_dir(url)
@@ -92,8 +102,8 @@ def get_engine(url: str | None = None) -> AsyncEngine:
         engine = create_async_engine(async_url(url), **kwargs)
         if is_sqlite(url):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        _async_engines[url] = engine
-    return _async_engines[url]
+        _async_engines[key] = engine
+    return _async_engines[key]
 
 
 def create_sync_engine(url: str | None = None) -> Engine:
@@ -112,9 +122,10 @@ def create_sync_engine(url: str | None = None) -> Engine:
 
 def session_maker(url: str | None = None) -> async_sessionmaker[AsyncSession]:
     url = url or get_settings().database_url
-    if url not in _makers:
-        _makers[url] = async_sessionmaker(get_engine(url), class_=AsyncSession, expire_on_commit=False)
-    return _makers[url]
+    key = (url, _loop())
+    if key not in _makers:
+        _makers[key] = async_sessionmaker(get_engine(url), class_=AsyncSession, expire_on_commit=False)
+    return _makers[key]
 
 
 @asynccontextmanager
@@ -130,10 +141,12 @@ async def unit_of_work(url: str | None = None) -> AsyncIterator[AsyncSession]:
 
 
 async def dispose_engines() -> None:
-    for engine in list(_async_engines.values()):
-        await engine.dispose()
-    _async_engines.clear()
-    _makers.clear()
+    """Close the engines this event loop opened (other loops' engines are theirs to close)."""
+    loop = _loop()
+    for key in [k for k in _async_engines if k[1] == loop]:
+        await _async_engines.pop(key).dispose()
+    for key in [k for k in _makers if k[1] == loop]:
+        del _makers[key]
 
 
 def table_of(model: Any) -> Table:
