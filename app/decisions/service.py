@@ -58,7 +58,7 @@ def _person_query(rules: Rules, ask: Ask, dialect: str) -> Any:
     if hit is None or hit[0] is not rules:
         table, person, region, _live = population()
         now: Any = literal_column(":now")
-        q = select(reason_expr(rules, ask, person, region, now), jurisdiction_expr(rules, region))
+        q = select(reason_expr(rules, ask, person, region, now), jurisdiction_expr(rules, region), table.c.merged_into)
         q = q.select_from(table).where(person == literal_column(":person"))
         if len(_PERSON_QUERIES) > 512:
             _PERSON_QUERIES.clear()
@@ -76,7 +76,7 @@ def _frozen(q: Any, dialect: str) -> Any:
     return (
         text(str(compiled))
         .bindparams(bindparam("now", type_=UtcDateTime()), bindparam("person", type_=String()))
-        .columns(column("reason", String), column("jurisdiction", String))
+        .columns(column("reason", String), column("jurisdiction", String), column("merged_into", String))
     )
 
 
@@ -100,13 +100,12 @@ async def decide_person(
     nothing; ``rules`` replaces the current policy (an older version, replayed)."""
     rules = rules or current_rules()
     _check(rules, ask)
-    root = await resolve_merged(session, profile_id)
     role = decide(principal, ask.purpose)
     if not role.allowed and not explain:
+        root = await resolve_merged(session, profile_id)
         verdict = Verdict(False, "role may not use purpose", "-", rules.version, rule=role.reason)
     else:
-        q = _person_query(rules, ask, session.get_bind().dialect.name)
-        reason, jurisdiction = (await session.execute(q, {"person": root, "now": now or datetime.now(UTC)})).one()
+        root, reason, jurisdiction = await _evaluate(session, rules, ask, profile_id, now or datetime.now(UTC))
         allowed = reason == "allowed"
         verdict = Verdict(
             allowed,
@@ -119,6 +118,20 @@ async def decide_person(
     if not verdict.allowed and not explain:
         await _record_denial(principal, ask, {root: verdict.reason}, rules.version)
     return verdict
+
+
+async def _evaluate(
+    session: AsyncSession, rules: Rules, ask: Ask, profile_id: str, now: datetime
+) -> tuple[str, str, str]:
+    """(surviving profile id, reason, jurisdiction): one statement when the id is the
+    survivor, as it usually is; a merged-away id is followed to its survivor first."""
+    q = _person_query(rules, ask, session.get_bind().dialect.name)
+    row = (await session.execute(q, {"person": profile_id, "now": now})).first()
+    if row is not None and row.merged_into is None:
+        return profile_id, row.reason, row.jurisdiction
+    root = await resolve_merged(session, profile_id)  # 404 for an unknown id
+    row = (await session.execute(q, {"person": root, "now": now})).one()
+    return root, row.reason, row.jurisdiction
 
 
 async def decide_population(
