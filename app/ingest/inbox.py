@@ -122,21 +122,20 @@ async def append(
     return int((await session.execute(insert(t).returning(t.c.id), row)).scalar_one())
 
 
-async def claim(session: AsyncSession, max_events: int, scan: int = 200) -> list[Any]:
-    """Lock the oldest queued rows of one sender, up to ``max_events`` events (at least one row).
+def _sqlite(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "sqlite"
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so several workers share the inbox and never take
-    the same row. SQLite: the database's write lock is taken first, so one processor at a time
-    reads the queue."""
+
+async def claim(session: AsyncSession, max_events: int, scan: int = 200) -> list[Any]:
+    """The oldest queued rows of one sender, up to ``max_events`` events (at least one row).
+
+    PostgreSQL: locked ``FOR UPDATE SKIP LOCKED``, so several workers share the inbox and
+    never take the same row. SQLite: only read (the expensive preparation then runs without
+    the database's write lock, so accepting requests are not held up); ``hold`` takes the
+    lock and checks that the rows are still queued."""
     t = table_of(InboxBatch)
-    sqlite = session.bind is not None and session.bind.dialect.name == "sqlite"
-    if sqlite:
-        if (await session.execute(select(t.c.id).where(t.c.status == "queued").limit(1))).first() is None:
-            return []  # idle: never take the write lock only to find nothing
-        await session.rollback()  # end the read, so the write lock is taken on a fresh snapshot
-        await session.execute(text("UPDATE ingest_inbox SET attempts = attempts WHERE id = -1"))
     q = select(t.c.id, t.c.key_id, t.c.events).where(t.c.status == "queued").order_by(t.c.id).limit(scan)
-    if not sqlite:
+    if not _sqlite(session):
         q = q.with_for_update(skip_locked=True)
     heads = (await session.execute(q)).all()
     chosen: list[int] = []
@@ -149,6 +148,19 @@ async def claim(session: AsyncSession, max_events: int, scan: int = 200) -> list
     if not chosen:
         return []
     return list((await session.execute(select(t).where(t.c.id.in_(chosen)).order_by(t.c.id))).all())
+
+
+async def hold(session: AsyncSession, ids: list[int]) -> bool:
+    """Before writing a claimed group: on SQLite end the read, take the write lock and check
+    that no other processor stored these rows meanwhile (False: it did). PostgreSQL's claim
+    holds row locks already."""
+    if not _sqlite(session):
+        return True
+    await session.rollback()
+    await session.execute(text("UPDATE ingest_inbox SET attempts = attempts WHERE id = -1"))
+    t = table_of(InboxBatch)
+    q = select(func.count()).select_from(t).where(t.c.id.in_(ids), t.c.status == "queued")
+    return int((await session.execute(q)).scalar() or 0) == len(ids)
 
 
 def opened(ctx: VaultContext, r: Any) -> Claimed:

@@ -16,13 +16,14 @@ import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import retry_conflicts, session_maker
 from app.errors import DomainError
-from app.ingest.inbox import Claimed, claim, opened, record_failure, remove
+from app.ingest.inbox import Claimed, claim, hold, opened, record_failure, remove
 from app.ingest.service import BatchResult, Prepared, _validated, store_prepared
 from app.pii.review import current_field_policy, record_sightings
 from app.profiles.service import VaultContext
@@ -56,8 +57,8 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}" + (f" (field {where})" if where else "")
 
 
-async def _apply(session: AsyncSession, ctx: VaultContext, batches: list[Claimed]) -> BatchResult:
-    """Validate and prepare the claimed messages again (as when accepted) and store them as one group."""
+async def _prepare(session: AsyncSession, ctx: VaultContext, batches: list[Claimed]) -> tuple[list[Prepared], Any]:
+    """Validate and prepare the claimed messages again, as when they were accepted (CPU only)."""
     fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
     principal = batches[0].principal
     group: list[Prepared] = []
@@ -69,13 +70,20 @@ async def _apply(session: AsyncSession, ctx: VaultContext, batches: list[Claimed
         group += prepared
     if dropped.rejected:  # the field policy changed since acceptance: counted, never stored half
         log.warning("inbox_messages_refused_late", count=len(dropped.rejected))
-    stored = await retry_conflicts(
-        session, lambda: store_prepared(session, ctx, principal, group, registered=True)
-    )
+    return group, fp
+
+
+async def _store(
+    session: AsyncSession, ctx: VaultContext, batches: list[Claimed], group: list[Prepared], fp: Any
+) -> BatchResult:
+    """Store a prepared group (one pass of the pipeline) and remove its batches from the inbox."""
+    principal = batches[0].principal
+    stored = await retry_conflicts(session, lambda: store_prepared(session, ctx, principal, group, registered=True))
     sightings: Counter[tuple[str, str]] = Counter()
     for p in group:
         sightings.update(p.unknown)
     await record_sightings(session, fp, sightings)
+    await remove(session, [b.id for b in batches])
     return stored
 
 
@@ -90,8 +98,11 @@ async def process_next(
             return Outcome()
         try:
             batches = [opened(ctx, r) for r in rows]
-            stored = await _apply(session, ctx, batches)
-            await remove(session, [b.id for b in batches])
+            group, fp = await _prepare(session, ctx, batches)
+            if not await hold(session, [b.id for b in batches]):
+                await session.rollback()  # another processor stored them meanwhile
+                return await process_next(ctx, maker, max_events)
+            stored = await _store(session, ctx, batches, group, fp)
             await session.commit()
             events = sum(len(b.messages) for b in batches)
             return Outcome(len(batches), events, [], stored.profiles_created, stored.profiles_updated)
