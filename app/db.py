@@ -106,10 +106,10 @@ def get_engine(url: str | None = None) -> AsyncEngine:
     return _async_engines[key]
 
 
-def create_sync_engine(url: str | None = None) -> Engine:
-    """A new blocking engine (caller disposes it)."""
+def create_sync_engine(url: str | None = None, **options: Any) -> Engine:
+    """A new blocking engine (caller disposes it); ``options`` go to ``create_engine``."""
     url = url or get_settings().database_url
-    kwargs: dict[str, Any] = {"hide_parameters": True}
+    kwargs: dict[str, Any] = {"hide_parameters": True, **options}
     if is_sqlite(url):
         _ensure_sqlite_dir(url)
     else:

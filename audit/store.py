@@ -119,19 +119,18 @@ def _entry_row(entry: Entry) -> dict[str, Any]:
     return row
 
 
-async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[Entry]:
-    """Append records (actor_id, actor_role, action, subject_id, purpose, legal_basis,
-    request_id, details, and optionally ``subject_ids`` for a group entry) in order,
-    chained to the current head; returns the entries."""
-    if not records:
-        return []
-    lock = (
-        update(audit_head)
-        .where(audit_head.c.id == 1)
-        .values(seq=audit_head.c.seq)
-        .returning(audit_head.c.seq, audit_head.c.head_hash, audit_head.c.frontier)
-    )
-    head = (await db.execute(lock)).one()
+_LOCK_HEAD = (
+    update(audit_head)
+    .where(audit_head.c.id == 1)
+    .values(seq=audit_head.c.seq)
+    .returning(audit_head.c.seq, audit_head.c.head_hash, audit_head.c.frontier)
+)
+"""Lock the head row (a row lock on PostgreSQL, the write lock on SQLite) and read it."""
+
+
+def _chain(head: Any, records: Sequence[dict[str, Any]]) -> tuple[list[Entry], list[dict[str, Any]], dict[str, Any]]:
+    """The entries for ``records`` chained after ``head``, their subject index rows, and the
+    head row's new values."""
     seq, prev = int(head.seq), head.head_hash
     frontier = merkle.decode_frontier(head.frontier)
     now = utc_timestamp()
@@ -162,14 +161,33 @@ async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[E
         entries.append(entry)
         merkle.push(frontier, seq - 1, bytes.fromhex(entry.entry_hash))
         prev = entry.entry_hash
+    return entries, subjects, {"seq": seq, "head_hash": prev, "frontier": merkle.encode_frontier(frontier)}
+
+
+async def append_many(db: Executor, records: Sequence[dict[str, Any]]) -> list[Entry]:
+    """Append records (actor_id, actor_role, action, subject_id, purpose, legal_basis,
+    request_id, details, and optionally ``subject_ids`` for a group entry) in order,
+    chained to the current head; returns the entries."""
+    if not records:
+        return []
+    entries, subjects, head = _chain((await db.execute(_LOCK_HEAD)).one(), records)
     await db.execute(insert(audit_entry), [_entry_row(e) for e in entries])
     if subjects:
         await db.execute(insert(audit_subject), subjects)
-    await db.execute(
-        update(audit_head)
-        .where(audit_head.c.id == 1)
-        .values(seq=seq, head_hash=prev, frontier=merkle.encode_frontier(frontier))
-    )
+    await db.execute(update(audit_head).where(audit_head.c.id == 1).values(**head))
+    return entries
+
+
+def append_many_sync(conn: Connection, records: Sequence[dict[str, Any]]) -> list[Entry]:
+    """``append_many`` through a blocking connection: one thread hop for a whole group
+    instead of one per statement and fetch (the ledger's group commit)."""
+    if not records:
+        return []
+    entries, subjects, head = _chain(conn.execute(_LOCK_HEAD).one(), records)
+    conn.execute(insert(audit_entry), [_entry_row(e) for e in entries])
+    if subjects:
+        conn.execute(insert(audit_subject), subjects)
+    conn.execute(update(audit_head).where(audit_head.c.id == 1).values(**head))
     return entries
 
 

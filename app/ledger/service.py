@@ -12,9 +12,10 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import unit_of_work
+from app.db import create_sync_engine, unit_of_work
 from app.ledger.heads import crosses, make_tree_head
 from app.request_context import current_request_id
 from app.settings import get_settings
@@ -153,8 +154,10 @@ class _GroupCommit:
         while self.pending:
             batch, self.pending = self.pending, []
             try:
-                async with unit_of_work() as own:
-                    entries = await _appended(own, await store.append_many(own, [r for r, _ in batch]))
+                entries = await asyncio.to_thread(_append_blocking, [r for r, _ in batch])
+                if crosses(entries[0].seq - 1, entries[-1].seq, get_settings().audit_head_every_entries):
+                    async with unit_of_work() as own:
+                        await make_tree_head(own)
             except Exception as exc:  # each waiting request sees the failure
                 for _, fut in batch:
                     if not fut.done():
@@ -163,6 +166,24 @@ class _GroupCommit:
             for (_, fut), entry in zip(batch, entries, strict=True):
                 if not fut.done():
                     fut.set_result(entry)
+
+
+_BLOCKING: dict[str, Engine] = {}
+
+
+def _append_blocking(records: list[dict[str, Any]]) -> list[Entry]:
+    """Append in one transaction through a blocking connection, in a worker thread: one
+    hop for the group instead of one per statement (1.6 ms of CPU a group through the
+    asyncio SQLite driver)."""
+    url = get_settings().database_url
+    engine = _BLOCKING.get(url)
+    if engine is None:
+        for old in _BLOCKING.values():  # one database per process; tests switch between many
+            old.dispose()
+        _BLOCKING.clear()
+        engine = _BLOCKING[url] = create_sync_engine(url, pool_pre_ping=True)
+    with engine.begin() as conn:
+        return store.append_many_sync(conn, records)
 
 
 _COMMITTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] = weakref.WeakKeyDictionary()
