@@ -91,6 +91,12 @@ def test_a_poison_batch_is_set_aside_with_its_reason_and_the_rest_is_processed(n
         assert c.post("/v1/batch", json={"batch": _batch("s", 1)}, auth=(keys["ingest"], "")).status_code == 200
     assert run(drain()) == 1
     assert _count("SELECT count(*) FROM event") == 5
+    with client() as c:  # an admin can queue it again (here it fails again: its seal is still damaged)
+        assert c.post(f"/v1/ingest/failures/{poison}/retry", headers=auth(keys["ingest"])).status_code == 403
+        assert c.post("/v1/ingest/failures/999999/retry", headers=auth(keys["admin"])).status_code == 404
+        r = c.post(f"/v1/ingest/failures/{poison}/retry", headers=auth(keys["admin"]))
+        assert r.status_code == 200 and r.json() == {"id": poison, "events": 2, "status": "queued"}
+        assert c.get("/v1/ingest/status", headers=auth(keys["admin"])).json()["queued_batches"] == 1
 
 
 def test_read_your_writes_with_the_in_service_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/v1/profiles/{profile_id:str}/merges"): {"admin", "compliance", "marketer"},
     **{("POST", f"/v1/{t}"): INGEST for t in ("identify", "track", "page", "screen", "group", "alias", "batch")},
     ("GET", "/v1/ingest/status"): ADMIN,
+    ("POST", "/v1/ingest/failures/{batch_id:str}/retry"): ADMIN,
     ("POST", "/v1/imports"): INGEST,
     ("GET", "/v1/imports/{import_id:str}"): INGEST,
     ("GET", "/v1/imports/{import_id:str}/rejects"): INGEST,

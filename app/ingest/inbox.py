@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
 from app.db import table_of
+from app.errors import NotFound
 from app.ingest.models import InboxBatch
 from app.ingest.service import BatchResult, Prepared, _new_message_ids, _validated
 from app.pii.review import current_field_policy
@@ -191,6 +192,17 @@ async def record_failure(session: AsyncSession, batch_id: int, reason: str) -> b
         .values(attempts=attempts, error=reason[:200], status="failed" if failed else "queued")
     )
     return failed
+
+
+async def requeue(session: AsyncSession, batch_id: int) -> int:
+    """Put a set-aside batch back in the queue (after fixing what made it fail); returns its
+    number of events, or ``NotFound`` if no batch with this id was set aside."""
+    t = table_of(InboxBatch)
+    row = (await session.execute(select(t.c.events).where(t.c.id == batch_id, t.c.status == "failed"))).first()
+    if row is None:
+        raise NotFound("no set-aside batch with this id", field="batch_id")
+    await session.execute(update(t).where(t.c.id == batch_id).values(status="queued", attempts=0, error=None))
+    return int(row.events)
 
 
 async def status(session: AsyncSession, failures: int = 50) -> dict[str, Any]:

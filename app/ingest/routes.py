@@ -11,15 +11,17 @@ import msgspec
 from litestar import Controller, Request, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath
 
 from app.db import session_maker
 from app.deps import Caller, Db
-from app.errors import InvalidField, UnreadableBody
-from app.ingest.inbox import Accepted, accept_messages, status, wait_processed
+from app.errors import InvalidField, NotFound, UnreadableBody
+from app.ingest.inbox import Accepted, accept_messages, requeue, status, wait_processed
 from app.ingest.processor import drain
 from app.ingest.service import BatchResult
 from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_JSON_DEPTH, TYPES, json_depth
 from app.inputs import check_json_body
+from app.ledger.service import record
 from app.profiles.service import VaultContext
 from app.settings import get_settings
 
@@ -226,6 +228,12 @@ class IngestStatusOut(msgspec.Struct):
     """Batches set aside after repeated failures (newest first), with the reason."""
 
 
+class RetryOut(msgspec.Struct):
+    id: int
+    events: int
+    status: str
+
+
 class IngestController(Controller):
     path = "/v1/ingest"
     tags = ["events"]
@@ -235,3 +243,18 @@ class IngestController(Controller):
     async def ingest_status(self, db: Db) -> IngestStatusOut:
         """Inbox depth, processing lag and the batches set aside after failing (admin)."""
         return msgspec.convert(await status(db), IngestStatusOut)
+
+    @post("/failures/{batch_id:str}/retry", operation_id="ingestRetry", status_code=200)
+    async def retry(
+        self, request: Request[Any, Any, Any], db: Db, principal: Caller, batch_id: FromPath[str]
+    ) -> RetryOut:
+        """Queue a set-aside batch again (admin; recorded in the ledger)."""
+        if not batch_id.isdigit() or len(batch_id) > 18:
+            raise NotFound("no set-aside batch with this id", field="batch_id")
+        events = await requeue(db, int(batch_id))
+        await record(db, principal, "ingest.batch_requeued", details={"batch": int(batch_id), "events": events})
+        await db.commit()
+        processor = getattr(request.app.state, "ingest_processor", None)
+        if processor is not None:
+            processor.wake()
+        return RetryOut(int(batch_id), events, "queued")
