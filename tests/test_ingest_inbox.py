@@ -115,3 +115,22 @@ def test_read_your_writes_with_the_in_service_processor(env: Env, monkeypatch: p
         ).json()
         assert len(found["profiles"]) == 1
         assert c.get("/v1/ingest/status", headers=auth(keys["admin"])).json()["queued_batches"] == 0
+
+
+def test_a_client_batch_relabelled_as_a_server_one_in_the_inbox_is_never_processed(no_processor: Env) -> None:
+    """Who sent a batch (its key, role and trust) sits in the clear beside the sealed messages
+    and is bound to them: raising a public write key's batch to server trust, or moving its
+    blob to another row, makes it fail to open, so it is set aside instead of stored."""
+    keys = make_keys()
+    with client() as c:
+        assert c.post("/v1/batch", json={"batch": _batch("w", 2)}, auth=(keys["client"], "")).status_code == 200
+        assert c.post("/v1/batch", json={"batch": _batch("v", 2)}, auth=(keys["ingest"], "")).status_code == 200
+    with sync_db() as conn:
+        (web, trust), (server, _) = conn.execute(text("SELECT id, trust FROM ingest_inbox ORDER BY id")).all()
+        assert trust == "client"
+        conn.execute(text("UPDATE ingest_inbox SET trust = 'server' WHERE id = :i"), {"i": web})
+    assert run(drain()) == 2  # only the untouched server batch
+    with sync_db() as conn:
+        failed = conn.execute(text("SELECT id FROM ingest_inbox WHERE status = 'failed'")).scalars().all()
+    assert failed == [web]
+    assert _count("SELECT count(*) FROM identifier WHERE kind = 'user_id'") == 2

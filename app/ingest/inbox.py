@@ -103,8 +103,7 @@ async def append(
 ) -> int:
     """One inbox row holding ``body`` (messages ``m``, batch defaults ``d``, ids required ``r``)
     sealed as one blob; returns its id."""
-    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body))
-    row = {
+    row: dict[str, Any] = {
         "received_at": received_at,
         "key_id": principal.key_id,
         "role": principal.role,
@@ -114,11 +113,9 @@ async def append(
         "events": events,
         "kind": kind,
         "gpc": gpc,
-        "key_version": version,
-        "sealed": sealed,
-        "status": "queued",
-        "attempts": 0,
     }
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body), _binding(row))
+    row.update(key_version=version, sealed=sealed, status="queued", attempts=0)
     t = table_of(InboxBatch)
     return int((await session.execute(insert(t).returning(t.c.id), row)).scalar_one())
 
@@ -164,9 +161,22 @@ async def hold(session: AsyncSession, ids: list[int]) -> bool:
     return int((await session.execute(q)).scalar() or 0) == len(ids)
 
 
+BOUND = ("received_at", "key_id", "role", "name", "source", "trust", "events", "kind", "gpc")
+"""What an inbox row says in the clear about its blob, bound to the blob (its AAD)."""
+
+
+def _binding(row: Any) -> bytes:
+    """The row's clear fields in a fixed form (times as UTC ISO strings)."""
+    values = {k: row[k] for k in BOUND}
+    at = values["received_at"]
+    values["received_at"] = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    values["gpc"] = bool(values["gpc"])
+    return msgspec.json.encode(values)
+
+
 def opened(ctx: VaultContext, r: Any) -> Claimed:
     """A claimed row's messages, decrypted (``IntegrityFailure`` if the seal was altered)."""
-    body = msgspec.json.decode(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed))
+    body = msgspec.json.decode(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed, _binding(r._mapping)))
     principal = Principal(key_id=r.key_id, role=r.role, name=r.name, source=r.source, trust=r.trust)
     return Claimed(r.id, principal, r.received_at, r.kind, r.gpc, body["m"], body["d"], body.get("r", True))
 
