@@ -72,6 +72,11 @@ class Settings:
     worker`` processes run it)."""
     ingest_wait_s: float = field(default_factory=lambda: float(_env("INGEST_WAIT", "0")))
     """Seconds an accepting request waits for its batch to be processed (read-your-writes); 0: answer at once."""
+    inbox_url: str = field(default_factory=lambda: _env("INBOX_URL", ""))
+    """Where accepted batches wait: empty for the database inbox (``ingest_inbox``), or
+    ``nats://host:4222`` for a NATS JetStream stream shared by service processes on many machines."""
+    inbox_stream: str = field(default_factory=lambda: _env("INBOX_STREAM", "CONSENTRY_INBOX"))
+    """The JetStream stream (and subject prefix) of the inbox when ``INBOX_URL`` is ``nats://…``."""
     audit_head_every_entries: int = field(default_factory=lambda: int(_env("AUDIT_HEAD_EVERY_ENTRIES", "10000")))
     """Also sign a tree head in the transaction whose appends cross a multiple of this many entries (0: off)."""
     audit_witness: Path = field(

@@ -102,7 +102,12 @@ async def append(
     gpc: bool,
 ) -> int:
     """One inbox row holding ``body`` (messages ``m``, batch defaults ``d``, ids required ``r``)
-    sealed as one blob; returns its id."""
+    sealed as one blob; returns its id (with ``CONSENTRY_INBOX_URL=nats://…``: published to
+    the JetStream inbox instead, once the stream acknowledged it; returns its stream sequence)."""
+    from app.ingest import jetstream
+
+    if jetstream.enabled():
+        return await jetstream.publish(ctx, principal, received_at, body, events, kind, gpc)
     row: dict[str, Any] = {
         "received_at": received_at,
         "key_id": principal.key_id,

@@ -90,6 +90,21 @@ async def _store(
 async def process_next(
     ctx: VaultContext, maker: async_sessionmaker[AsyncSession] | None = None, max_events: int = GROUP_EVENTS
 ) -> Outcome:
+    """Process one group: from the JetStream inbox when ``CONSENTRY_INBOX_URL`` names one (then
+    the database inbox, where an admin's retry of a set-aside batch lands), else from the
+    database inbox. Outcome.batches 0: nothing was waiting."""
+    from app.ingest import jetstream
+
+    if jetstream.enabled():
+        out: Outcome = await jetstream.process_next(ctx, maker, max_events)
+        if out.batches:
+            return out
+    return await _process_inbox(ctx, maker, max_events)
+
+
+async def _process_inbox(
+    ctx: VaultContext, maker: async_sessionmaker[AsyncSession] | None = None, max_events: int = GROUP_EVENTS
+) -> Outcome:
     """Claim and process one group; on failure retry its batches one by one. Outcome.batches 0: queue empty."""
     maker = maker or session_maker()
     async with maker() as session:
@@ -101,7 +116,7 @@ async def process_next(
             group, fp = await _prepare(session, ctx, batches)
             if not await hold(session, [b.id for b in batches]):
                 await session.rollback()  # another processor stored them meanwhile
-                return await process_next(ctx, maker, max_events)
+                return await _process_inbox(ctx, maker, max_events)
             stored = await _store(session, ctx, batches, group, fp)
             await session.commit()
             events = sum(len(b.messages) for b in batches)
@@ -112,7 +127,7 @@ async def process_next(
                 return await _failed(maker, rows[0].id, exc)
     out = Outcome()
     for _row in rows:  # one at a time: the poison one fails alone, the others are stored
-        out.add(await process_next(ctx, maker, max_events=1))
+        out.add(await _process_inbox(ctx, maker, max_events=1))
     return out
 
 

@@ -16,6 +16,7 @@ from litestar.params import FromPath
 from app.db import session_maker
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound, UnreadableBody
+from app.ingest import jetstream
 from app.ingest.inbox import Accepted, accept_messages, requeue, status, wait_processed
 from app.ingest.processor import drain
 from app.ingest.service import BatchResult
@@ -131,7 +132,9 @@ async def _accepted(request: Request[Any, Any, Any], db: Db, accepted: Accepted)
     wait = get_settings().ingest_wait_s
     if wait > 0 and processor is None:
         await drain()
-    if wait > 0:
+    if wait > 0 and jetstream.enabled():
+        await jetstream.wait_empty(wait)
+    elif wait > 0:
         await wait_processed(session_maker(), accepted.batch_id, wait)
     return accepted.result
 
@@ -242,7 +245,10 @@ class IngestController(Controller):
     @get("/status", operation_id="ingestStatus")
     async def ingest_status(self, db: Db) -> IngestStatusOut:
         """Inbox depth, processing lag and the batches set aside after failing (admin)."""
-        return msgspec.convert(await status(db), IngestStatusOut)
+        out = await status(db)
+        if jetstream.enabled():  # batches waiting in the stream (their events are counted when processed)
+            out["queued_batches"] += await jetstream.pending()
+        return msgspec.convert(out, IngestStatusOut)
 
     @post("/failures/{batch_id:str}/retry", operation_id="ingestRetry", status_code=200)
     async def retry(
