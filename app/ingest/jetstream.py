@@ -49,7 +49,7 @@ log = structlog.get_logger("consentry.ingest")
 MARKER_PREFIX = "jetstream:"
 CONSUMER = "processor"
 FETCH = 200
-"""Messages fetched at once; they are processed in groups of one sender, up to the group's events."""
+"""Messages fetched at once (``CONSENTRY_INBOX_FETCH``); processed in groups of one sender, up to the group's events."""
 
 
 def enabled() -> bool:
@@ -78,7 +78,7 @@ _links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Link] = weakref.We
 async def _link() -> _Link:
     loop = asyncio.get_running_loop()
     link = _links.get(loop)
-    if link is not None and link.nc.is_connected:
+    if link is not None and not link.nc.is_closed:  # reconnecting by itself if the server went away
         return link
     nc = NATS()
     await nc.connect(get_settings().inbox_url, connect_timeout=5, max_reconnect_attempts=-1)
@@ -223,7 +223,7 @@ async def process_next(ctx: VaultContext, maker: async_sessionmaker[AsyncSession
     from app.ingest.processor import Outcome, _reason
 
     maker = maker or session_maker()
-    msgs = await _fetch(FETCH, timeout=0.05)
+    msgs = await _fetch(int(os.environ.get("CONSENTRY_INBOX_FETCH", FETCH)), timeout=0.05)
     out = Outcome()
     if not msgs:
         return out
@@ -244,7 +244,11 @@ async def process_next(ctx: VaultContext, maker: async_sessionmaker[AsyncSession
             last.append(item)
         else:
             groups.append([item])
-    for g in groups:
+    for i, g in enumerate(groups):
+        if i:  # still working on them: the ack wait starts again for the messages not stored yet
+            for later in groups[i:]:
+                for m, _c in later:
+                    await m.in_progress()
         try:
             b, e, created, updated = await _store_group(maker, ctx, g)
         except Exception as exc:
