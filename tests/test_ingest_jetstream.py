@@ -251,3 +251,47 @@ def test_two_workers_on_one_stream_process_nothing_twice_and_one_killed_loses_no
         b.terminate()
         b.wait(30)
     _load_check(js_env, load, keys, port)
+
+
+def test_a_command_line_import_goes_through_the_jetstream_inbox_and_a_rerun_stores_nothing_twice(
+    js_env: Env,
+) -> None:
+    from tests.test_imports import CUSTOMERS_MAP, _cli
+
+    customers = js_env.tmp / "customers.csv"
+    customers.write_text(
+        "customer_id,email,mobile,first_name,tier,birthday\n"
+        "C1,li.na@example.cn,138 0013 8000,李娜,gold,1991-04-05\n"
+        "C4,bad-email,,Eve,gold,\n"
+        "C5,kim@example.com,,Kim,silver,\n",
+        encoding="utf-8",
+    )
+    (js_env.tmp / "c.yaml").write_text(CUSTOMERS_MAP)
+    out = _cli(js_env, str(customers), "--source", "crm", "--mapping", str(js_env.tmp / "c.yaml"))
+    assert out.returncode == 0, out.stderr
+    assert "events stored: 2" in out.stdout and "rows rejected: 1" in out.stdout
+    again = _cli(js_env, str(customers), "--source", "crm", "--mapping", str(js_env.tmp / "c.yaml"))
+    assert "events stored: 0" in again.stdout and "duplicates: 2" in again.stdout
+    assert _pending() == 0 and _count("SELECT count(*) FROM ingest_inbox") == 0
+    assert _count("SELECT count(*) FROM event") == 2
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_service_with_its_processor_on_the_jetstream_inbox_loses_and_duplicates_nothing(
+    js_env: Env,
+) -> None:
+    from tests.test_ingest_crash import Load, _environ, _server, _start_server
+
+    keys = make_keys()
+    port = free_port()
+    environ = _environ(js_env, True)  # the service processes the stream in its child worker
+    load = Load(port, keys["ingest"])
+    server = _start_server(environ, port)
+    load.start()
+    load.wait_for(15)
+    os.kill(server.pid, signal.SIGKILL)  # accepting and processing
+    server.wait()
+    with _server(environ, port):
+        load.wait_for(10)
+        load.stop()
+    _load_check(js_env, load, keys, port)
