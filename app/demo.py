@@ -14,6 +14,7 @@ from app.access.models import ROLES
 from app.access.service import SYSTEM, Principal, authenticate, create_api_key
 from app.db import unit_of_work
 from app.ingest.service import ingest_messages
+from app.ledger.heads import make_tree_head
 from app.people.service import write_profile
 from app.profiles.models import Profile
 from app.profiles.service import VaultContext
@@ -125,4 +126,7 @@ async def load_demo(count: int = 40, keys_file: Path | None = None) -> dict[str,
             for i, traits in enumerate(demo_customers(count)):
                 written = await write_profile(session, ctx, SYSTEM, traits)
                 await ingest_messages(session, ctx, web, demo_events(i, str(traits["email"]), written.id))
-    return await _ensure_keys(keys_file)
+    keys = await _ensure_keys(keys_file)
+    async with unit_of_work() as session:  # so the ledger verifies from the first minute
+        await make_tree_head(session)
+    return keys

@@ -76,9 +76,12 @@ def _mask_phone(match: re.Match[str]) -> str:
 
 def scrub_text(text: str) -> str:
     """Mask what the PII detectors find inside free text (and any remaining email address)."""
-    from app.pii.quick import ready_scanner
-
-    scanner = ready_scanner()
+    try:
+        from app.pii.quick import ready_scanner
+    except ImportError:  # a record logged while the detectors themselves are being imported
+        scanner = None
+    else:
+        scanner = ready_scanner()
     if scanner is None:
         return PHONE_RE.sub(_mask_phone, EMAIL_RE.sub("[EMAIL]", text))
     hits = scanner.spans(text)
