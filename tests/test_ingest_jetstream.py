@@ -295,3 +295,22 @@ def test_kill_9_of_the_service_with_its_processor_on_the_jetstream_inbox_loses_a
         load.wait_for(10)
         load.stop()
     _load_check(js_env, load, keys, port)
+
+
+def test_a_batch_the_stream_did_not_acknowledge_is_refused_with_503_and_can_be_sent_again(
+    js_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.settings import get_settings
+
+    keys = make_keys()
+    monkeypatch.setenv("CONSENTRY_INBOX_URL", f"nats://127.0.0.1:{free_port()}")  # nothing listens there
+    get_settings.cache_clear()
+    with client() as c:
+        r = c.post("/v1/batch", json={"batch": _batch("u", 2)}, auth=(keys["ingest"], ""))
+        assert r.status_code == 503 and "js-example.com" not in r.text
+        monkeypatch.setenv("CONSENTRY_INBOX_URL", NATS_URL)
+        get_settings.cache_clear()
+        again = c.post("/v1/batch", json={"batch": _batch("u", 2)}, auth=(keys["ingest"], "")).json()
+        assert again["accepted"] == 2 and again["duplicates"] == 0  # the refused request registered nothing
+    assert _drain() == 2 and _count("SELECT count(*) FROM event") == 2
+    assert "js-example.com" not in js_env.log_file.read_text()

@@ -20,6 +20,7 @@ with its reason (``GET /v1/ingest/status``; an admin's retry queues it in the da
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import weakref
@@ -38,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.access.service import Principal
 from app.db import retry_conflicts, session_maker, table_of
+from app.errors import DomainError
 from app.ingest.inbox import MAX_ATTEMPTS, PURPOSE, Claimed, _binding
 from app.ingest.models import InboxBatch
 from app.ingest.service import _new_message_ids
@@ -50,6 +52,14 @@ MARKER_PREFIX = "jetstream:"
 CONSUMER = "processor"
 FETCH = 200
 """Messages fetched at once (``CONSENTRY_INBOX_FETCH``); processed in groups of one sender, up to the group's events."""
+
+
+class InboxUnavailable(DomainError):
+    """The stream did not acknowledge a batch: the sender should send it again later."""
+
+    status = 503
+    title = "Inbox unavailable"
+    type_slug = "inbox-unavailable"
 
 
 def enabled() -> bool:
@@ -81,14 +91,32 @@ async def _link() -> _Link:
     if link is not None and not link.nc.is_closed:  # reconnecting by itself if the server went away
         return link
     nc = NATS()
-    await nc.connect(get_settings().inbox_url, connect_timeout=5, max_reconnect_attempts=-1)
-    js = nc.jetstream()
-    await js.add_stream(
-        name=_stream(),
-        subjects=[_subject()],
-        retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-    )
+
+    async def quiet(exc: Exception) -> None:  # the client's own handler prints whole tracebacks
+        log.warning("inbox_stream_connection", reason=type(exc).__name__)
+
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                get_settings().inbox_url,
+                connect_timeout=2,
+                max_reconnect_attempts=3,  # then closed: the next call connects afresh
+                reconnect_time_wait=1,
+                error_cb=quiet,
+            ),
+            10,
+        )
+        js = nc.jetstream()
+        await js.add_stream(
+            name=_stream(),
+            subjects=[_subject()],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+        )
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise InboxUnavailable("the inbox stream cannot be reached") from exc
     link = _Link(nc, js)
     _links[loop] = link
     return link
@@ -135,7 +163,10 @@ async def publish(
     # are a JetStream duplicate within its window, not a second message
     mids = sorted(str(m.get("messageId")) for m in body["m"])
     dedup = hashlib.sha256(msgspec.json.encode([principal.source or principal.name, mids])).hexdigest()
-    ack = await link.js.publish(_subject(), payload, stream=_stream(), timeout=10, headers={"Nats-Msg-Id": dedup})
+    try:
+        ack = await link.js.publish(_subject(), payload, stream=_stream(), timeout=10, headers={"Nats-Msg-Id": dedup})
+    except Exception as exc:  # not acknowledged by the stream: nothing is acknowledged to the sender
+        raise InboxUnavailable("the inbox stream did not acknowledge the batch") from exc
     return int(ack.seq)
 
 
