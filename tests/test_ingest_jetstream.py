@@ -111,7 +111,9 @@ def test_events_posted_through_the_jetstream_inbox_are_stored_exactly_once(js_en
         assert c.post("/v1/identify", json=_batch("b", 1)[0], auth=(keys["ingest"], "")).status_code == 200
         assert c.post("/v1/batch", content=b"{not json", auth=(keys["ingest"], "")).status_code in (400, 422)
         assert 400 <= c.post("/v1/track", json={"type": "track"}, auth=(keys["ingest"], "")).status_code < 500
-        assert c.get("/v1/ingest/status", headers=auth(keys["admin"])).json()["queued_batches"] == 2
+        time.sleep(0.2)
+        queued = c.get("/v1/ingest/status", headers=auth(keys["admin"])).json()
+        assert queued["queued_batches"] == 2 and queued["lag_seconds"] >= 0.2
     assert _count("SELECT count(*) FROM ingest_inbox") == 0  # the database inbox is not used
     raw = run(_closing(_raw_messages()))
     assert len(raw) == 2 and not any(b"js-example.com" in m or b"a-0" in m or b"b-0" in m for m in raw)

@@ -324,6 +324,20 @@ async def pending() -> int:
     return int(info.num_pending + info.num_ack_pending)
 
 
+async def lag_seconds() -> float:
+    """Age of the oldest batch still in the stream (0 when empty)."""
+    link = await _link()
+    state = (await link.js.stream_info(_stream())).state
+    if not state.messages:
+        return 0.0
+    try:
+        first = await link.js.get_msg(_stream(), state.first_seq)
+    except Exception:  # acked (removed) meanwhile
+        return 0.0
+    at = _clear(msgspec.msgpack.decode(first.data or b""))["received_at"]
+    return max(0.0, (datetime.now(UTC) - at).total_seconds())
+
+
 async def wait_empty(timeout: float, poll: float = 0.01) -> bool:
     """Wait until nothing waits in the stream (read-your-writes); False on timeout."""
     deadline = asyncio.get_running_loop().time() + timeout

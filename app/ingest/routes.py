@@ -248,6 +248,7 @@ class IngestController(Controller):
         out = await status(db)
         if jetstream.enabled():  # batches waiting in the stream (their events are counted when processed)
             out["queued_batches"] += await jetstream.pending()
+            out["lag_seconds"] = round(max(out["lag_seconds"], await jetstream.lag_seconds()), 3)
         return msgspec.convert(out, IngestStatusOut)
 
     @post("/failures/{batch_id:str}/retry", operation_id="ingestRetry", status_code=200)
