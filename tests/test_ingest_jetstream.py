@@ -316,3 +316,17 @@ def test_a_batch_the_stream_did_not_acknowledge_is_refused_with_503_and_can_be_s
         assert again["accepted"] == 2 and again["duplicates"] == 0  # the refused request registered nothing
     assert _drain() == 2 and _count("SELECT count(*) FROM event") == 2
     assert "js-example.com" not in js_env.log_file.read_text()
+
+
+def test_a_stream_deleted_and_made_again_stores_its_new_batches(js_env: Env) -> None:
+    """Sequences restart at 1 in a new stream of the same name: old markers must not skip its batches."""
+    keys = make_keys()
+    with client() as c:
+        assert c.post("/v1/batch", json={"batch": _batch("o", 2)}, auth=(keys["ingest"], "")).status_code == 200
+    assert _drain() == 2
+    run(_delete_stream())
+    time.sleep(0.01)
+    with client() as c:
+        assert c.post("/v1/batch", json={"batch": _batch("n", 3)}, auth=(keys["ingest"], "")).status_code == 200
+    assert _drain() == 3 and _pending() == 0
+    assert _count("SELECT count(*) FROM event") == 5

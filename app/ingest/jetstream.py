@@ -9,7 +9,7 @@ personal is in the clear. ``publish`` returns only once JetStream acknowledged t
 
 Processors share one durable pull consumer with explicit acks. A group's events, and a
 marker per stream sequence (in ``ingested_message``, under the source ``MARKER_PREFIX +
-stream``), are written in one database transaction; the messages are acked after it
+stream@created``), are written in one database transaction; the messages are acked after it
 commits. So a processor killed mid-group leaves its messages unacked and they are
 redelivered, and a message redelivered after its group committed (killed between commit and
 ack, or acked too late) finds its marker and is only acked: stored exactly once. A message
@@ -77,8 +77,11 @@ def _subject() -> str:
 class _Link:
     """One connection per event loop (a connection belongs to the loop it was made in)."""
 
-    def __init__(self, nc: NATS, js: JetStreamContext) -> None:
+    def __init__(self, nc: NATS, js: JetStreamContext, marker: str) -> None:
         self.nc, self.js = nc, js
+        self.marker = marker
+        """Source of the stream's markers in ``ingested_message``: its name and creation time, so
+        a stream deleted and made again (its sequences restart at 1) never meets old markers."""
         self.sub: JetStreamContext.PullSubscription | None = None
 
 
@@ -107,17 +110,20 @@ async def _link() -> _Link:
             10,
         )
         js = nc.jetstream()
-        await js.add_stream(
+        info = await js.add_stream(
             name=_stream(),
             subjects=[_subject()],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=api.StorageType.FILE,
         )
+        if info.created is None:
+            info = await js.stream_info(_stream())
     except Exception as exc:
         with contextlib.suppress(Exception):
             await nc.close()
         raise InboxUnavailable("the inbox stream cannot be reached") from exc
-    link = _Link(nc, js)
+    created = info.created.timestamp() if info.created else 0.0
+    link = _Link(nc, js, f"{MARKER_PREFIX}{_stream()}@{created:.6f}")
     _links[loop] = link
     return link
 
@@ -126,7 +132,8 @@ async def close() -> None:
     """Close this event loop's connection (if any)."""
     link = _links.pop(asyncio.get_running_loop(), None)
     if link is not None:
-        await link.nc.close()
+        with contextlib.suppress(Exception):
+            await link.nc.close()
 
 
 def _ack_wait() -> float:
@@ -166,6 +173,7 @@ async def publish(
     try:
         ack = await link.js.publish(_subject(), payload, stream=_stream(), timeout=10, headers={"Nats-Msg-Id": dedup})
     except Exception as exc:  # not acknowledged by the stream: nothing is acknowledged to the sender
+        await close()  # the next call connects afresh (and makes the stream again if it was deleted)
         raise InboxUnavailable("the inbox stream did not acknowledge the batch") from exc
     return int(ack.seq)
 
@@ -197,8 +205,8 @@ async def _fetch(max_msgs: int, timeout: float) -> list[Msg]:
         return []
 
 
-def _marker() -> str:
-    return MARKER_PREFIX + _stream()
+async def _marker() -> str:
+    return (await _link()).marker
 
 
 async def _store_group(
@@ -215,7 +223,7 @@ async def _store_group(
         group, fp = await _prepare(session, ctx, batches)
         await session.rollback()  # SQLite: the marker insert below is the first statement, it takes the write lock
         now = datetime.now(UTC)
-        fresh = await _new_message_ids(session, _marker(), [str(b.id) for b in batches], now)
+        fresh = await _new_message_ids(session, await _marker(), [str(b.id) for b in batches], now)
         todo_ids = {b.id for b in batches if str(b.id) in fresh}
         if not todo_ids:
             await session.rollback()
@@ -240,7 +248,7 @@ async def _set_aside(maker: async_sessionmaker[AsyncSession], msg: Msg, reason: 
     seq = msg.metadata.sequence.stream
     env = msgspec.msgpack.decode(msg.data)
     async with maker() as session:
-        if await _new_message_ids(session, _marker(), [str(seq)], datetime.now(UTC)):
+        if await _new_message_ids(session, await _marker(), [str(seq)], datetime.now(UTC)):
             row = {**_clear(env), "key_version": int(env["v"]), "sealed": env["s"]}
             row.update(status="failed", attempts=MAX_ATTEMPTS, error=reason[:200])
             await session.execute(insert(table_of(InboxBatch)), row)
