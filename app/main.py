@@ -23,6 +23,7 @@ from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
 from app.imports.routes import ImportController
+from app.ingest import jetstream
 from app.ingest.processor import service_processor
 from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
@@ -91,6 +92,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
             await processor.stop()
         if scheduler is not None:
             scheduler.shutdown(wait=False)
+        await jetstream.close()  # the JetStream inbox's connection, if this loop made one
         await dispose_engines()
 
 
