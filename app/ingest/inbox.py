@@ -108,18 +108,7 @@ async def append(
 
     if jetstream.enabled():
         return await jetstream.publish(ctx, principal, received_at, body, events, kind, gpc)
-    row: dict[str, Any] = {
-        "received_at": received_at,
-        "key_id": principal.key_id,
-        "role": principal.role,
-        "name": principal.name,
-        "source": principal.source,
-        "trust": principal.trust,
-        "events": events,
-        "kind": kind,
-        "gpc": gpc,
-    }
-    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body), _binding(row))
+    row, version, sealed = sealed_batch(ctx, principal, received_at, body, events, kind, gpc)
     row.update(key_version=version, sealed=sealed, status="queued", attempts=0)
     t = table_of(InboxBatch)
     return int((await session.execute(insert(t).returning(t.c.id), row)).scalar_one())
@@ -168,6 +157,32 @@ async def hold(session: AsyncSession, ids: list[int]) -> bool:
 
 BOUND = ("received_at", "key_id", "role", "name", "source", "trust", "events", "kind", "gpc")
 """What an inbox row says in the clear about its blob, bound to the blob (its AAD)."""
+
+
+def sealed_batch(
+    ctx: VaultContext,
+    principal: Principal,
+    received_at: datetime,
+    body: dict[str, Any],
+    events: int,
+    kind: str | None,
+    gpc: bool,
+) -> tuple[dict[str, Any], int, bytes]:
+    """(the clear fields, key version, blob): ``body`` sealed and bound to the clear fields —
+    what the database inbox stores as a row and the JetStream inbox publishes."""
+    clear: dict[str, Any] = {
+        "received_at": received_at,
+        "key_id": principal.key_id,
+        "role": principal.role,
+        "name": principal.name,
+        "source": principal.source,
+        "trust": principal.trust,
+        "events": events,
+        "kind": kind,
+        "gpc": gpc,
+    }
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body), _binding(clear))
+    return clear, version, sealed
 
 
 def _binding(row: Any) -> bytes:

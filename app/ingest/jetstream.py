@@ -40,12 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.access.service import Principal
 from app.db import retry_conflicts, session_maker, table_of
 from app.errors import DomainError
-from app.ingest.inbox import MAX_ATTEMPTS, PURPOSE, Claimed, _binding
+from app.ingest.inbox import MAX_ATTEMPTS, PURPOSE, Claimed, _binding, sealed_batch
 from app.ingest.models import InboxBatch
 from app.ingest.service import _new_message_ids
 from app.profiles.service import VaultContext
 from app.settings import get_settings
-from app.vault.blobs import open_blob, seal_blob
+from app.vault.blobs import open_blob
 
 log = structlog.get_logger("consentry.ingest")
 MARKER_PREFIX = "jetstream:"
@@ -151,18 +151,7 @@ async def publish(
 ) -> int:
     """Seal ``body`` as the database inbox does and publish it; returns the stream sequence
     once JetStream acknowledged it (raises otherwise: nothing is acknowledged to the sender)."""
-    clear: dict[str, Any] = {
-        "received_at": received_at,
-        "key_id": principal.key_id,
-        "role": principal.role,
-        "name": principal.name,
-        "source": principal.source,
-        "trust": principal.trust,
-        "events": events,
-        "kind": kind,
-        "gpc": gpc,
-    }
-    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body), _binding(clear))
+    clear, version, sealed = sealed_batch(ctx, principal, received_at, body, events, kind, gpc)
     clear["received_at"] = received_at.astimezone(UTC).isoformat()
     payload = msgspec.msgpack.encode({"c": clear, "v": version, "s": sealed})
     link = await _link()
