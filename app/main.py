@@ -29,6 +29,7 @@ from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
 from app.jobs.routes import JobController
 from app.jobs.scheduler import build_scheduler, product_jobs
+from app.journeys.routes import JourneyController
 from app.ledger.routes import AuditController
 from app.logs import configure_logging
 from app.people.routes import ProfileController
@@ -127,6 +128,7 @@ def create_app() -> Litestar:
             ConsentController,
             FieldReviewController,
             SegmentController,
+            JourneyController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

@@ -11,6 +11,7 @@ import app.identity.models
 import app.imports.models
 import app.ingest.models
 import app.jobs.models
+import app.journeys.models
 import app.profiles.models
 import app.retention.models
 import app.segments.models

@@ -64,6 +64,12 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("DELETE", "/v1/segments/{segment_id:str}"): {"admin", "marketer"},
     ("GET", "/v1/segments/{segment_id:str}/members"): {"admin", "compliance", "marketer"},
     ("GET", "/v1/segments/{segment_id:str}/sizes"): {"admin", "compliance", "marketer"},
+    ("POST", "/v1/journeys"): {"admin", "marketer"},
+    ("GET", "/v1/journeys"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/journeys/{journey_id:str}"): {"admin", "compliance", "marketer"},
+    ("PUT", "/v1/journeys/{journey_id:str}"): {"admin", "marketer"},
+    ("DELETE", "/v1/journeys/{journey_id:str}"): {"admin", "marketer"},
+    ("GET", "/v1/journeys/{journey_id:str}/sends"): {"admin", "compliance", "marketer"},
 }
 
 

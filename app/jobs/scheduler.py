@@ -99,6 +99,7 @@ def build_scheduler(specs: list[JobSpec]) -> AsyncIOScheduler:
 def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
     from app.imports.jobs import resume_imports
+    from app.journeys.jobs import TICK_S, fire_journeys
     from app.ledger.jobs import sign_checkpoint
     from app.retention.jobs import DAILY, apply_retention
     from app.segments.jobs import refresh_segments
@@ -110,4 +111,5 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("imports.resume", resume_imports, 60, "run queued imports and those whose runner died"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
+        JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
     ]

@@ -1,0 +1,1 @@
+"""Journeys: triggered messages (welcome, abandoned cart, birthday, re-engagement)."""

@@ -1,0 +1,91 @@
+"""Where a journey's messages go: a destination of the activation domain.
+
+A journey hands each batch of due people to ``send_to_destination`` (activation), which
+decides consent again, filters fields to the purpose's categories and delivers. Journeys
+see it through the small ``Sender`` interface below, so the timers and rules work (and are
+tested) on their own; ``use_sender`` swaps the sender in tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.service import Principal
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """What became of a batch: who received it, who was left out (why), who failed."""
+
+    sent: frozenset[str] = frozenset()
+    refused: Mapping[str, str] = field(default_factory=dict)
+    failed: frozenset[str] = frozenset()
+
+
+class Sender(Protocol):
+    async def __call__(
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        destination_id: str,
+        profile_ids: Sequence[str],
+        purpose: str,
+        *,
+        reason: str,
+        idempotency_key: str,
+    ) -> Delivered: ...
+
+
+_chosen: list[Sender] = []
+
+
+@contextmanager
+def use_sender(sender: Sender) -> Iterator[None]:
+    """Send through ``sender`` instead of the activation domain while the block runs."""
+    _chosen.append(sender)
+    try:
+        yield
+    finally:
+        _chosen.remove(sender)
+
+
+def current_sender() -> Sender:
+    return _chosen[-1] if _chosen else activation_sender
+
+
+def delivered_from(result: Any, asked: Sequence[str]) -> Delivered:
+    """Read activation's ``SendResult`` (``sent``, ``excluded`` id → reason, ``failed``, and a
+    ``refusal`` of the whole send)."""
+    if getattr(result, "refusal", None):
+        return Delivered(refused={p: str(result.refusal) for p in asked})
+    failed = frozenset(str(p) for p in result.failed)
+    sent = frozenset(str(p) for p in result.sent) - failed
+    return Delivered(sent, {str(k): str(v) for k, v in dict(result.excluded).items()}, failed)
+
+
+async def activation_sender(
+    session: AsyncSession,
+    principal: Principal,
+    destination_id: str,
+    profile_ids: Sequence[str],
+    purpose: str,
+    *,
+    reason: str,
+    idempotency_key: str,
+) -> Delivered:
+    """Deliver through ``app.activation.service.send_to_destination``; without it (not
+    installed) every message fails and is recorded so."""
+    try:
+        send = importlib.import_module("app.activation.service").send_to_destination
+    except (ModuleNotFoundError, AttributeError):
+        return Delivered(failed=frozenset(profile_ids))
+    result = await send(
+        session, principal, destination_id, list(profile_ids), purpose, reason=reason, idempotency_key=idempotency_key
+    )
+    return delivered_from(result, profile_ids)
