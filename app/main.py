@@ -42,6 +42,7 @@ from app.request_context import request_id_middleware
 from app.segments.routes import SegmentController
 from app.settings import get_settings
 from app.texts.routes import TextController
+from app.traits.routes import TraitController
 from app.vault.keyring import key_material
 
 log = structlog.get_logger("consentry")
@@ -129,6 +130,7 @@ def create_app() -> Litestar:
             FieldReviewController,
             SegmentController,
             JourneyController,
+            TraitController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

@@ -16,6 +16,7 @@ import app.profiles.models
 import app.retention.models
 import app.segments.models
 import app.texts.models
+import app.traits.models
 import app.vault.models  # noqa: F401  (registers the tables)
 from audit.store import metadata as audit_metadata
 

@@ -70,6 +70,8 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("PUT", "/v1/journeys/{journey_id:str}"): {"admin", "marketer"},
     ("DELETE", "/v1/journeys/{journey_id:str}"): {"admin", "marketer"},
     ("GET", "/v1/journeys/{journey_id:str}/sends"): {"admin", "compliance", "marketer"},
+    ("GET", "/v1/traits"): {"admin", "compliance", "marketer", "auditor"},
+    ("POST", "/v1/traits/refresh"): ADMIN,
 }
 
 

@@ -57,6 +57,8 @@ class DsrRequest(SQLModel, table=True):
     """Set while waiting for the requester: the clock is stopped."""
     waited_seconds: int = 0
     """Time spent waiting so far (already added to ``due_at``)."""
+    held_status: str | None = Field(default=None, max_length=16)
+    """The state a waiting request returns to when the requester answers."""
     verified_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
     denial_reason: str | None = Field(default=None, max_length=500)
@@ -64,6 +66,8 @@ class DsrRequest(SQLModel, table=True):
     """``due_soon`` or ``overdue``, set by the deadline job."""
     subject_id: str | None = Field(default=None, max_length=36, index=True)
     """The person the request was verified for (the root profile), once verified."""
+    scope: str | None = Field(default=None, max_length=32)
+    """What within the kind: ``categories`` or ``specific`` access, objection ``to profiling``…"""
     field: str | None = Field(default=None, max_length=128)
     """The field a rectification corrects (so it is not used to verify)."""
     created_by: str | None = Field(default=None, max_length=64)

@@ -104,6 +104,7 @@ def product_jobs() -> list[JobSpec]:
     from app.retention.jobs import DAILY, apply_retention
     from app.segments.jobs import refresh_segments
     from app.settings import get_settings
+    from app.traits.jobs import refresh_all_traits
 
     s = get_settings()
     return [
@@ -112,4 +113,5 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
         JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
+        JobSpec("traits.refresh", refresh_all_traits, s.segment_refresh_s, "compute every computed trait again"),
     ]

@@ -15,12 +15,14 @@ from app.segments.grammar import (
     AnyOf,
     BirthdayToday,
     Cmp,
+    Computed,
     Consent,
     Event,
     Funnel,
     InSegment,
     Node,
     Not,
+    ProfilingAllowed,
     Step,
     Trait,
     Window,
@@ -52,6 +54,9 @@ class Facts:
     consents: Sequence[ConsentFact] = ()
     segments: Collection[str] = frozenset()
     birthday: date | None = None
+    computed: Mapping[str, Any] = field(default_factory=dict)
+    """Computed trait values (``app.traits``) by name."""
+    profiling_refused: bool = False
 
 
 def _text(v: Any) -> str | None:
@@ -169,6 +174,10 @@ def matches(node: Node, facts: Facts, now: datetime) -> bool:
         return node.segment_id in facts.segments
     if isinstance(node, Age | BirthdayToday):
         return _born(node, facts.birthday, now.date())
+    if isinstance(node, Computed):
+        return all(cmp_holds(facts.computed, node.name, c) for c in node.cmps)
+    if isinstance(node, ProfilingAllowed):
+        return not facts.profiling_refused
     if isinstance(node, Event):
         n = sum(1 for f in facts.events if _step_holds(f, node.step) and _in_window(f, node.window, now))
         return n >= node.count_min and (node.count_max is None or n <= node.count_max)

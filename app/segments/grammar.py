@@ -12,6 +12,9 @@ A tree is ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": node}`` or one condi
   ``within`` (``days`` or ``hours``) ``between`` [date, date] inclusive);
 - ``{"funnel": [{"event": A, "where": …}, {"event": B}], "within": {"days": 7}}`` — A, then B
   strictly later, the whole funnel within the window.
+- ``{"computed": "churn_risk", "gte": 70}`` — a computed trait of
+  ``policies/computed_traits.yaml``; a tree using one marked ``profiling`` leaves out everyone
+  who refuses profiling, wherever the condition stands (under ``not`` too).
 
 Operators: ``eq``, ``ne`` (string, number, boolean), ``in``, ``not_in`` (strings or numbers),
 ``gt``, ``gte``, ``lt``, ``lte``, ``between`` (numbers), ``contains``, ``starts_with``,
@@ -50,7 +53,7 @@ NUMBER_OPS = ("gt", "gte", "lt", "lte")
 DATE_OPS = ("before", "after", "date_between")
 OPERATORS = ("eq", "ne", "in", "not_in", *NUMBER_OPS, "between", *STRING_OPS, *DATE_OPS, "includes", "exists")
 
-KINDS = ("all", "any", "not", "trait", "consent", "segment", "age", "birthday", "event", "funnel")
+KINDS = ("all", "any", "not", "trait", "consent", "segment", "age", "birthday", "event", "funnel", "computed")
 MAX_AGE = 150
 Scalar = str | float | bool
 
@@ -138,7 +141,22 @@ class Funnel:
     within_s: int
 
 
-Node = All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel
+@dataclass(frozen=True)
+class Computed:
+    """A computed trait's value (``app.traits``) meets every comparison."""
+
+    name: str
+    cmps: tuple[Cmp, ...]
+
+
+@dataclass(frozen=True)
+class ProfilingAllowed:
+    """The person does not refuse profiling (added at the root of a tree using a profiling trait)."""
+
+
+Node = (
+    All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel | Computed | ProfilingAllowed
+)
 NameCheck = Callable[[str], str | None]
 """A field name → None when conditions may use it, else why not (a short reason)."""
 Label = Callable[[str], str]
@@ -153,9 +171,12 @@ class Parser:
         self.check, self.label, self.purposes = check, label, purposes
         self.nodes = 0
         self.segments: set[str] = set()
+        self.profiling = False
+        """Whether the tree uses a computed trait that profiles a person."""
 
     def parse(self, tree: Any, path: str = "tree") -> Node:
-        return self._node(tree, path, 0)
+        node = self._node(tree, path, 0)
+        return All((node, ProfilingAllowed())) if self.profiling else node
 
     def _node(self, obj: Any, path: str, depth: int) -> Node:
         self.nodes += 1
@@ -265,6 +286,15 @@ class Parser:
                 raise InvalidField("expects an object of operators", field=at)
             out.append((prop, self._cmps(ops, at)))
         return Step(name, tuple(out))
+
+    def _computed(self, obj: dict[str, Any], path: str) -> Computed:
+        from app.traits.catalog import catalog
+
+        name, traits = obj["computed"], catalog().traits
+        if not isinstance(name, str) or name not in traits:
+            raise InvalidField("is not a computed trait in policies/computed_traits.yaml", field=f"{path}.computed")
+        self.profiling = self.profiling or traits[name].profiling
+        return Computed(name, self._cmps({k: v for k, v in obj.items() if k != "computed"}, path))
 
     def _name(self, name: Any, path: str) -> str:
         if not isinstance(name, str) or not NAME.match(name):

@@ -40,17 +40,20 @@ from app.segments.grammar import (
     AnyOf,
     BirthdayToday,
     Cmp,
+    Computed,
     Consent,
     Event,
     Funnel,
     InSegment,
     Node,
     Not,
+    ProfilingAllowed,
     Step,
     Trait,
     Window,
 )
 from app.segments.models import SegmentMember
+from app.traits.service import refused, value_clause
 
 
 def events_table() -> Table:
@@ -300,6 +303,10 @@ class Compiler:
             return birthday_clause(self.person, self.now.date())
         if isinstance(node, Event):
             return self._event(node)
+        if isinstance(node, Computed):
+            return value_clause(self.person, node.name, lambda v: and_(*(cmp_sql(v, "v", c) for c in node.cmps)))
+        if isinstance(node, ProfilingAllowed):
+            return not_(refused(self.person, self.now))
         return self._funnel(node)
 
     def _consent(self, node: Consent) -> ColumnElement[bool]:

@@ -1,0 +1,1 @@
+"""Computed traits and scores (policies/computed_traits.yaml)."""

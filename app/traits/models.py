@@ -1,0 +1,26 @@
+"""Computed trait values, one row per surviving person and trait."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
+
+
+class TraitValue(SQLModel, table=True):
+    """A computed trait's value for a person (personal data: derived from their events).
+
+    ``value`` is ``{"v": VALUE}`` so segment conditions read it with the same typed JSON
+    comparisons as profile traits. Stored plain: see ``app/traits/service.py``."""
+
+    __tablename__ = "trait_value"
+    __table_args__ = (Index("ix_trait_value_name", "name", "profile_id"),)
+
+    profile_id: str = Field(primary_key=True, max_length=36)
+    name: str = Field(primary_key=True, max_length=64)
+    value: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    computed_at: datetime = Field(sa_type=UtcDateTime)

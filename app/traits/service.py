@@ -1,0 +1,166 @@
+"""Computed traits: refresh the values (set-based SQL per trait), read them, list definitions.
+
+Values are stored plain in ``trait_value``, keyed by the surviving profile id. They are
+derived only from events' non-personal properties (the ones ingestion keeps queryable; a
+definition naming any other property is skipped) and segment conditions must compare them
+in SQL, which sealed values would not allow. They are still personal data about the person
+(a score is an evaluation of them): the traits holder exports, forgets, drops on merge and
+expires them with the events they come from, and they are read through the profile view's
+purpose gate.
+
+Traits marked ``profiling`` are neither computed nor kept for a person carrying the
+``profiling_refused`` privacy flag (PIPL Art. 24 refusal, GDPR Art. 21 objection), wherever
+they live: stricter than the decision engine, which applies the flag to profiling purposes
+only in jurisdictions with ``profiling_refusal``. A refusal takes effect at the next refresh
+of the person (the scheduled full refresh at the latest); reads hide such values at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import ColumnElement, and_, delete, exists, insert, literal, not_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.access.service import SYSTEM, Principal
+from app.consent.policy import load_policies
+from app.consent.records import flag_clause
+from app.db import UtcDateTime, table_of
+from app.ledger.service import record
+from app.pii.review import current_field_policy
+from app.profiles.service import population
+from app.settings import get_settings
+from app.traits.catalog import Catalog, TraitDef, catalog
+from app.traits.models import TraitValue
+from app.traits.sql import TraitQuery
+from app.vault.keyring import key_material
+
+log = structlog.get_logger("consentry.traits")
+CHUNK = 2_000
+"""People refreshed per statement when a caller names them (bound-parameter limits)."""
+REFUSED = "profiling_refused"
+PURPOSE = "analytics.reporting"
+"""The purpose the refresh is recorded under in the ledger."""
+
+
+def refused(person: Any, now: datetime) -> ColumnElement[bool]:
+    """SQL: the person refuses profiling (a standing ``profiling_refused`` flag)."""
+    return flag_clause(person, REFUSED, now)
+
+
+def value_clause(person: Any, name: str, test: Callable[[Any], ColumnElement[bool]]) -> ColumnElement[bool]:
+    """SQL: the person (a column holding the surviving profile id) has a value of trait
+    ``name`` for which ``test`` (given the ``{"v": value}`` JSON column) holds."""
+    t = table_of(TraitValue)
+    return exists().where(t.c.profile_id == person, t.c.name == name, test(t.c.value)).correlate_except(t)
+
+
+async def usable_traits(session: AsyncSession, cat: Catalog | None = None) -> tuple[list[TraitDef], list[str]]:
+    """The traits whose every property is non-personal by policy now, and the names of
+    those skipped (they read a property that is personal or not yet reviewed)."""
+    settings = get_settings()
+    fp = await current_field_policy(session, load_policies(settings.policy_dir), key_material(settings).index_key)
+    ok: list[TraitDef] = []
+    skipped: list[TraitDef] = []
+    for t in (cat or catalog()).traits.values():
+        (ok if all(fp.decide(n).kind == "plain" for n in t.names_read()) else skipped).append(t)
+    return ok, sorted(t.name for t in skipped)
+
+
+async def refresh_traits(
+    session: AsyncSession,
+    profile_ids: Collection[str] | None = None,
+    now: datetime | None = None,
+    actor: Principal = SYSTEM,
+) -> dict[str, int]:
+    """Compute every trait again for these people (None: everyone), in the caller's
+    transaction: their old values go, the new ones are inserted by one statement per trait
+    (and per chunk of people). Merged-away ids lose their values and get none. Returns the
+    values written per trait (``skipped``: definitions reading a personal property)."""
+    now = now or datetime.now(UTC)
+    traits, skipped = await usable_traits(session)
+    counts = {t.name: 0 for t in traits}
+    chunks = [None] if profile_ids is None else _chunks(sorted(set(profile_ids)))
+    for chunk in chunks:
+        await _clear(session, chunk)
+        for t in traits:
+            counts[t.name] += await _compute(session, t, chunk, now)
+    await record(
+        session,
+        actor,
+        "traits.refresh",
+        purpose=PURPOSE,
+        details={"people": "all" if profile_ids is None else len(set(profile_ids)), "values": counts},
+    )
+    if skipped:
+        log.warning("traits_skipped", traits=skipped, reason="reads a property not declared non-personal")
+    return {**counts, "skipped": len(skipped)}
+
+
+def _chunks(ids: list[str]) -> list[list[str] | None]:
+    return [ids[n : n + CHUNK] for n in range(0, len(ids), CHUNK)]
+
+
+async def _clear(session: AsyncSession, chunk: Collection[str] | None) -> None:
+    t = table_of(TraitValue)
+    stmt = delete(t) if chunk is None else delete(t).where(t.c.profile_id.in_(list(chunk)))
+    await session.execute(stmt)
+
+
+async def _compute(session: AsyncSession, t: TraitDef, chunk: Collection[str] | None, now: datetime) -> int:
+    """Insert one trait's values for the people of ``chunk`` (None: everyone); returns rows."""
+    profile, person, _region, live = population()
+    dialect = session.get_bind().dialect.name
+    q = TraitQuery(now, chunk, dialect, lambda p: _scored(p, t, now))(t).subquery("computed")
+    where = [live, *([not_(refused(person, now))] if t.profiling else [])]
+    rows = (
+        select(q.c.pid, literal(t.name), q.c.value, literal(now, UtcDateTime()))
+        .select_from(q.join(profile, person == q.c.pid))
+        .where(*where)
+    )
+    tv = table_of(TraitValue)
+    result = await session.execute(insert(tv).from_select(["profile_id", "name", "value", "computed_at"], rows))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _scored(pid: Any, t: TraitDef, now: datetime) -> ColumnElement[bool]:
+    """SQL: a population-wide score counts this person (surviving; not refusing profiling)."""
+    profile, person, _region, live = population()
+    alive = select(person).where(person == pid, live).correlate_except(profile).exists()
+    return and_(alive, not_(refused(pid, now))) if t.profiling else alive
+
+
+async def values_of(session: AsyncSession, profile_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """A surviving person's computed traits (name → value); profiling traits are left out
+    when the person refuses profiling, even before the next refresh removes them."""
+    now = now or datetime.now(UTC)
+    tv = table_of(TraitValue)
+    q = select(tv.c.name, tv.c.value).where(tv.c.profile_id == profile_id).order_by(tv.c.name)
+    rows = (await session.execute(q)).all()
+    hidden: set[str] = set()
+    if rows and await _refuses(session, profile_id, now):
+        hidden = {n for n, p in catalog().profiling().items() if p}
+    return {name: (value or {}).get("v") for name, value in rows if name not in hidden}
+
+
+async def _refuses(session: AsyncSession, profile_id: str, now: datetime) -> bool:
+    return bool((await session.execute(select(refused(literal(profile_id), now)))).scalar())
+
+
+def definitions() -> list[dict[str, Any]]:
+    """Every declared trait: name, kind, profiling flag, description and formula."""
+    return [
+        {
+            "name": t.name,
+            "kind": t.kind,
+            "profiling": t.profiling,
+            "description": t.description,
+            "formula": t.formula,
+            "event": t.event,
+            "within_days": t.within_days,
+        }
+        for t in catalog().traits.values()
+    ]
