@@ -22,6 +22,8 @@ from app.consent.snapshots import remember_policy
 from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
+from app.dsr.policy import check_dsr_policy
+from app.dsr.routes import DsrController
 from app.imports.routes import ImportController
 from app.ingest import jetstream
 from app.ingest.processor import service_processor
@@ -59,7 +61,7 @@ async def health() -> dict[str, str]:
 def check_policy_files(policy_dir: Path) -> None:
     """Validate every policy file before anything uses one; on problems log each (file, line,
     problem), print them on stderr and raise ``PolicyError``: the service does not start."""
-    problems = check_policies(policy_dir)
+    problems = check_policies(policy_dir) + check_dsr_policy(policy_dir)
     if not problems:
         log.info("policy_checked", policy_dir=str(policy_dir))
         return
@@ -129,6 +131,7 @@ def create_app() -> Litestar:
             ConsentController,
             FieldReviewController,
             SegmentController,
+            DsrController,
             JourneyController,
             TraitController,
         ],

@@ -7,6 +7,7 @@ from sqlmodel import SQLModel
 
 import app.access.models
 import app.consent.models
+import app.dsr.models
 import app.identity.models
 import app.imports.models
 import app.ingest.models

@@ -98,6 +98,8 @@ def build_scheduler(specs: list[JobSpec]) -> AsyncIOScheduler:
 
 def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
+    from app.dsr.jobs import INTERVAL_S as DSR_WATCH_S
+    from app.dsr.jobs import watch_deadlines
     from app.imports.jobs import resume_imports
     from app.journeys.jobs import TICK_S, fire_journeys
     from app.ledger.jobs import sign_checkpoint
@@ -110,6 +112,7 @@ def product_jobs() -> list[JobSpec]:
     return [
         JobSpec("audit.checkpoint", sign_checkpoint, s.checkpoint_interval_s, "sign the ledger head"),
         JobSpec("imports.resume", resume_imports, 60, "run queued imports and those whose runner died"),
+        JobSpec("dsr.deadlines", watch_deadlines, DSR_WATCH_S, "flag requests near or past their deadline"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
         JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
