@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from app.access.guards import require_role
 from app.access.routes import ApiKeyController
+from app.activation.routes import ActivationController, DestinationController, ScheduleController
 from app.consent.check import PolicyError, check_policies
 from app.consent.snapshots import remember_policy
 from app.db import dispose_engines, unit_of_work
@@ -131,6 +132,9 @@ def create_app() -> Litestar:
             ConsentController,
             FieldReviewController,
             SegmentController,
+            DestinationController,
+            ActivationController,
+            ScheduleController,
             DsrController,
             JourneyController,
             TraitController,

@@ -6,6 +6,7 @@ from sqlalchemy import MetaData
 from sqlmodel import SQLModel
 
 import app.access.models
+import app.activation.models
 import app.consent.models
 import app.dsr.models
 import app.identity.models

@@ -90,6 +90,8 @@ class Settings:
     """Segment counts below this are shown as ``<N`` to roles that see masked values."""
     segment_refresh_s: int = field(default_factory=lambda: int(_env("SEGMENT_REFRESH_SECONDS", "900")))
     """Seconds between scheduled refreshes of every saved segment's members."""
+    activation_dir: Path = field(default_factory=lambda: Path(_env("ACTIVATION_DIR", "./data/activation")))
+    """Where file and ad-audience destinations write (one folder per destination's ``directory``)."""
 
     @property
     def audit_head_every_seconds(self) -> int:

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -100,6 +101,7 @@ def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
     from app.dsr.jobs import INTERVAL_S as DSR_WATCH_S
     from app.dsr.jobs import watch_deadlines
+    from app.activation.jobs import run_schedules
     from app.imports.jobs import resume_imports
     from app.journeys.jobs import TICK_S, fire_journeys
     from app.ledger.jobs import sign_checkpoint
@@ -115,6 +117,7 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("dsr.deadlines", watch_deadlines, DSR_WATCH_S, "flag requests near or past their deadline"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
+        JobSpec("activation.schedules", partial(run_schedules, claim), 60, "start scheduled activation runs now due"),
         JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
         JobSpec("traits.refresh", refresh_all_traits, s.segment_refresh_s, "compute every computed trait again"),
     ]

@@ -9,7 +9,7 @@ a person may hold several rows for one trait (one per origin); the one shown is 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -554,3 +554,36 @@ def population() -> tuple[Any, Any, Any, ColumnElement[bool]]:
     condition for surviving profiles). Callers join their predicates onto it."""
     t = table_of(Profile)
     return t, t.c.id, t.c.region, t.c.merged_into.is_(None)
+
+
+async def open_fields(
+    session: AsyncSession, ctx: VaultContext, profile_ids: list[str], allowed: Callable[[str], bool]
+) -> dict[str, dict[str, Any]]:
+    """The current personal fields of these surviving profiles whose data category passes
+    ``allowed``, decrypted (no other field is opened). For callers that have already passed
+    the purpose gate and the decision engine for these people and record the use themselves
+    (activation sends them to a destination). Subjects whose key is shredded are left out."""
+    t = table_of(ProfileField)
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(profile_ids), 1000):
+        chunk = profile_ids[start : start + 1000]
+        q = sa_select(
+            t.c.origin_id,
+            t.c.profile_id,
+            t.c.name,
+            t.c.category,
+            t.c.key_version,
+            t.c.ciphertext,
+            t.c.source,
+            t.c.trust,
+            t.c.observed_at,
+            t.c.updated_at,
+        ).where(t.c.profile_id.in_(chunk))
+        rows = [r for r in (await session.execute(q)).all() if allowed(r.category)]
+        shown = current_fields(rows, ctx.policies.identity.trait_authority)
+        keys = await subject_keys(session, ctx.keys.master, sorted({f.origin_id for f in shown.values()}))
+        for (pid, name), f in shown.items():
+            if f.origin_id in keys:
+                dk = keys[f.origin_id].key
+                out.setdefault(pid, {})[name] = open_field(dk, f.origin_id, f.name, f.key_version, f.ciphertext)
+    return out
