@@ -99,9 +99,9 @@ def build_scheduler(specs: list[JobSpec]) -> AsyncIOScheduler:
 
 def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
+    from app.activation.jobs import run_schedules
     from app.dsr.jobs import INTERVAL_S as DSR_WATCH_S
     from app.dsr.jobs import watch_deadlines
-    from app.activation.jobs import run_schedules
     from app.imports.jobs import resume_imports
     from app.journeys.jobs import TICK_S, fire_journeys
     from app.ledger.jobs import sign_checkpoint
