@@ -3,18 +3,26 @@ hours; consent at send time and erasure; the timers and sends as personal data."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import base64
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from litestar.testing import TestClient
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.db import unit_of_work
+from app.errors import NotFound
 from app.inventory import Person, holders
 from app.journeys.delivery import Delivered, use_sender
 from app.journeys.service import run_triggers
@@ -22,6 +30,61 @@ from tests.conftest import Env, run
 from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys
 
 DEST = "00000000-0000-4000-8000-00000000d001"
+SECRET = "whsec_" + base64.b64encode(b"consentry-test-signing-key-32byt").decode()
+ACTIVATION = importlib.util.find_spec("app.activation.service") is not None
+"""Whether activation (destinations, ``send_to_destination``) is installed in this tree."""
+
+
+@dataclass
+class Hook:
+    """A local webhook receiver: the bodies it accepted."""
+
+    url: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def emails(self) -> list[str]:
+        return sorted(p["fields"].get("email", "") for b in self.bodies for p in b.get("people", []))
+
+
+@contextmanager
+def hook() -> Iterator[Hook]:
+    state = Hook()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            state.bodies.append(json.loads(self.rfile.read(int(self.headers.get("content-length", 0)))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _destination(c: TestClient[Any], keys: dict[str, str], url: str = "http://127.0.0.1:9/none") -> str:
+    """A webhook destination for marketing (emails only), or a made-up id without activation."""
+    if not ACTIVATION:
+        return DEST
+    body = {
+        "name": "CRM",
+        "purpose": MARKETING,
+        "categories": ["user.contact.email"],
+        "kind": "webhook",
+        "config": {"url": url},
+        "secret": SECRET,
+    }
+    r = c.post("/v1/destinations", json=body, headers=auth(keys["marketer"]))
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
 
 
 @dataclass
@@ -41,7 +104,7 @@ class Outbox:
         reason: str,
         idempotency_key: str,
     ) -> Delivered:
-        assert destination_id == DEST and purpose == MARKETING and principal.role == "marketer"
+        assert purpose == MARKETING and principal.role == "marketer"
         self.sent += [(reason.removeprefix("journey:"), p) for p in profile_ids]
         return Delivered(sent=frozenset(profile_ids))
 
@@ -54,12 +117,15 @@ def _tick(outbox: Outbox, at: datetime) -> dict[str, int]:
         return run(run_triggers(now=at))
 
 
-def _person(c: TestClient[Any], keys: dict[str, str], uid: str, traits: dict[str, Any] | None = None) -> str:
-    body = {"userId": uid, "traits": {"country": "DE", **(traits or {})}}
+def _person(
+    c: TestClient[Any], keys: dict[str, str], uid: str, traits: dict[str, Any] | None = None, consent: bool = True
+) -> str:
+    body = {"userId": uid, "traits": {"country": "DE", "email": f"{uid}@example.com", **(traits or {})}}
     assert c.post("/v1/identify", json=body, auth=(keys["ingest"], "")).status_code == 200
     found = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": uid}, headers=auth(keys["admin"]))
     pid = str(found.json()["profiles"][0]["id"])
-    grant_marketing(c, keys["compliance"], pid)
+    if consent:
+        grant_marketing(c, keys["compliance"], pid)
     return pid
 
 
@@ -71,8 +137,10 @@ def _track(c: TestClient[Any], keys: dict[str, str], uid: str, event: str, at: d
     assert r.status_code == 200, r.text
 
 
-def _journey(c: TestClient[Any], keys: dict[str, str], kind: str, definition: dict[str, Any], name: str = "j") -> str:
-    body = {"name": name, "kind": kind, "destination_id": DEST, "definition": definition}
+def _journey(
+    c: TestClient[Any], keys: dict[str, str], kind: str, definition: dict[str, Any], name: str = "j", dest: str = ""
+) -> str:
+    body = {"name": name, "kind": kind, "destination_id": dest or _destination(c, keys), "definition": definition}
     r = c.post("/v1/journeys", json=body, headers=auth(keys["marketer"]))
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
@@ -176,9 +244,9 @@ def test_frequency_caps_hold_across_journeys_and_within_one(env: Env) -> None:
         _tick(outbox, datetime.now(UTC))
         assert outbox.to(cart) == [pid]
         _track(c, keys, "capped", "Product Added")  # a second cart the same day
-        second = datetime.now(UTC)
-        _tick(outbox, second)
-        _tick(outbox, second + timedelta(hours=1, minutes=1))
+        again = datetime.now(UTC)
+        _tick(outbox, again)
+        _tick(outbox, again + timedelta(hours=1, minutes=1))
         assert outbox.to(cart) == [pid]
         assert [o for _p, o in _sends(c, keys, cart)].count("capped") == 1
 
@@ -206,7 +274,8 @@ def test_quiet_hours_delay_a_message_until_they_end_in_the_persons_zone(env: Env
 def test_journey_definitions_are_checked_versioned_and_audited(env: Env) -> None:
     keys = make_keys()
     with client() as c:
-        bad = [
+        dest = _destination(c, keys)
+        bad: list[tuple[dict[str, Any], str]] = [
             ({"kind": "spam"}, "kind"),
             ({"definition": {"hours": 0}}, "definition.hours"),
             ({"definition": {"timezone": "Mars/Olympus"}}, "definition.timezone"),
@@ -219,12 +288,12 @@ def test_journey_definitions_are_checked_versioned_and_audited(env: Env) -> None
             ({"definition": {"condition": {"consent": MARKETING}}}, "definition.condition"),
         ]
         for change, where in bad:
-            body = {"name": "x", "kind": "welcome", "destination_id": DEST, **change}
+            body: dict[str, Any] = {"name": "x", "kind": "welcome", "destination_id": dest, **change}
             r = c.post("/v1/journeys", json=body, headers=auth(keys["marketer"]))
             assert r.status_code == 422, (change, r.text)
             assert where in r.text and "secret@example.com" not in r.text
         jid = _journey(c, keys, "welcome", {"condition": {"trait": "plan", "eq": "pro"}})
-        body = {"name": "welcome v2", "kind": "welcome", "destination_id": DEST, "definition": {"delay_minutes": 5}}
+        body = {"name": "welcome v2", "kind": "welcome", "destination_id": dest, "definition": {"delay_minutes": 5}}
         r = c.put(f"/v1/journeys/{jid}", json=body, headers=auth(keys["marketer"]))
         assert r.status_code == 200 and r.json()["version"] == 2
         got = c.get(f"/v1/journeys/{jid}", headers=auth(keys["compliance"])).json()
@@ -259,3 +328,58 @@ def test_pending_timers_are_exported_moved_and_forgotten_with_the_person(env: En
         assert [t["occasion"] for t in found["journey_timers"]] == ["cart"]
         run(_forget(pid))
         assert run(held())["residue"] == {}
+
+
+@pytest.mark.skipif(not ACTIVATION, reason="activation (destinations) is not installed in this tree")
+def test_an_abandoned_cart_reaches_a_webhook_through_activation_with_consent_decided_at_send(env: Env) -> None:
+    keys = make_keys()
+    with client() as c, hook() as received:
+        dest = _destination(c, keys, received.url)
+        jid = _journey(c, keys, "abandoned_cart", {"hours": 1}, dest=dest)
+        ids = {u: _person(c, keys, u, consent=u != "never") for u in ("ada", "bob", "never")}
+        added = datetime.now(UTC) - timedelta(minutes=2)
+        for u in ids:
+            _track(c, keys, u, "Product Added", added)
+        run(run_triggers(now=datetime.now(UTC)))
+        withdraw = {"consents": [{"profile_id": ids["bob"], "purpose": MARKETING, "state": "withdrawn"}]}
+        assert c.post("/v1/consents", json=withdraw, headers=auth(keys["compliance"])).status_code == 201
+        run(run_triggers(now=added + timedelta(hours=1, seconds=30)))
+        assert received.emails() == ["ada@example.com"]
+        assert all(set(p["fields"]) <= {"email"} for b in received.bodies for p in b["people"])
+        assert _sends(c, keys, jid) == sorted(
+            [(ids["ada"], "sent"), (ids["bob"], "refused"), (ids["never"], "refused")]
+        )
+        run(run_triggers(now=added + timedelta(hours=3)))
+        assert received.emails() == ["ada@example.com"]
+
+
+def test_reengagement_waits_for_n_days_without_activity(env: Env) -> None:
+    keys = make_keys()
+    outbox = Outbox()
+    with client() as c:
+        jid = _journey(c, keys, "reengagement", {"days": 14})
+        pid = _person(c, keys, "quiet")
+        _track(c, keys, "quiet", "Page Viewed", datetime.now(UTC) - timedelta(days=3))
+        _track(c, keys, "quiet", "Page Viewed")
+        now = datetime.now(UTC)
+        _tick(outbox, now)
+        _tick(outbox, now + timedelta(days=13, hours=23))
+        assert outbox.sent == []  # the latest activity counts, not the first
+        _tick(outbox, now + timedelta(days=14, minutes=1))
+        assert outbox.to(jid) == [pid]
+
+
+def test_a_destination_that_refuses_fails_the_send_without_blocking_the_next_ones(env: Env) -> None:
+    keys = make_keys()
+
+    async def gone(*_a: Any, **_k: Any) -> Delivered:
+        raise NotFound("no destination with this id", field="destination_id")
+
+    with client() as c:
+        jid = _journey(c, keys, "welcome", {})
+        pid = _person(c, keys, "w")
+        _track(c, keys, "w", "Signed Up")
+        with use_sender(gone):
+            run(run_triggers(now=datetime.now(UTC)))
+        assert _sends(c, keys, jid) == [(pid, "failed")]
+        assert c.get(f"/v1/journeys/{jid}", headers=auth(keys["marketer"])).json()["pending"] == 0

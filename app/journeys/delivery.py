@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
+from app.errors import InvalidField, NotFound
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,21 @@ def delivered_from(result: Any, asked: Sequence[str]) -> Delivered:
     failed = frozenset(str(p) for p in result.failed)
     sent = frozenset(str(p) for p in result.sent) - failed
     return Delivered(sent, {str(k): str(v) for k, v in dict(result.excluded).items()}, failed)
+
+
+async def check_destination(session: AsyncSession, destination_id: str, purpose: str) -> None:
+    """The destination exists and is declared for the journey's purpose (422 naming
+    ``destination_id`` otherwise); not checked while activation is not installed."""
+    try:
+        get = importlib.import_module("app.activation.destinations").get_destination
+    except (ModuleNotFoundError, AttributeError):
+        return
+    try:
+        dest = await get(session, destination_id)
+    except NotFound:
+        raise InvalidField("no destination with this id", field="destination_id") from None
+    if dest.purpose != purpose:
+        raise InvalidField("the destination is declared for another purpose", field="destination_id")
 
 
 async def activation_sender(

@@ -17,7 +17,7 @@ from app.consent.policy import load_policies
 from app.db import table_of, unit_of_work
 from app.decisions.service import current_rules
 from app.errors import InvalidField, NotFound, PolicyDenied
-from app.journeys.delivery import Sender, current_sender
+from app.journeys.delivery import Sender, check_destination, current_sender
 from app.journeys.models import Journey, JourneySend, JourneyTimer, JourneyVersion
 from app.journeys.rules import KINDS, read_rules
 from app.journeys.triggers import BATCH, fire_due, parse_condition, plan_birthdays, scan_events, start_cursor
@@ -26,7 +26,12 @@ from app.settings import get_settings
 
 
 async def check_definition(
-    session: AsyncSession, principal: Principal, kind: str, purpose: str | None, definition: dict[str, Any]
+    session: AsyncSession,
+    principal: Principal,
+    kind: str,
+    purpose: str | None,
+    destination_id: str,
+    definition: dict[str, Any],
 ) -> str:
     """The purpose the journey's messages are for (checked against the role), after checking
     the kind and every field of the definition."""
@@ -36,6 +41,7 @@ async def check_definition(
     if chosen not in current_rules().purposes:
         raise InvalidField("is not a purpose in policies/purposes.yaml", field="purpose")
     await authorize(session, principal, "journey.use", [], chosen)
+    await check_destination(session, destination_id, chosen)
     rules = read_rules(definition)
     if rules.condition is not None:
         await parse_condition(session, rules.condition)
@@ -64,7 +70,7 @@ async def create_journey(
     definition: dict[str, Any],
     active: bool = True,
 ) -> Journey:
-    use = await check_definition(session, principal, kind, purpose, definition)
+    use = await check_definition(session, principal, kind, purpose, destination_id, definition)
     now = datetime.now(UTC)
     j = Journey(
         id=str(uuid.uuid4()),
@@ -102,7 +108,7 @@ async def update_journey(
     _may_change(principal, j)
     if kind != j.kind:
         raise InvalidField("a journey's kind cannot change; make a new journey", field="kind")
-    use = await check_definition(session, principal, kind, purpose or j.purpose, definition)
+    use = await check_definition(session, principal, kind, purpose or j.purpose, destination_id, definition)
     now = datetime.now(UTC)
     j.name, j.purpose, j.destination_id, j.definition, j.active = name, use, destination_id, definition, active
     j.version, j.updated_at = j.version + 1, now
