@@ -93,6 +93,14 @@ class Settings:
     activation_dir: Path = field(default_factory=lambda: Path(_env("ACTIVATION_DIR", "./data/activation")))
     """Where file and ad-audience destinations write (one folder per destination's ``directory``)."""
 
+    dsr_export_dir: Path = field(default_factory=lambda: Path(_env("DSR_EXPORT_DIR", "./data/dsr-exports")))
+    """Where access packages wait (zipped, 0600) until downloaded; deleted when they expire."""
+    dsr_package_hours: int = field(default_factory=lambda: int(_env("DSR_PACKAGE_HOURS", "168")))
+    """Hours an access package and its download link live before the purge job deletes them."""
+    master_key_retire_days: int = field(default_factory=lambda: int(_env("MASTER_KEY_RETIRE_DAYS", "90")))
+    """Days within which a replaced master-key version is retired (the rotation schedule): erasure
+    certificates promise leftover copies (backups, freed pages) unreadable by then."""
+
     @property
     def audit_head_every_seconds(self) -> int:
         return self.checkpoint_interval_s

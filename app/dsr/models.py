@@ -141,3 +141,33 @@ class DsrStep(SQLModel, table=True):
 
 
 # --- fulfilment ---
+
+
+class DsrPackage(SQLModel, table=True):
+    """An access package waiting to be downloaded: a zip in the export folder, reached by a
+    token (only its SHA-256 is kept) until ``expires_at``, when a job deletes file and row.
+    Names no person: the package's manifest says whose it is (erasure reads it)."""
+
+    __tablename__ = "dsr_package"
+
+    token_hash: str = Field(primary_key=True, max_length=64)
+    request_id: str = Field(max_length=36, index=True)
+    file_name: str = Field(max_length=128)
+    sha256: str = Field(max_length=64)
+    size: int
+    created_at: datetime = Field(sa_type=UtcDateTime)
+    expires_at: datetime = Field(sa_type=UtcDateTime, index=True)
+    downloads: int = 0
+
+
+class DsrCertificate(SQLModel, table=True):
+    """A signed completion certificate of one request (what was found and done per store)."""
+
+    __tablename__ = "dsr_certificate"
+
+    request_id: str = Field(primary_key=True, max_length=36)
+    issued_at: datetime = Field(sa_type=UtcDateTime)
+    body: str = Field(sa_type=Text)
+    """The signed JSON (canonical form), naming the request, never the person's identifiers."""
+    key_id: str = Field(max_length=32)
+    signature: str = Field(max_length=128)

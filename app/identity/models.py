@@ -85,3 +85,23 @@ class ProfileMerge(SQLModel, table=True):
 def identifier_aad_name(kind: str) -> str:
     """The associated-data name an identifier's sealed value is bound to."""
     return f"identifier:{kind}"
+
+
+class SuppressedIdentifier(SQLModel, table=True):
+    """An identifier of an erased person that ingestion refuses from now on.
+
+    ``digest`` is a keyed hash under the suppression key (derived from master key version
+    ``master_version``, never the blind-index key), so an entry cannot be joined to any
+    identifier, event or profile left in the database and names nobody."""
+
+    __tablename__ = "suppressed_identifier"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=48)
+    master_version: int
+    suppressed_at: datetime = Field(sa_type=UtcDateTime)
+    request_id: str | None = Field(default=None, max_length=64)
+    """The data-subject request whose erasure added it."""
+    refused: int = 0
+    """How many messages carrying it ingestion has refused since."""
+    last_refused_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

@@ -120,18 +120,28 @@ async def profile_identities(
 
 
 async def set_identifier(
-    session: AsyncSession, key: DataKey, person: str, kind: str, ident: Ident | None, source: str
+    session: AsyncSession,
+    key: DataKey,
+    person: str,
+    kind: str,
+    ident: Ident | None,
+    source: str,
+    replacing: Ident | None = None,
 ) -> None:
-    """Make ``ident`` the person's identifier of this kind (a staff correction), or remove
-    the kind (``None``). Refused with 409 if another profile holds the new identifier."""
-    if ident is not None and any(p != person for p in await profiles_holding(session, ident)):
+    """Make ``ident`` the person's identifier of this kind in place of ``replacing`` (a
+    correction: only the value corrected goes, the person's other identifiers of the kind
+    stay), or remove the kind (``ident`` None). Refused with 409 if another profile holds
+    the new identifier."""
+    held = await profiles_holding(session, ident) if ident is not None else []
+    if any(p != person for p in held):
         raise Conflict("another profile holds this identifier; merge them instead", field=kind)
-    await session.execute(
-        delete(Identifier)
-        .where(col(Identifier.profile_id) == person, col(Identifier.kind) == kind)
-        .execution_options(synchronize_session=False)
-    )
-    if ident is not None:
+    if ident is not None and replacing is not None and replacing.key == ident.key:
+        return
+    gone = [col(Identifier.profile_id) == person, col(Identifier.kind) == kind]
+    if ident is not None:  # a correction replaces the one value corrected (if any), never the others
+        gone.append(col(Identifier.digest) == (replacing.digest if replacing is not None else ""))
+    await session.execute(delete(Identifier).where(*gone).execution_options(synchronize_session=False))
+    if ident is not None and person not in held:
         session.add(
             Identifier(
                 origin_id=person,

@@ -22,10 +22,11 @@ from app.db import retry_conflicts, table_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
+from app.identity.suppression import refuse_suppressed
 from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
 from app.ingest.spec import Message, Rejection, validate
-from app.ledger.service import record_group
+from app.ledger.service import record, record_group
 from app.pii.fields import FieldPolicy, Splitter, name_key, split_traits_by_policy
 from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
@@ -48,6 +49,8 @@ class BatchResult:
     profile_ids: list[str | None] = field(default_factory=list)
     """For each accepted or duplicate message in order, the profile it resolved to (None for duplicates)."""
     by_message: dict[str, str] = field(default_factory=dict)
+    suppressed: int = 0
+    """Messages refused because they carry an identifier of an erased person (suppression list)."""
 
 
 @dataclass
@@ -277,6 +280,7 @@ async def store_prepared(
     resolver = Resolver(session, ctx, principal, source)
     all_idents = [i for p in unique for i in [*p.idents, *_alias_idents(ctx, p)]]
     await resolver.prepare(all_idents)
+    unique = await _drop_suppressed(session, ctx, principal, source, unique, result)
     todo = unique
     if not registered:
         fresh = await _new_message_ids(session, source, [p.msg.message_id for p in unique], now)
@@ -312,6 +316,28 @@ async def store_prepared(
     await _record_batch(session, ctx, principal, source, final)
     result.by_message = {p.msg.message_id: pid for p, pid in final}
     return result
+
+
+async def _drop_suppressed(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    source: str,
+    unique: list[Prepared],
+    result: BatchResult,
+) -> list[Prepared]:
+    """Messages carrying an identifier on the suppression list (an erased person) are dropped,
+    counted and recorded; checked once the identity locks are held, so a batch that waited
+    for an erasure sees its entries."""
+    idents = {p.msg.message_id: [*p.idents, *_alias_idents(ctx, p)] for p in unique}
+    refused = await refuse_suppressed(session, ctx.keys.master, [i for ids in idents.values() for i in ids])
+    if not refused:
+        return unique
+    kept = [p for p in unique if not any(i.key in refused for i in idents[p.msg.message_id])]
+    result.suppressed = len(unique) - len(kept)
+    details = {"source": source, "refused": result.suppressed, "kinds": sorted({k for k, _d in refused})}
+    await record(session, principal, "ingest.suppressed", purpose="legal.compliance.dsr", details=details)
+    return kept
 
 
 async def _consent_signals(

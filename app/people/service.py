@@ -28,6 +28,7 @@ from app.profiles.service import (
     person_of,
     read_profiles,
     resolve_merged,
+    shown_values,
     split_traits,
 )
 from app.vault.service import DataKey, subject_key, subject_keys
@@ -67,8 +68,12 @@ async def write_profile(
         pid, created = await resolve_merged(session, profile_id), False
         await authorize(session, principal, "profile.update", [pid], purpose, details={"fields": names})
         key = await subject_key(session, ctx.keys.master, pid)
-        for kind, ident in _indexed(ctx, personal).items():
-            await set_identifier(session, key, pid, kind, ident, source)
+        shown = await shown_values(session, ctx, pid, [n for n, (rule, _v) in personal.items() if rule.index])
+        for name, (rule, value) in personal.items():
+            if rule.index:  # the value corrected is replaced; the person's other ones of the kind stay
+                ident = None if value is None else make_ident(ctx, rule.index, value)
+                old = make_ident(ctx, rule.index, shown[name]) if name in shown else None
+                await set_identifier(session, key, pid, rule.index, ident, source, replacing=old)
     stamp = Stamp(source, "server", now)
     observations = [Observation(pid, n, rule.category, v, stamp, correction=True) for n, (rule, v) in personal.items()]
     observations += [Observation(pid, n, None, v, stamp, correction=True) for n, v in plain.items()]

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+PINNED = "pinned"
+"""The trust of a value a rectification set: it stands until rectified or corrected again."""
+
 
 @dataclass(frozen=True)
 class Stamp:
@@ -23,10 +26,16 @@ def takes_precedence(trait: str, new: Stamp, old: Stamp | None, authority: Mappi
     A value a ``server`` source set is never replaced by a ``client`` source. Then: a
     source ranked authoritative for the trait (``policies/identity.yaml: trait_authority``)
     is never replaced by one that is not, and always replaces one that is not. Otherwise
-    the most recent observation wins.
+    the most recent observation wins. Before all that, a value a data-subject request
+    rectified (trust ``pinned``) is replaced only by a newer pinned one (staff corrections
+    bypass precedence), so a later import cannot revert it.
     """
     if old is None:
         return True
+    if PINNED in (new.trust, old.trust):
+        return new.trust == PINNED and (
+            old.trust != PINNED or old.at is None or (new.at is not None and new.at >= old.at)
+        )
     if old.trust == "server" and new.trust == "client":
         return False
     ranked = authority.get(trait, frozenset())

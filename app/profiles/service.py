@@ -587,3 +587,37 @@ async def open_fields(
                 dk = keys[f.origin_id].key
                 out.setdefault(pid, {})[name] = open_field(dk, f.origin_id, f.name, f.key_version, f.ciphertext)
     return out
+
+
+async def shown_values(
+    session: AsyncSession, ctx: VaultContext, profile_id: str, names: Collection[str]
+) -> dict[str, Any]:
+    """The value shown (the one precedence keeps) of each of these personal traits of a
+    surviving profile, decrypted; traits it has no value for are absent."""
+    t = table_of(ProfileField)
+    q = sa_select(t).where(t.c.profile_id == profile_id, t.c.name.in_(sorted(names)))
+    shown = current_fields((await session.execute(q)).all(), ctx.policies.identity.trait_authority)
+    keys = await subject_keys(session, ctx.keys.master, sorted({f.origin_id for f in shown.values()}))
+    return {
+        name: open_field(keys[f.origin_id].key, f.origin_id, f.name, f.key_version, f.ciphertext)
+        for (_pid, name), f in shown.items()
+        if f.origin_id in keys
+    }
+
+
+async def drop_field_value(session: AsyncSession, ctx: VaultContext, profile_id: str, name: str, value: Any) -> int:
+    """Delete the person's rows of one trait that hold exactly ``value`` (whichever merged
+    profile they came from), leaving their other values: a rectification removes the
+    inaccurate value and only it. Returns rows removed."""
+    t = table_of(ProfileField)
+    rows = (await session.execute(sa_select(t).where(t.c.profile_id == profile_id, t.c.name == name))).all()
+    keys = await subject_keys(session, ctx.keys.master, sorted({r.origin_id for r in rows}))
+    wrong = [
+        r.origin_id
+        for r in rows
+        if r.origin_id in keys
+        and open_field(keys[r.origin_id].key, r.origin_id, r.name, r.key_version, r.ciphertext) == value
+    ]
+    if wrong:
+        await session.execute(delete(t).where(t.c.name == name, t.c.origin_id.in_(wrong)))
+    return len(wrong)
