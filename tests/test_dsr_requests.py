@@ -326,6 +326,9 @@ def test_the_policy_can_add_working_days_the_calendar_does_not_know_yet() -> Non
     text_ = (POLICIES / "dsr.yaml").read_text().replace("extra_holidays: []", "extra_holidays: [2026-10-23]")
     pipl = parse_policy(text_).regulations["pipl"]
     assert nth_working_day(pipl, date(2026, 9, 28), 15) == date(2026, 10, 26)
+    rate = "public_intake_rate: 10/hour"
+    assert parse_policy(text_.replace(rate, "public_intake_rate: off")).public_intake_rate == "off"  # YAML: false
+    assert parse_policy(text_.replace(rate, "public_intake_rate: lots")).problems
     broken = parse_policy("regulations:\n  gdpr: {deadline: {weeks: 4}}\n  ccpa: nope\n")
     problems = [str(p) for p in broken.problems]
     assert any("regulations.gdpr.deadline" in p for p in problems)

@@ -16,6 +16,7 @@ import yaml
 
 from app.consent.check import PolicyProblem
 from app.dsr.models import KINDS, REGULATIONS
+from app.ratelimit import parse_rate
 
 FILE = "dsr.yaml"
 UNITS = ("months", "days", "working_days")
@@ -185,10 +186,24 @@ def parse_policy(text: str) -> DsrPolicy:
         code_digits=_bounded(code.get("digits", 6), "code.digits", 6, 10, problems),
         code_ttl_minutes=_bounded(code.get("ttl_minutes", 30), "code.ttl_minutes", 1, 1440, problems),
         max_attempts=_bounded(code.get("max_attempts", 5), "code.max_attempts", 1, 20, problems),
-        public_intake_rate=str(raw.get("public_intake_rate", "10/hour")),
+        public_intake_rate=_rate(raw.get("public_intake_rate", "10/hour"), problems),
         due_soon_days=_bounded(raw.get("due_soon_days", 5), "due_soon_days", 1, 60, problems),
         problems=problems,
     )
+
+
+def _rate(raw: Any, problems: list[PolicyProblem]) -> str:
+    """``N/unit``; ``off`` (YAML reads a bare off as false) for no limit of its own."""
+    if raw is False or raw is None:
+        return "off"
+    try:
+        parse_rate(str(raw))
+    except ValueError:
+        problems.append(
+            PolicyProblem(FILE, None, "public_intake_rate: like 10/hour (second, minute, hour, day) or off")
+        )
+        return "10/hour"
+    return str(raw)
 
 
 def _bounded(raw: Any, where: str, low: int, high: int, problems: list[PolicyProblem]) -> int:
