@@ -472,3 +472,84 @@ async def _forget(pid: str) -> None:
 
     async with unit_of_work() as session:
         await HOLDER.forget(session, await person_of(session, pid))
+
+
+def _verified(c: TestClient[Any], keys: dict[str, str], body: dict[str, Any]) -> str:
+    """A public request verified with its code and put in progress."""
+    rid = str(_intake(c, body).json()["id"])
+    for code in _codes(c, keys, rid).get("email", []):
+        assert c.post(f"/v1/dsr/{rid}/verify", json={"code": code}).status_code == 200
+    assert _status(c, keys, rid, "in_progress").status_code == 200
+    return rid
+
+
+def test_an_erasure_request_runs_store_by_store_and_completes_with_a_certificate(env: Env, policy_dir: Path) -> None:
+    keys = make_keys()
+    h = auth(keys["compliance"])
+    with client() as c:
+        pid = _person(c, keys, 10, email="kim@example.com", phone="+14155550110")
+        other = _person(c, keys, 11, email="lee@example.com")
+        rid = _verified(c, keys, {"kind": "erasure", "regulation": "GDPR", "identifiers": {"email": "kim@example.com"}})
+        plan = c.get(f"/v1/dsr/{rid}/plan", headers=h).json()
+        assert len(plan) == 1 and plan[0]["stores"]["identity"]
+        done = c.post(f"/v1/dsr/{rid}/run", headers=h)
+        assert done.status_code == 200, done.text
+        assert done.json()["complete"] is True
+        seen = _view(c, keys, rid)
+        assert seen["status"] == "completed" and seen["identifiers"] is None and seen["subject_id"] is None
+        assert {s["status"] for s in seen["steps"]} == {"done"} and "identity" in {s["store"] for s in seen["steps"]}
+        cert = c.get(f"/v1/dsr/{rid}/certificate", headers=auth(keys["auditor"]))
+        assert cert.status_code == 200 and cert.json()["signature"] and pid not in cert.json()["body"]
+        lookup = c.post("/v1/profiles/lookup", json={"email": "kim@example.com"}, headers=auth(keys["admin"]))
+        assert lookup.json()["profiles"] == []
+        assert c.get(f"/v1/profiles/{other}", headers=auth(keys["admin"])).status_code == 200
+        assert c.post(f"/v1/dsr/{rid}/run", headers=h).status_code == 409  # completed: nothing runs again
+
+
+def test_a_failed_store_is_retried_on_its_own(env: Env, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.consent.holder import ConsentHolder
+
+    keys = make_keys()
+    h = auth(keys["compliance"])
+    real = ConsentHolder.forget
+    failures = [True]
+
+    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
+        if failures.pop() if failures else False:
+            raise ConnectionError("store unreachable")
+        return await real(self, session, person)
+
+    monkeypatch.setattr(ConsentHolder, "forget", flaky)
+    with client() as c:
+        _person(c, keys, 12, email="max@example.com")
+        rid = _verified(c, keys, {"kind": "erasure", "regulation": "GDPR", "identifiers": {"email": "max@example.com"}})
+        first = c.post(f"/v1/dsr/{rid}/run", headers=h).json()
+        assert first["complete"] is False
+        steps = {s["store"]: s for s in _view(c, keys, rid)["steps"]}
+        assert steps["consent"]["status"] == "failed" and steps["consent"]["error_class"] == "ConnectionError"
+        assert steps["consent"]["result"] == {} and steps["identity"]["status"] == "done"
+        assert _view(c, keys, rid)["status"] == "in_progress"
+        assert c.post(f"/v1/dsr/{rid}/steps/identity/retry", headers=h).status_code == 409  # done already
+        again = c.post(f"/v1/dsr/{rid}/steps/consent/retry", headers=h)
+        assert again.status_code == 200 and again.json()["complete"] is True
+        assert _view(c, keys, rid)["status"] == "completed"
+
+
+def test_access_and_restriction_requests_run_through_the_fulfilment(env: Env, policy_dir: Path) -> None:
+    keys = make_keys()
+    h = auth(keys["compliance"])
+    with client() as c:
+        _person(c, keys, 13, email="ned@example.com")
+        rid = _verified(c, keys, {"kind": "access", "regulation": "GDPR", "identifiers": {"email": "ned@example.com"}})
+        assert c.post(f"/v1/dsr/{rid}/run", headers=h).json()["complete"] is True
+        sent = {m["topic"]: m["body"] for m in _outbox(c, keys, rid)}
+        assert sent["access_package"]["token"] and "completion" in sent  # the link goes to the requester
+        rid = _verified(
+            c, keys, {"kind": "restriction", "regulation": "GDPR", "identifiers": {"email": "ned@example.com"}}
+        )
+        out = c.post(f"/v1/dsr/{rid}/run", headers=h).json()
+        assert out["complete"] is True and out["results"] == [{"flags": {"restricted": True}}]
+        nobody = _verified(
+            c, keys, {"kind": "erasure", "regulation": "GDPR", "identifiers": {"email": "zed@example.com"}}
+        )
+        assert c.post(f"/v1/dsr/{nobody}/run", headers=h).json()["complete"] is True  # nothing held: nothing to do

@@ -20,7 +20,8 @@ from app.access.guards import token_from_headers
 from app.access.service import Principal, authenticate
 from app.consent.gate import authorize
 from app.deps import Caller, Db
-from app.dsr import lifecycle
+from app.dsr import fulfil, lifecycle
+from app.dsr.certificate import certificate_of
 from app.dsr.channel import read_outbox
 from app.dsr.intake import PUBLIC, Intake, check_intake, receive, verify_code
 from app.dsr.models import KINDS, REGULATIONS, STATUSES, DsrRequest, DsrTransition, DsrVerification
@@ -38,7 +39,7 @@ from app.dsr.schemas import (
 )
 from app.dsr.sealing import opened, request_key
 from app.dsr.steps import step_view, steps_of
-from app.errors import DomainError, InvalidField
+from app.errors import DomainError, InvalidField, NotFound
 from app.logs import scrub_text
 from app.profiles.service import VaultContext
 from app.ratelimit import STORE_NAME, caller_identity, parse_rate
@@ -268,6 +269,37 @@ class DsrController(Controller):
         r = await lifecycle.load_request(db, request_id, lock=True)
         await lifecycle.resume(db, principal, r, _reason(data.reason))
         return _out(r)
+
+    @get("/{request_id:str}/plan", opt={"roles": STAFF}, operation_id="planDsr")
+    async def plan(self, request_id: FromPath[str], db: Db, principal: Caller) -> list[dict[str, Any]]:
+        """The dry run of an erasure: per verified person, the rows each store would remove."""
+        r = await lifecycle.load_request(db, request_id)
+        out = await fulfil.plan(db, r)
+        await lifecycle.audit(db, principal, "dsr.planned", r, [r.subject_id])
+        return out
+
+    @post("/{request_id:str}/run", opt={"roles": STAFF}, operation_id="runDsr", status_code=200)
+    async def run(self, request_id: FromPath[str], db: Db, principal: Caller) -> dict[str, Any]:
+        """Carry an in-progress request out on the verified profiles, one step per store;
+        completes it (signed certificate) when every step is done."""
+        r = await lifecycle.load_request(db, request_id, lock=True)
+        return await fulfil.run(db, principal, r)
+
+    @post(
+        "/{request_id:str}/steps/{store:str}/retry", opt={"roles": STAFF}, operation_id="retryDsrStep", status_code=200
+    )
+    async def retry(self, request_id: FromPath[str], store: FromPath[str], db: Db, principal: Caller) -> dict[str, Any]:
+        """Run one store's failed step again on its own."""
+        r = await lifecycle.load_request(db, request_id, lock=True)
+        return await fulfil.retry(db, principal, r, store)
+
+    @get("/{request_id:str}/certificate", opt={"roles": (*STAFF, "auditor")}, operation_id="getDsrCertificate")
+    async def certificate(self, request_id: FromPath[str], db: Db) -> dict[str, Any]:
+        """The signed completion certificate (body as signed, signature, key id)."""
+        found = await certificate_of(db, request_id)
+        if found is None:
+            raise NotFound("this request has no certificate (yet)", field="request_id")
+        return found
 
     @post("/bulk", opt={"roles": STAFF}, operation_id="bulkDsr", status_code=200)
     async def bulk(self, data: JSONBody[BulkIn], db: Db, principal: Caller) -> list[BulkResult]:
