@@ -44,7 +44,6 @@ from app.db import table_of, unit_of_work
 from app.decisions.engine import Ask, ExistsFacts, JoinedFacts, allowed_categories, reason_expr
 from app.decisions.service import current_rules
 from app.errors import DomainError, InvalidField, NotFound
-from app.inventory import within
 from app.ledger.service import record_group
 from app.logs import scrub_text
 from app.profiles.service import VaultContext, open_fields, population, resolve_many
@@ -78,9 +77,10 @@ def ask_for(dest: Destination) -> Ask:
     return Ask(dest.purpose, tuple(dest.categories), dest.cross_border)
 
 
-def person_ref(dest_id: str, profile_id: str) -> str:
+def person_ref(dest_id: str, profile_id: str, index_key: bytes | None = None) -> str:
     """The person's pseudonym at one destination (keyed: unlinkable across destinations)."""
-    return blind_index(key_material(get_settings()).index_key, f"activation:{dest_id}", profile_id)
+    key = index_key if index_key is not None else key_material(get_settings()).index_key
+    return blind_index(key, f"activation:{dest_id}", profile_id)
 
 
 def _leaf(run_id: str, profile_id: str, salt: str) -> bytes:
@@ -129,15 +129,16 @@ async def outbound(
     """The people as the destination receives them (allowed categories only), and those
     left out because the data the kind needs is missing."""
     cats = allowed_categories(current_rules(), ask_for(dest))
-    values = await open_fields(session, VaultContext.from_settings(), ids, lambda c: any(within(c, a) for a in cats))
+    values = await open_fields(session, VaultContext.from_settings(), ids, cats)
     needs = NEEDS.get(dest.kind)
+    index_key = key_material(get_settings()).index_key
     people, missing = [], {}
     for pid in ids:
         fields = values.get(pid, {})
         if needs and not any(fields.get(n) for n in needs):
             missing[pid] = f"no {' or '.join(needs)}"
             continue
-        ref = person_ref(dest.id, pid)
+        ref = person_ref(dest.id, pid, index_key)
         people.append(Outbound(pid, ref, delivery.message_id(run_id, ref), fields))
     return people, missing
 

@@ -9,13 +9,13 @@ a person may hold several rows for one trait (one per origin); the one shown is 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, insert, or_, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, false, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -557,13 +557,18 @@ def population() -> tuple[Any, Any, Any, ColumnElement[bool]]:
 
 
 async def open_fields(
-    session: AsyncSession, ctx: VaultContext, profile_ids: list[str], allowed: Callable[[str], bool]
+    session: AsyncSession, ctx: VaultContext, profile_ids: list[str], categories: Collection[str]
 ) -> dict[str, dict[str, Any]]:
-    """The current personal fields of these surviving profiles whose data category passes
-    ``allowed``, decrypted (no other field is opened). For callers that have already passed
-    the purpose gate and the decision engine for these people and record the use themselves
-    (activation sends them to a destination). Subjects whose key is shredded are left out."""
+    """The current personal fields of these surviving profiles whose data category is one of
+    ``categories`` or under one, decrypted (no other field is read). For callers that have
+    already passed the purpose gate and the decision engine for these people and record the
+    use themselves (activation sends them to a destination). Subjects whose key is shredded
+    are left out."""
     t = table_of(ProfileField)
+    within = or_(
+        *(or_(t.c.category == c, t.c.category.startswith(c + ".", autoescape=True)) for c in sorted(categories)),
+        false(),
+    )
     out: dict[str, dict[str, Any]] = {}
     for start in range(0, len(profile_ids), 1000):
         chunk = profile_ids[start : start + 1000]
@@ -578,9 +583,8 @@ async def open_fields(
             t.c.trust,
             t.c.observed_at,
             t.c.updated_at,
-        ).where(t.c.profile_id.in_(chunk))
-        rows = [r for r in (await session.execute(q)).all() if allowed(r.category)]
-        shown = current_fields(rows, ctx.policies.identity.trait_authority)
+        ).where(t.c.profile_id.in_(chunk), within)
+        shown = current_fields((await session.execute(q)).all(), ctx.policies.identity.trait_authority)
         keys = await subject_keys(session, ctx.keys.master, sorted({f.origin_id for f in shown.values()}))
         for (pid, name), f in shown.items():
             if f.origin_id in keys:

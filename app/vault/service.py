@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db import table_of
 from app.errors import SubjectErased
 from app.vault.cipher import new_data_key, unwrap_key, wrap_key
 from app.vault.keyring import MasterKeyring
@@ -42,7 +43,8 @@ async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) 
         await session.execute(insert(SubjectKey.__table__), rows)  # type: ignore[attr-defined]
 
 
-def _unwrap(ring: MasterKeyring, row: SubjectKey) -> DataKey:
+def _unwrap(ring: MasterKeyring, row: Any) -> DataKey:
+    """``row``: a ``subject_key`` row or ``SubjectKey``."""
     dk = unwrap_key(ring.get(row.master_version), row.master_version, row.profile_id, row.key_version, row.wrapped_key)
     return DataKey(row.profile_id, row.key_version, dk)
 
@@ -51,7 +53,8 @@ async def subject_keys(session: AsyncSession, ring: MasterKeyring, profile_ids: 
     """Unwrapped keys for the given subjects; shredded subjects are absent from the result."""
     if not profile_ids:
         return {}
-    rows = (await session.execute(select(SubjectKey).where(SubjectKey.profile_id.in_(profile_ids)))).scalars()  # type: ignore[attr-defined]
+    table = table_of(SubjectKey)  # rows, not ORM objects: half the time for many subjects
+    rows = (await session.execute(select(table).where(table.c.profile_id.in_(profile_ids)))).all()
     return {row.profile_id: _unwrap(ring, row) for row in rows}
 
 

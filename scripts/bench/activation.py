@@ -1,0 +1,285 @@
+"""Activation: a run of a segment to a file and to a local webhook receiver, with the consent
+filter on, against baselines in the same run.
+
+    .venv/bin/python scripts/bench/activation.py [--people 1000000] [--segment 250000]
+        [--repeat 3] [--database-url postgresql://…/bench_act --allow-drop]
+
+A fresh database (a temporary SQLite file, or the ``public`` schema of the PostgreSQL
+database given, dropped and re-created: the name must start with ``bench`` unless
+``--allow-drop``), migrated, then ``--people`` profiles with regions, consent states and flags
+(``scripts/bench/decisions.py``'s generator, as the segments benchmark uses), then a saved
+segment of the first ``--segment`` people with, for each of them, a data key and sealed
+``email``, ``name`` and ``phone`` fields (what a run decrypts). About 40% of them may be
+used for marketing (the generator's consent states), so 250,000 members give about 100,000
+people sent. The receiver is another process (``http.server``, counting people).
+
+Measured (medians of ``--repeat``):
+  file            ``execute_run`` to a CSV file destination: consent decided now for every
+                  member, fields of the allowed categories decrypted, file written, recipients
+                  and leaves stored, one ledger entry (group, people indexed);
+  file, no consent  the same run with the consent filter replaced by "every member";
+  raw file write  writing the same people's CSV alone (no database);
+  webhook         ``execute_run`` to a webhook destination (batches of 500, signed);
+  webhook, no consent  the same without the consent filter;
+  raw POSTs       the same batches POSTed alone (signed, no database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+M = "marketing.advertising.first_party.targeted"
+SECRET = "whsec_YmVuY2gtc2lnbmluZy1rZXktb2YtMzItYnl0ZXMhIQ=="
+
+
+# --- the receiver (its own process) ------------------------------------------------------
+
+
+def receive(port_file: Path) -> None:
+    """Answer every POST with 200 and count the people in it (a line per batch on stdout)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            people = len(json.loads(body).get("people", []))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            print(people, flush=True)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_file.write_text(str(server.server_address[1]))
+    server.serve_forever()
+
+
+# --- the population ----------------------------------------------------------------------
+
+
+def populate(people: int, members: int, postgres: bool) -> dict[str, int]:
+    from sqlalchemy import text
+
+    from app.db import create_sync_engine
+    from scripts.bench.decisions import COLUMNS, pid, rows
+    from scripts.bench.segments import _insert
+
+    engine = create_sync_engine()
+    counts: dict[str, int] = {}
+    try:
+        with engine.begin() as conn:
+            data = rows(people)
+            for table, cols in COLUMNS.items():
+                _insert(conn, table, cols, data[table], postgres)
+                counts[table] = len(data[table])
+            del data
+            keys, fields = sealed([pid(i) for i in range(members)])
+            _insert(conn, "subject_key", tuple(keys[0]), [tuple(r.values()) for r in keys], postgres)
+            _insert(conn, "profile_field", tuple(fields[0]), [tuple(r.values()) for r in fields], postgres)
+            now = datetime.now(UTC)
+            seg = ("bench-seg", "bench", M, json.dumps({"trait": "plan", "eq": "basic"}), 1, "bench", now, now)
+            cols = ("id", "name", "purpose", "tree", "version", "owner_key_id", "created_at", "updated_at")
+            _insert(conn, "segment", cols, [seg], postgres)
+            member_rows = [("bench-seg", pid(i), now) for i in range(members)]
+            _insert(conn, "segment_member", ("segment_id", "profile_id", "entered_at"), member_rows, postgres)
+            counts.update(subject_key=len(keys), profile_field=len(fields), segment_member=members)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))
+    finally:
+        engine.dispose()
+    return counts
+
+
+def sealed(ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A data key per person and their sealed email, name and phone (as ingestion writes them)."""
+    from app.settings import get_settings
+    from app.vault.cipher import seal_field
+    from app.vault.keyring import key_material
+    from app.vault.service import new_subject_key
+
+    ring = key_material(get_settings()).master
+    now = datetime.now(UTC)
+    keys, fields = [], []
+    for n, p in enumerate(ids):
+        dk, row = new_subject_key(ring, p)
+        keys.append(row)
+        for name, category, value in (
+            ("email", "user.contact.email", f"person{n}@example.com"),
+            ("name", "user.name", f"Person {n}"),
+            ("phone", "user.contact.phone_number", f"+4915{n:09d}"),
+        ):
+            fields.append(
+                {
+                    "origin_id": p,
+                    "name": name,
+                    "profile_id": p,
+                    "category": category,
+                    "key_version": dk.version,
+                    "ciphertext": seal_field(dk.key, p, name, dk.version, value),
+                    "updated_at": now,
+                    "source": "bench",
+                    "trust": "server",
+                    "observed_at": now,
+                }
+            )
+    return keys, fields
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+async def destination(kind: str, url: str) -> str:
+    from app.access.service import Principal
+    from app.activation.destinations import DestinationIn, create_destination
+    from app.db import unit_of_work
+
+    marketer = Principal(key_id="bench", role="marketer", name="bench")
+    config: dict[str, Any] = {"url": url, "batch_size": 500} if kind == "webhook" else {"directory": "bench"}
+    data = DestinationIn(
+        kind, kind, M, ["user.contact.email", "user.name"], False, config, SECRET if kind == "webhook" else None
+    )
+    async with unit_of_work() as s:
+        return (await create_destination(s, marketer, data)).id
+
+
+async def one_run(dest_id: str) -> tuple[float, dict[str, Any]]:
+    from app.access.service import Principal
+    from app.activation.service import execute_run, start_run
+    from app.db import unit_of_work
+
+    marketer = Principal(key_id="bench", role="marketer", name="bench")
+    async with unit_of_work() as s:
+        run_id = (await start_run(s, marketer, "bench-seg", dest_id)).id
+    t0 = time.perf_counter()
+    result = await execute_run(run_id)
+    took = time.perf_counter() - t0
+    assert result is not None, "the run failed"
+    return took, {"sent": len(result.sent), "excluded": len(result.excluded), "failed": len(result.failed)}
+
+
+async def raw(kind: str, dest_id: str, members: int) -> tuple[float, dict[str, Any]]:
+    """The delivery alone: the same people (fields decrypted beforehand, not timed) written or POSTed."""
+    from app.activation import delivery
+    from app.activation.destinations import get_destination
+    from app.activation.service import outbound
+    from app.db import unit_of_work
+    from scripts.bench.decisions import pid
+
+    async with unit_of_work() as s:
+        dest = await get_destination(s, dest_id)
+        people, _missing = await outbound(s, dest, "raw", [pid(i) for i in range(members)])
+    t0 = time.perf_counter()
+    if kind == "file":
+        done = delivery.write_file(dest, f"raw-{uuid.uuid4()}", people, "DE")
+    else:
+        done = await delivery.send_batches(dest, f"raw-{uuid.uuid4()}", people)
+    return time.perf_counter() - t0, {"sent": len(done.sent)}
+
+
+async def measure(url: str, members: int, repeat: int) -> dict[str, Any]:
+    import app.activation.service as svc
+    from app.db import dispose_engines
+    from app.decisions.engine import Ask
+
+    real = svc.screen
+
+    async def no_consent(session: Any, ask: Ask, profiling: bool, now: datetime, where: Any) -> Any:
+        from sqlalchemy import select
+
+        from app.profiles.service import population
+
+        _t, person, _r, live = population()
+        ids = (await session.execute(select(person).where(live, where).order_by(person))).scalars().all()
+        return list(ids), {}
+
+    dests = {kind: await destination(kind, url) for kind in ("file", "webhook")}
+    times: dict[str, list[float]] = {}
+    values: dict[str, Any] = {}
+    for _ in range(repeat):
+        for kind in ("file", "webhook"):
+            for label, filtered in ((kind, True), (f"{kind}, no consent", False)):
+                svc.screen = real if filtered else no_consent  # type: ignore[assignment]
+                took, values[label] = await one_run(dests[kind])
+                times.setdefault(label, []).append(took)
+            svc.screen = real
+            label = "raw file write" if kind == "file" else "raw POSTs"
+            took, values[label] = await raw(kind, dests[kind], members)
+            times.setdefault(label, []).append(took)
+    await dispose_engines()
+    return {"times": {k: statistics.median(v) for k, v in times.items()}, "values": values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=1_000_000)
+    parser.add_argument("--segment", type=int, default=250_000, help="segment members (the first N people)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--database-url", default="", help="PostgreSQL (default: a temporary SQLite file)")
+    parser.add_argument("--allow-drop", action="store_true", help="drop the schema of a database not named bench*")
+    parser.add_argument("--receive", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.receive:
+        receive(args.receive)
+        return
+    postgres = bool(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-act-"))
+    os.environ.update(
+        {
+            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp / 'bench.db'}",
+            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+            "CONSENTRY_ACTIVATION_DIR": str(tmp / "out"),
+            "CONSENTRY_LOG_LEVEL": "WARNING",
+            "CONSENTRY_SCHEDULER": "0",
+        }
+    )
+    if postgres:
+        from sqlalchemy.engine import make_url
+
+        if not (make_url(args.database_url).database or "").startswith("bench") and not args.allow_drop:
+            parser.error("--database-url: its public schema is dropped; use a database named bench* or --allow-drop")
+        from scripts.bench.ingest import reset_postgres
+
+        reset_postgres(args.database_url)
+    port_file = tmp / "port"
+    receiver = subprocess.Popen(
+        [sys.executable, __file__, "--receive", str(port_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
+        print(f"activation benchmark on {'PostgreSQL' if postgres else 'SQLite'}, {os.cpu_count()} cores (shared), "
+              f"{args.people:,} people, segment of {args.segment:,}")  # fmt: skip
+        t0 = time.perf_counter()
+        counts = populate(args.people, args.segment, postgres)
+        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        while not port_file.exists():
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port_file.read_text()}/hook"
+        result = asyncio.run(measure(url, args.segment, args.repeat))
+        for name, seconds in result["times"].items():
+            sent = result["values"][name]["sent"]
+            print(f"  {name:<22} {seconds:8.2f} s  {sent / seconds:10,.0f} people/s   {result['values'][name]}")
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    main()
