@@ -180,9 +180,11 @@ async def _worker(args: argparse.Namespace) -> int:
     """Process the ingest inbox in the foreground (several may run: they share the queue)."""
     from app.ingest.processor import Processor
     from app.process import tune_garbage_collector
+    from app.segments.jobs import apply_outbox_job
 
     tune_garbage_collector()
-    await Processor(idle=args.idle).run(stop_when_empty=args.once, parent=args.parent)
+    processor = Processor(idle=args.idle, followers=[apply_outbox_job])
+    await processor.run(stop_when_empty=args.once, parent=args.parent)
     return 0
 
 

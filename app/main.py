@@ -27,7 +27,7 @@ from app.dsr.policy import check_dsr_policy
 from app.dsr.routes import DsrController
 from app.imports.routes import ImportController
 from app.ingest import jetstream
-from app.ingest.processor import service_processor
+from app.ingest.processor import Processor, service_processor
 from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
 from app.jobs.routes import JobController
@@ -41,7 +41,9 @@ from app.pii.routes import FieldReviewController
 from app.problems import EXCEPTION_HANDLERS
 from app.process import tune_garbage_collector
 from app.ratelimit import STORE_NAME, rate_limit_middleware, rate_limit_store
+from app.reports.routes import ReportController
 from app.request_context import request_id_middleware
+from app.segments.jobs import apply_outbox_job
 from app.segments.routes import SegmentController
 from app.settings import get_settings
 from app.texts.routes import TextController
@@ -86,6 +88,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     if scheduler is not None:
         scheduler.start()
     processor = service_processor(settings.ingest_processor)
+    if isinstance(processor, Processor):  # (a ChildProcessor's worker adds it itself)
+        processor.followers.append(apply_outbox_job)
     app.state.ingest_processor = processor
     if processor is not None:
         processor.start()
@@ -132,6 +136,7 @@ def create_app() -> Litestar:
             ConsentController,
             FieldReviewController,
             SegmentController,
+            ReportController,
             DestinationController,
             ActivationController,
             ScheduleController,

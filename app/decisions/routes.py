@@ -18,6 +18,7 @@ from app.decisions.engine import Ask
 from app.decisions.service import decide_person, decide_population
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound
+from app.ingest.outbox import publish
 from app.ledger.service import record_each, record_group
 from app.profiles.service import lock_profiles, resolve_many, resolve_merged
 from app.settings import get_settings
@@ -142,6 +143,8 @@ class ConsentController(Controller):
         for pid, flags in data.flags.items():
             await set_flags(db, _root(roots, pid, "flags"), flags, source)
         await _record_consents(db, principal, stored, data.flags)
+        changed = [r.profile_id for r in stored] + [_root(roots, pid, "flags") for pid in data.flags]
+        await publish(db, changed, "consent")  # segments deciding on consent re-evaluate them
         return ConsentStored(len(stored), len(choices) - len(stored), [r.id for r in stored])
 
     @get("/profiles/{profile_id:str}/consents", opt={"roles": STAFF}, operation_id="getProfileConsents")

@@ -4,23 +4,29 @@ the inbox of accepted batches not yet processed.
 Inbox rows name nobody (whom a message is about is decided by processing it); they are
 sealed under the inbox key and normally live for seconds. Retention removes the ones set
 aside after failing (``status='failed'``) once they are older than the events' cutoff
-(``user.behavior``), so a poison batch never outlives the events it would have become."""
+(``user.behavior``), so a poison batch never outlives the events it would have become.
+
+Outbox rows (``app.ingest.outbox``: who an ingest transaction touched, for the segments'
+incremental membership) are read by their consumers within seconds; retention removes
+those older than ``outbox.KEEP`` (a day) and erasure removes a person's."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import table_of
-from app.ingest.models import ConsentSignal, Event, InboxBatch
+from app.ingest import outbox
+from app.ingest.models import ConsentSignal, Event, InboxBatch, OutboxEntry
 from app.ingest.timeline import open_event
 from app.inventory import Person, TableHolder, cutoff_for, register, remove_rows
 from app.vault.service import DataKey
 
 INBOX_CATEGORY = "user.behavior"
+OUTBOX_CATEGORY = "outbox (kept one day)"
 
 
 class IngestHolder(TableHolder):
@@ -33,13 +39,19 @@ class IngestHolder(TableHolder):
             removed = await remove_rows(session, inbox, inbox.c.received_at < cutoff, dry_run)
             if removed:
                 out[inbox.name] = removed
+        box = table_of(OutboxEntry)
+        gone = await remove_rows(session, box, box.c.at < datetime.now(UTC) - outbox.KEEP, dry_run)
+        if gone:
+            out[box.name] = gone
         return out
 
     def expiry_category(self, table: str) -> str | None:
+        if table == "ingest_outbox":
+            return OUTBOX_CATEGORY
         return INBOX_CATEGORY if table == "ingest_inbox" else super().expiry_category(table)
 
     async def export(self, session: AsyncSession, keys: Mapping[str, DataKey], person: Person) -> dict[str, Any]:
-        events, signals = self.tables
+        events, signals, _outbox = self.tables
         out = []
         for r in await self.rows(session, events, person):
             out.append(open_event(Event(**r), keys.get(r["origin_id"])))
@@ -60,7 +72,7 @@ class IngestHolder(TableHolder):
 HOLDER = register(
     IngestHolder(
         "ingest",
-        (table_of(Event), table_of(ConsentSignal)),
+        (table_of(Event), table_of(ConsentSignal), table_of(OutboxEntry)),
         expires_by={"event": ("occurred_at", "user.behavior")},
         seen_by={"event": "occurred_at"},
     )

@@ -89,3 +89,21 @@ class InboxBatch(SQLModel, table=True):
     status: str = Field(default="queued", max_length=8)
     attempts: int = 0
     error: str | None = Field(default=None, max_length=200)
+
+
+class OutboxEntry(SQLModel, table=True):
+    """A person whose data changed (events stored, merged, consent recorded), written in the
+    transaction that changed it: consumers (the segments' incremental membership) read the
+    rows after commit, so nothing is missed across a crash (``app.ingest.outbox``)."""
+
+    __tablename__ = "ingest_outbox"
+    __table_args__ = (Index("ix_ingest_outbox_xid", "xid", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(ID_TYPE, primary_key=True, autoincrement=True))
+    profile_id: str = Field(max_length=36)
+    xid: int | None = Field(default=None, sa_type=BigInteger)
+    """PostgreSQL: the writing transaction's id (``pg_current_xact_id``), so a consumer can
+    tell which rows may still appear below the ids it has read. None on SQLite."""
+    reason: str = Field(max_length=16)
+    """``event``, ``merge``, ``consent`` or ``unmerge``."""
+    at: datetime = Field(sa_type=UtcDateTime)

@@ -14,7 +14,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +166,11 @@ class Processor:
 
     idle: float = 0.5
     max_events: int = GROUP_EVENTS
+    followers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    """Run after storing, at most every ``follow_every`` seconds: consumers of the outbox
+    (the service and ``consentry worker`` add the segments' one; ingest never imports them)."""
+    follow_every: float = 0.5
+    _followed: float = 0.0
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -199,12 +206,23 @@ class Processor:
                 log.error("inbox_processor_error", reason=_reason(exc))
                 out = Outcome()
                 await asyncio.sleep(self.idle)
+            await self._follow()
             if out.batches:
                 continue
             if stop_when_empty:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle)
+
+    async def _follow(self) -> None:
+        if not self.followers or time.monotonic() - self._followed < self.follow_every:
+            return
+        self._followed = time.monotonic()
+        for follower in self.followers:
+            try:
+                await follower()
+            except Exception as exc:  # a consumer's failure never stops ingestion; it retries next time
+                log.error("outbox_consumer_error", reason=_reason(exc))
 
 
 @dataclass

@@ -25,6 +25,7 @@ from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_
 from app.identity.suppression import refuse_suppressed
 from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event, IngestedMessage
+from app.ingest.outbox import publish
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record, record_group
 from app.pii.fields import FieldPolicy, Splitter, name_key, split_traits_by_policy
@@ -307,6 +308,7 @@ async def store_prepared(
         await session.execute(insert(table_of(ConsentSignal)), signals)
     await _consent_signals(session, source, final, now)
     await resolver.finish()
+    await publish(session, [*(pid for _p, pid in final), *resolver.redirect], "event")
     live_new = {pid for pid in resolver.new_profiles if pid not in resolver.redirect}
     touched = Counter(pid for _p, pid in final)
     result.accepted = len(final)

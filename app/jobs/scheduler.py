@@ -106,7 +106,7 @@ def product_jobs() -> list[JobSpec]:
     from app.journeys.jobs import TICK_S, fire_journeys
     from app.ledger.jobs import sign_checkpoint
     from app.retention.jobs import DAILY, apply_retention
-    from app.segments.jobs import refresh_segments
+    from app.segments.jobs import apply_outbox_job, refresh_segments
     from app.settings import get_settings
     from app.traits.jobs import refresh_all_traits
 
@@ -117,6 +117,7 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("dsr.deadlines", watch_deadlines, DSR_WATCH_S, "flag requests near or past their deadline"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
+        JobSpec("segments.outbox", apply_outbox_job, 15, "apply the ingest outbox to segment membership (backstop)"),
         JobSpec("activation.schedules", partial(run_schedules, claim), 60, "start scheduled activation runs now due"),
         JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
         JobSpec("traits.refresh", refresh_all_traits, s.segment_refresh_s, "compute every computed trait again"),

@@ -12,6 +12,7 @@ from app.deps import Caller, Db
 from app.errors import InvalidField
 from app.identity.merges import merge_history, unmerge_profile
 from app.identity.service import lookup_ident, profile_identities, profiles_holding
+from app.ingest.outbox import publish
 from app.ingest.timeline import event_summary, event_view, events_page
 from app.people.schemas import (
     EventPage,
@@ -114,6 +115,7 @@ class ProfileController(Controller):
         """Undo the merge that folded this (merged-away) profile into another: it gets back
         exactly its own identifiers, events, texts and traits, and what was folded into it. Audited."""
         restored, survivor = await unmerge_profile(db, principal, profile_id)
+        await publish(db, [restored, survivor], "unmerge")
         return Unmerged(restored, survivor)
 
     @post("/lookup", opt={"roles": READERS}, operation_id="lookupProfiles", status_code=200)

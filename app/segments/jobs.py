@@ -1,4 +1,5 @@
-"""The scheduled refresh of saved segments (``segments.refresh``, exactly once across processes)."""
+"""The scheduled refresh of saved segments (``segments.refresh``, exactly once across processes)
+and the incremental membership from the ingest outbox (``segments.outbox``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from app.access.service import SYSTEM
 from app.db import unit_of_work
 from app.errors import DomainError
 from app.ledger.service import record
+from app.segments.incremental import BATCH, apply_outbox
 from app.segments.models import Segment
 from app.segments.service import live_segments, refresh
 
@@ -38,3 +40,16 @@ async def refresh_segments() -> dict[str, Any]:
             failed += 1
             log.warning("segment_refresh_failed", segment=sid, field=exc.field)
     return {"refreshed": done, "failed": failed}
+
+
+async def apply_outbox_job(passes: int = 50) -> dict[str, Any]:
+    """Apply the ingest outbox to saved segments' membership (the processor loop calls this
+    after storing, the scheduler as a backstop); each call of ``apply_outbox`` commits alone."""
+    applied = 0
+    for _ in range(passes):
+        async with unit_of_work() as session:
+            n = await apply_outbox(session, BATCH)
+        applied += n
+        if n < BATCH:
+            break
+    return {"applied": applied}

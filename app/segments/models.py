@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -84,3 +84,23 @@ class SegmentSize(SQLModel, table=True):
     """Members who may be used for the segment's purpose (the decision engine's predicate)."""
     entered: int
     left: int
+
+
+class SegmentCursor(SQLModel, table=True):
+    """How far a consumer of the ingest outbox has read (no person in it).
+
+    PostgreSQL commits ids out of order, so the cursor is a transaction-id horizon: every
+    outbox row written by a transaction below ``horizon`` has been applied. A pass reads the
+    rows at or above it in id order (``after_id`` between calls) and, once done, moves the
+    horizon to ``pass_horizon``, the oldest transaction still running when the pass began.
+    On SQLite (one writer, ids commit in order) only ``after_id`` is used."""
+
+    __tablename__ = "segment_cursor"
+
+    consumer: str = Field(primary_key=True, max_length=32)
+    horizon: int = Field(default=0, sa_type=BigInteger)
+    pass_horizon: int = Field(default=0, sa_type=BigInteger)
+    after_id: int = Field(default=0, sa_type=BigInteger)
+    applied: int = Field(default=0, sa_type=BigInteger)
+    """Outbox rows applied so far (a row may be applied again: applying is idempotent)."""
+    updated_at: datetime = Field(sa_type=UtcDateTime)

@@ -219,6 +219,85 @@ async def measure(repeat: int, with_index: bool) -> dict[str, Any]:
     return out
 
 
+async def event_to_membership(samples: int, noise: int) -> dict[str, list[float]]:
+    """The delay from an event to the membership change, through the real path: each sample
+    is a new person's basketball-shoes order (plus ``noise`` other people's page views in the
+    same request) accepted into the ingest inbox and committed; an in-process ``Processor``
+    stores it (writing the outbox) and its follower ``apply_outbox_job`` updates the saved
+    segment. ``stored``: until the inbox is empty (the baseline: ingestion alone);
+    ``member``: until the person is in ``segment_member``. Leaves the people and the
+    segment in the database (so a later ``--reuse`` generates again)."""
+    from sqlalchemy import func, select
+
+    from app.access.service import Principal
+    from app.db import dispose_engines, table_of, unit_of_work
+    from app.ingest.inbox import accept_messages
+    from app.ingest.models import InboxBatch
+    from app.ingest.processor import Processor
+    from app.profiles.service import VaultContext
+    from app.segments.jobs import apply_outbox_job
+    from app.segments.models import Segment, SegmentMember
+    from app.segments.service import materialise, parse_tree
+
+    ingest = Principal("bench-latency", "ingest", "bench", "bench-latency")
+    ctx = VaultContext.from_settings()
+    seg = Segment(
+        id=str(uuid.uuid4()), name="latency", purpose=M, tree=TREE, owner_key_id="bench", created_at=NOW, updated_at=NOW
+    )
+    async with unit_of_work() as s:
+        s.add(seg)
+        await s.flush()
+        await materialise(s, seg, (await parse_tree(s, TREE)).node, datetime.now(UTC))
+    await apply_outbox_job()
+    m, inbox = table_of(SegmentMember), table_of(InboxBatch)
+    members = select(func.count()).select_from(m).where(m.c.segment_id == seg.id)
+    waiting = select(func.count()).select_from(inbox).where(inbox.c.status == "queued")
+
+    async def scalar(q: Any) -> int:
+        async with unit_of_work() as s:
+            return int((await s.execute(q)).scalar() or 0)
+
+    run = uuid.uuid4().hex[:8]
+    shoes = {"category": "basketball shoes", "price": 120}
+    before = await scalar(members)
+    out: dict[str, list[float]] = {"stored": [], "member": []}
+    proc = Processor(idle=0.05, followers=[apply_outbox_job])
+    proc.start()
+    try:
+        for i in range(samples):
+            body = [{"type": "track", "userId": f"lat-{run}-{i}", "event": "Order Completed", "properties": shoes}]
+            body += [{"type": "page", "userId": f"noise-{run}-{i}-{k}", "name": "Home"} for k in range(noise)]
+            t0 = time.perf_counter()
+            async with unit_of_work() as s:
+                await accept_messages(s, ctx, ingest, body)
+            proc.wake()
+            stored = None
+            while True:
+                if stored is None and await scalar(waiting) == 0:
+                    stored = time.perf_counter() - t0
+                if await scalar(members) > before:
+                    break
+                await asyncio.sleep(0.02)
+            out["member"].append(time.perf_counter() - t0)
+            out["stored"].append(stored if stored is not None else out["member"][-1])
+            before += 1
+            await asyncio.sleep(random.Random(i).uniform(0, 0.2))  # not in step with the processor's wake-ups
+    finally:
+        await proc.stop()
+        await dispose_engines()
+    return out
+
+
+def print_latency(out: dict[str, list[float]]) -> None:
+    """p50 / p95 / max of each delay (seconds)."""
+    for name, values in out.items():
+        v = sorted(values)
+        p95 = v[min(len(v) - 1, round(0.95 * (len(v) - 1)))]
+        label = "event -> stored (baseline)" if name == "stored" else "event -> member"
+        med = statistics.median(v)
+        print(f"  {label:<28} p50 {med:6.3f} s   p95 {p95:6.3f} s   max {v[-1]:6.3f} s   (n={len(v)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1_000_000)
@@ -228,6 +307,10 @@ def main() -> None:
         "--with-index", action="store_true", help="then also with an index on event (name, occurred_at)"
     )
     parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
+    parser.add_argument(
+        "--latency", type=int, default=0, help="measure only the event -> membership delay, over this many events"
+    )
+    parser.add_argument("--latency-noise", type=int, default=20, help="other people's events in each request")
     args = parser.parse_args()
     postgres = bool(args.database_url)
     if postgres:
@@ -254,6 +337,9 @@ def main() -> None:
         t0 = time.perf_counter()
         counts = populate(args.people, args.events, postgres)
         print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if args.latency:  # event -> membership through the inbox, processor and outbox (instead of the rest)
+            print_latency(asyncio.run(event_to_membership(args.latency, args.latency_noise)))
+            return
         result = asyncio.run(measure(args.repeat, args.with_index))
         for name, seconds in result["times"].items():
             print(f"  {name:<22} {seconds:8.3f} s   {result['values'][name]}")

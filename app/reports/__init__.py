@@ -1,0 +1,1 @@
+"""Reports: aggregated figures for dashboards (segment sizes, consent rates, reach, overlap)."""
