@@ -46,6 +46,7 @@ from app.request_context import request_id_middleware
 from app.segments.jobs import apply_outbox_job
 from app.segments.routes import SegmentController
 from app.settings import get_settings
+from app.tags.routes import TagController
 from app.texts.routes import TextController
 from app.traits.routes import TraitController
 from app.vault.keyring import key_material
@@ -143,6 +144,7 @@ def create_app() -> Litestar:
             DsrController,
             JourneyController,
             TraitController,
+            TagController,
         ],
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},

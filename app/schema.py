@@ -9,6 +9,7 @@ import app.access.models
 import app.activation.models
 import app.consent.models
 import app.dsr.models
+import app.entities.models
 import app.identity.models
 import app.imports.models
 import app.ingest.models
@@ -17,6 +18,7 @@ import app.journeys.models
 import app.profiles.models
 import app.retention.models
 import app.segments.models
+import app.tags.models
 import app.texts.models
 import app.traits.models
 import app.vault.models  # noqa: F401  (registers the tables)

@@ -94,6 +94,8 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/v1/activation-schedules"): {"admin", "marketer"},
     ("GET", "/v1/activation-schedules"): {"admin", "compliance", "marketer"},
     ("DELETE", "/v1/activation-schedules/{schedule_id:str}"): {"admin", "marketer"},
+    ("GET", "/v1/tags"): {"admin", "compliance", "marketer"},
+    ("POST", "/v1/tags/{tag:str}/people"): {"admin", "marketer"},
     ("POST", "/v1/journeys"): {"admin", "marketer"},
     ("GET", "/v1/journeys"): {"admin", "compliance", "marketer"},
     ("GET", "/v1/journeys/{journey_id:str}"): {"admin", "compliance", "marketer"},

@@ -19,6 +19,7 @@ from app.consent.gate import authorize, decide
 from app.consent.policy import TraitRule
 from app.consent.rules import load_rules
 from app.db import retry_conflicts, table_of
+from app.entities.service import observe, seen_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
@@ -304,6 +305,8 @@ async def store_prepared(
     )
     events, signals = _event_rows(source, final, resolver.keys, now)
     await session.execute(insert(table_of(Event)), events)
+    seen = [seen_of(e, p.msg.group_id) for (p, _pid), e in zip(final, events, strict=True)]
+    await observe(session, ctx.keys.index_key, seen)  # accounts, memberships, products
     if signals:
         await session.execute(insert(table_of(ConsentSignal)), signals)
     await _consent_signals(session, source, final, now)

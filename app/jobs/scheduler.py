@@ -107,6 +107,7 @@ def product_jobs() -> list[JobSpec]:
     from app.ledger.jobs import sign_checkpoint
     from app.retention.jobs import DAILY, apply_retention
     from app.segments.jobs import apply_outbox_job, refresh_segments
+    from app.segments.tag_rules import apply_tags
     from app.settings import get_settings
     from app.traits.jobs import refresh_all_traits
 
@@ -121,4 +122,5 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("activation.schedules", partial(run_schedules, claim), 60, "start scheduled activation runs now due"),
         JobSpec("journeys.fire", fire_journeys, TICK_S, "journey timers from events and birthdays; send what is due"),
         JobSpec("traits.refresh", refresh_all_traits, s.segment_refresh_s, "compute every computed trait again"),
+        JobSpec("tags.apply", apply_tags, s.segment_refresh_s, "give and take rule and threshold tags (tags.yaml)"),
     ]

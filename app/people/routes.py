@@ -9,6 +9,7 @@ from litestar import Controller, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app.deps import Caller, Db
+from app.entities.service import person_accounts
 from app.errors import InvalidField
 from app.identity.merges import merge_history, unmerge_profile
 from app.identity.service import lookup_ident, profile_identities, profiles_holding
@@ -26,6 +27,7 @@ from app.people.schemas import (
 )
 from app.people.service import open_person, usable, write_profile
 from app.profiles.service import ProfileView, VaultContext, read_profiles
+from app.tags.service import person_tag_history, person_tags
 
 WRITERS = ("admin", "compliance")
 """Ingest keys write events, texts and imports only: never a profile, never a read."""
@@ -73,6 +75,10 @@ class ProfileController(Controller):
         out.identities = await profile_identities(db, p.keys, p.view.id, p.view.reveal)
         out.recent_events = [event_view(e, p.keys, p.view.reveal) for e in await events_page(db, p.view.id, 20)]
         out.summary = await event_summary(db, p.view.id)
+        if p.view.reveal != "none":  # tags and accounts describe the person: not for ids-only purposes
+            out.tags = await person_tags(db, p.view.id)
+            out.tag_history = await person_tag_history(db, p.view.id)
+            out.accounts = await person_accounts(db, p.view.id)
         return out
 
     @get("/{profile_id:str}/events", opt={"roles": READERS}, operation_id="getProfileEvents")

@@ -32,6 +32,12 @@ class ProfileOut(msgspec.Struct):
     identities: list[dict[str, Any]] = []
     recent_events: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    tags: list[dict[str, Any]] = []
+    """Tags the person carries (policies/tags.yaml): names in English and Chinese, sources, since when."""
+    tag_history: list[dict[str, Any]] = []
+    """When tags were gained or lost, newest first (at most 50)."""
+    accounts: list[dict[str, Any]] = []
+    """Accounts or households the person belongs to (Segment group calls), with their non-personal traits."""
 
 
 class ProfileLookup(msgspec.Struct, forbid_unknown_fields=True):

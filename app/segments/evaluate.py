@@ -19,6 +19,8 @@ from app.segments.grammar import (
     Consent,
     Event,
     Funnel,
+    HasTag,
+    InAccount,
     InSegment,
     Node,
     Not,
@@ -36,6 +38,8 @@ class Fact:
     name: str
     at: datetime
     properties: Mapping[str, Any] = field(default_factory=dict)
+    products: Sequence[Mapping[str, Any]] = ()
+    """Attributes of each product the event was about (``app.entities``)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class Facts:
     consents: Sequence[ConsentFact] = ()
     segments: Collection[str] = frozenset()
     birthday: date | None = None
+    tags: Collection[str] = frozenset()
+    accounts: Sequence[Mapping[str, Any]] = ()
+    """Non-personal traits of each account the person belongs to."""
     computed: Mapping[str, Any] = field(default_factory=dict)
     """Computed trait values (``app.traits``) by name."""
     profiling_refused: bool = False
@@ -107,8 +114,16 @@ def cmp_holds(values: Mapping[str, Any], key: str, c: Cmp) -> bool:
     }[c.op]()
 
 
+def _all_of(values: Mapping[str, Any], fields: tuple[tuple[str, tuple[Cmp, ...]], ...]) -> bool:
+    return all(cmp_holds(values, name, c) for name, cs in fields for c in cs)
+
+
 def _step_holds(f: Fact, step: Step) -> bool:
-    return f.name == step.name and all(cmp_holds(f.properties, p, c) for p, cs in step.where for c in cs)
+    return (
+        f.name == step.name
+        and _all_of(f.properties, step.where)
+        and (not step.product or any(_all_of(p, step.product) for p in f.products))
+    )
 
 
 def _in_window(f: Fact, w: Window, now: datetime) -> bool:
@@ -174,6 +189,10 @@ def matches(node: Node, facts: Facts, now: datetime) -> bool:
         return node.segment_id in facts.segments
     if isinstance(node, Age | BirthdayToday):
         return _born(node, facts.birthday, now.date())
+    if isinstance(node, HasTag):
+        return node.tag in facts.tags
+    if isinstance(node, InAccount):
+        return any(_all_of(a, node.where) for a in facts.accounts)
     if isinstance(node, Computed):
         return all(cmp_holds(facts.computed, node.name, c) for c in node.cmps)
     if isinstance(node, ProfilingAllowed):

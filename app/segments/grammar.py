@@ -12,6 +12,12 @@ A tree is ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": node}`` or one condi
   ``within`` (``days`` or ``hours``) ``between`` [date, date] inclusive);
 - ``{"funnel": [{"event": A, "where": …}, {"event": B}], "within": {"days": 7}}`` — A, then B
   strictly later, the whole funnel within the window.
+- ``{"tag": "lifecycle.active"}`` — the person carries a tag of ``policies/tags.yaml``;
+- ``{"account": {"plan": {"eq": "pro"}}}`` — the person belongs to an account (a Segment
+  ``group``) whose non-personal traits match (``{"account": {}}``: to any account);
+- an event or funnel step's ``"product": {"brand": {"eq": "X"}, "category": {"eq": "Y"}}`` —
+  the event was about a product (``product_id`` or an item of ``products``) whose attributes
+  all match (the same product).
 - ``{"computed": "churn_risk", "gte": 70}`` — a computed trait of
   ``policies/computed_traits.yaml``; a tree using one marked ``profiling`` leaves out everyone
   who refuses profiling, wherever the condition stands (under ``not`` too).
@@ -53,7 +59,10 @@ NUMBER_OPS = ("gt", "gte", "lt", "lte")
 DATE_OPS = ("before", "after", "date_between")
 OPERATORS = ("eq", "ne", "in", "not_in", *NUMBER_OPS, "between", *STRING_OPS, *DATE_OPS, "includes", "exists")
 
-KINDS = ("all", "any", "not", "trait", "consent", "segment", "age", "birthday", "event", "funnel", "computed")
+KINDS = (
+    *("all", "any", "not", "trait", "consent", "segment", "age", "birthday", "event", "funnel", "tag", "account"),
+    "computed",
+)
 MAX_AGE = 150
 Scalar = str | float | bool
 
@@ -125,6 +134,8 @@ class Window:
 class Step:
     name: str
     where: tuple[tuple[str, tuple[Cmp, ...]], ...] = ()
+    product: tuple[tuple[str, tuple[Cmp, ...]], ...] = ()
+    """Conditions one product of the event must all meet (none: no product needed)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,16 @@ class Funnel:
 
 
 @dataclass(frozen=True)
+class HasTag:
+    tag: str
+
+
+@dataclass(frozen=True)
+class InAccount:
+    where: tuple[tuple[str, tuple[Cmp, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class Computed:
     """A computed trait's value (``app.traits``) meets every comparison."""
 
@@ -155,7 +176,8 @@ class ProfilingAllowed:
 
 
 Node = (
-    All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel | Computed | ProfilingAllowed
+    All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel | HasTag | InAccount
+    | Computed | ProfilingAllowed
 )
 NameCheck = Callable[[str], str | None]
 """A field name → None when conditions may use it, else why not (a short reason)."""
@@ -242,7 +264,7 @@ class Parser:
         return BirthdayToday()
 
     def _event(self, obj: dict[str, Any], path: str) -> Event:
-        _only(obj, {"event", "where", "count", "within", "between"}, path)
+        _only(obj, {"event", "where", "product", "count", "within", "between"}, path)
         step = self._step(obj, path)
         low, high = self._count(obj.get("count"), f"{path}.count")
         if "within" in obj and "between" in obj:
@@ -264,7 +286,7 @@ class Parser:
         for n, s in enumerate(steps):
             if not isinstance(s, dict):
                 raise InvalidField("expects a step object", field=f"{path}.funnel[{n}]")
-            _only(s, {"event", "where"}, f"{path}.funnel[{n}]")
+            _only(s, {"event", "where", "product"}, f"{path}.funnel[{n}]")
             parsed.append(self._step(s, f"{path}.funnel[{n}]"))
         if "within" not in obj:
             raise InvalidField("a funnel needs within", field=f"{path}.within")
@@ -274,18 +296,33 @@ class Parser:
         name = obj.get("event")
         if not isinstance(name, str) or not 0 < len(name) <= 200 or "\x00" in name:
             raise InvalidField("expects an event name (1 to 200 characters)", field=f"{path}.event")
-        where = obj.get("where", {})
+        where = self._fields(obj.get("where", {}), f"{path}.where")
+        return Step(name, where, self._fields(obj.get("product", {}), f"{path}.product"))
+
+    def _fields(self, where: Any, path: str) -> tuple[tuple[str, tuple[Cmp, ...]], ...]:
+        """``{NAME: {OP: VALUE}}``: names pass the allow-list."""
         if not isinstance(where, dict) or len(where) > 20:
-            raise InvalidField("expects an object of property conditions (at most 20)", field=f"{path}.where")
+            raise InvalidField("expects an object of field conditions (at most 20)", field=path)
         out = []
         for n, (prop, ops) in enumerate(where.items()):
-            at = f"{path}.where[{n}]"
+            at = f"{path}[{n}]"
             prop = self._name(prop, at)
-            at = f"{path}.where.{self.label(prop)}"
+            at = f"{path}.{self.label(prop)}"
             if not isinstance(ops, dict):
                 raise InvalidField("expects an object of operators", field=at)
             out.append((prop, self._cmps(ops, at)))
-        return Step(name, tuple(out))
+        return tuple(out)
+
+    def _tag(self, obj: dict[str, Any], path: str) -> HasTag:
+        from app.tags.taxonomy import load_taxonomy
+
+        _only(obj, {"tag"}, path)
+        name = obj["tag"]
+        spec = load_taxonomy().tags.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise InvalidField("is not a tag in policies/tags.yaml", field=f"{path}.tag")
+        self.profiling = self.profiling or spec.profiling
+        return HasTag(spec.name)
 
     def _computed(self, obj: dict[str, Any], path: str) -> Computed:
         from app.traits.catalog import catalog
@@ -295,6 +332,10 @@ class Parser:
             raise InvalidField("is not a computed trait in policies/computed_traits.yaml", field=f"{path}.computed")
         self.profiling = self.profiling or traits[name].profiling
         return Computed(name, self._cmps({k: v for k, v in obj.items() if k != "computed"}, path))
+
+    def _account(self, obj: dict[str, Any], path: str) -> InAccount:
+        _only(obj, {"account"}, path)
+        return InAccount(self._fields(obj["account"], f"{path}.account"))
 
     def _name(self, name: Any, path: str) -> str:
         if not isinstance(name, str) or not NAME.match(name):

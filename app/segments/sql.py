@@ -33,6 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from app.consent.records import state_clause
 from app.db import table_of
+from app.entities.service import account_clause, product_clause
 from app.profiles.service import age_clause, birthday_clause
 from app.segments.grammar import (
     Age,
@@ -44,6 +45,8 @@ from app.segments.grammar import (
     Consent,
     Event,
     Funnel,
+    HasTag,
+    InAccount,
     InSegment,
     Node,
     Not,
@@ -53,6 +56,7 @@ from app.segments.grammar import (
     Window,
 )
 from app.segments.models import SegmentMember
+from app.tags.service import tag_clause
 from app.traits.service import refused, value_clause
 
 
@@ -274,6 +278,13 @@ def _text_cmp(t: Any, c: Cmp) -> ColumnElement[bool]:
     return and_(t >= v[0], t < v[1])  # date_between
 
 
+def _all_of(column: Any, fields: tuple[tuple[str, tuple[Cmp, ...]], ...]) -> ColumnElement[bool]:
+    """Every comparison of ``fields`` on the JSON ``column`` (true when there are none)."""
+    return and_(true(), *(cmp_sql(column, name, c) for name, cmps in fields for c in cmps))
+
+
+
+
 class Compiler:
     """Compiles trees for a population query: ``person`` is the column holding the surviving
     profile id, ``traits`` its plain-traits JSON column, ``now`` the time windows count from."""
@@ -303,6 +314,10 @@ class Compiler:
             return birthday_clause(self.person, self.now.date())
         if isinstance(node, Event):
             return self._event(node)
+        if isinstance(node, HasTag):
+            return tag_clause(self.person, node.tag)
+        if isinstance(node, InAccount):
+            return account_clause(self.person, lambda traits: _all_of(traits, node.where))
         if isinstance(node, Computed):
             return value_clause(self.person, node.name, lambda v: and_(*(cmp_sql(v, "v", c) for c in node.cmps)))
         if isinstance(node, ProfilingAllowed):
@@ -318,6 +333,8 @@ class Compiler:
         out = [e.c.name == step.name]
         for prop, cmps in step.where:
             out += [cmp_sql(e.c.properties, prop, c) for c in cmps]
+        if step.product:
+            out.append(product_clause(e.c.id, lambda attributes: _all_of(attributes, step.product)))
         return out
 
     def _window(self, e: Any, w: Window) -> list[ColumnElement[bool]]:

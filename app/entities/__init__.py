@@ -1,0 +1,1 @@
+"""Entities beyond the person: accounts and households (Segment group calls) and products."""
