@@ -412,3 +412,25 @@ def test_a_wecom_bot_gets_markdown_messages_within_its_size_limit(exact: Env) ->
         content = "".join(m["markdown"]["content"] for m in messages)
         assert all(n in content for n in ("Ada", "Bob", "Cy")) and "@" not in content
         assert all(len(m["markdown"]["content"].encode()) <= 4096 for m in messages)
+
+
+def test_data_leaving_the_country_needs_separate_consent_under_pipl(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        ids = _people(c, keys, [{"country": "CN", "name": "李雷"}, {"country": "CN", "name": "韩梅梅"}])
+        _consent(c, keys, ids)
+        abroad = _destination(c, keys, kind="file", categories=["user.name"], cross_border=True)
+        home = _destination(c, keys, name="home", kind="file", categories=["user.name"])
+        separate = [
+            {"profile_id": ids[1], "purpose": f"cross_border:{MARKETING}", "state": "granted", "method": "form"}
+        ]
+        assert c.post("/v1/consents", json={"consents": separate}, headers=auth(keys["compliance"])).status_code == 201
+
+    async def send(dest: str, key: str) -> Any:
+        async with unit_of_work() as s:
+            marketer = Principal("k", "marketer", "journeys")
+            return await send_to_destination(s, marketer, dest, ids, MARKETING, reason="t", idempotency_key=key)
+
+    out = run(send(abroad["id"], "a"))
+    assert out.sent == [ids[1]] and out.excluded == {ids[0]: "cross-border transfer not consented"}
+    assert sorted(run(send(home["id"], "b")).sent) == sorted(ids)

@@ -15,7 +15,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,7 +154,13 @@ def _body(dest: Destination, run_id: str, n: int, batch: Sequence[Outbound]) -> 
     )
 
 
-async def send_batches(dest: Destination, run_id: str, people: Sequence[Outbound]) -> Delivered:
+Progress = Callable[[int, int], Awaitable[None]]
+"""Told (people sent, people failed) after each batch."""
+
+
+async def send_batches(
+    dest: Destination, run_id: str, people: Sequence[Outbound], progress: Progress | None = None
+) -> Delivered:
     """Webhook, WeCom and SMS: batches in parallel (a few at a time), each retried on its own."""
     size = int(dest.config.get("batch_size", 500))
     if dest.kind == "wecom":
@@ -172,6 +178,8 @@ async def send_batches(dest: Destination, run_id: str, people: Sequence[Outbound
             ids = {p.profile_id for p in batch}
             (out.sent if result.ok else out.failed).update(ids)
             out.batch_of.update({pid: n for pid in ids})
+            if progress is not None:
+                await progress(len(out.sent), len(out.failed))
             if not result.ok:
                 out.dead.append(
                     {

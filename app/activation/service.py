@@ -15,10 +15,11 @@ data went and an erasure tell every destination that received it.
 from __future__ import annotations
 
 import secrets
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -173,12 +174,35 @@ def _refusal(p: Plan) -> str | None:
     return None
 
 
-async def deliver(p: Plan) -> Delivered:
+async def deliver(p: Plan, progress: delivery.Progress | None = None) -> Delivered:
     if not p.people:
         return Delivered()
     if p.dest.kind in ("file", "ad_audience"):
         return delivery.write_file(p.dest, p.run.id, p.people, get_settings().default_region)
-    return await delivery.send_batches(p.dest, p.run.id, p.people)
+    return await delivery.send_batches(p.dest, p.run.id, p.people, progress)
+
+
+def _progress(run_id: str, every_s: float = 1.0) -> delivery.Progress:
+    """Writes a running run's counts (at most every ``every_s``) so the API shows progress."""
+    last = [0.0]
+
+    async def tell(sent: int, failed: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        await _set(run_id, sent=sent, failed=failed)
+
+    return tell
+
+
+async def _set(run_id: str, **values: Any) -> int:
+    """Update a run's row in its own transaction; returns rows changed."""
+    t = table_of(ActivationRun)
+    where = [t.c.id == run_id, *([t.c.status == values.pop("_from")] if "_from" in values else [])]
+    async with unit_of_work() as session:
+        result = await session.execute(update(t).where(*where).values(**values))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def conclude(
@@ -374,32 +398,42 @@ async def execute_run(run_id: str) -> SendResult | None:
     """Carry out a queued run in its own transactions: marked running; decided (reads
     only); delivered outside any transaction; written. A failure marks the run failed with
     the error's type (or a domain error's text)."""
-    async with unit_of_work() as session:
-        run = await session.get(ActivationRun, run_id)
-        if run is None or run.status != "queued":
-            return None
-        run.status, run.started_at = "running", datetime.now(UTC)
-    principal = Principal(key_id=run.actor_key_id, role=run.actor_role, name=f"activation {run.trigger}")
+    if not await _set(run_id, _from="queued", status="running", started_at=datetime.now(UTC)):
+        return None  # another process took it, or it is not queued
     try:
         async with unit_of_work() as session:  # reads only: decide who and what
+            run = await get_run(session, run_id)
+            principal = Principal(key_id=run.actor_key_id, role=run.actor_role, name=f"activation {run.trigger}")
             seg = await get_segment(session, str(run.segment_id))
             dest = await get_destination(session, run.destination_id)
             p = await plan(session, run, dest, member_of(seg.id), _profiling(seg.purpose, run.purpose))
         refusal = _refusal(p)
-        done = Delivered() if refusal else await deliver(p)
+        await _set(run_id, total=len(p.people) + len(p.excluded))
+        done = Delivered() if refusal else await deliver(p, _progress(run_id))
         async with unit_of_work() as session:  # then write what happened
             p.run = await get_run(session, run_id)
             return await conclude(session, principal, p, done, refusal)
     except Exception as exc:  # the run must end in a state the API shows
         message = scrub_text(exc.detail if isinstance(exc, DomainError) else type(exc).__name__)[:300]
         log.error("activation_failed", run=run_id, error=message)
-        async with unit_of_work() as session:
-            await session.execute(
-                update(table_of(ActivationRun))
-                .where(table_of(ActivationRun).c.id == run_id)
-                .values(status="failed", refusal=message, finished_at=datetime.now(UTC))
-            )
+        await _set(run_id, status="failed", refusal=message, finished_at=datetime.now(UTC))
         return None
+
+
+STALE = timedelta(hours=6)
+"""A run queued or running this long was interrupted (its process died): marked failed."""
+
+
+async def fail_stale(now: datetime) -> int:
+    """Mark runs whose process died (queued or running for longer than ``STALE``) failed."""
+    t = table_of(ActivationRun)
+    async with unit_of_work() as session:
+        result = await session.execute(
+            update(t)
+            .where(t.c.status.in_(["queued", "running"]), t.c.created_at < now - STALE)
+            .values(status="failed", refusal="interrupted: the run's process stopped", finished_at=now)
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def get_run(session: AsyncSession, run_id: str) -> ActivationRun:
