@@ -309,6 +309,7 @@ def _policy(args: argparse.Namespace) -> int:
     many people a change would newly allow or deny per purpose (``diff OLD NEW``)."""
     from app.consent.check import check_policies
     from app.consent.rules import policy_version
+    from app.dsr.policy import check_dsr_policy
 
     if args.action == "diff":
         if len(args.dirs) != 2:
@@ -324,7 +325,7 @@ def _policy(args: argparse.Namespace) -> int:
     if args.action == "version":
         print(policy_version(policy_dir))
         return 0
-    problems = check_policies(policy_dir)
+    problems = check_policies(policy_dir) + check_dsr_policy(policy_dir)
     for problem in problems:
         print(problem)
     if problems:

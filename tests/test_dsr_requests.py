@@ -210,8 +210,13 @@ def test_every_matching_profile_is_verified_on_its_own(env: Env, policy_dir: Pat
         assert c.post(f"/v1/dsr/{rid}/verify", json={"code": codes["email"][0]}).json()["status"] == "verified"
         states = {v["profile_id"]: v["state"] for v in _view(c, keys, rid)["verifications"]}
         assert states == {a: "verified", b: "pending"}  # the other profile is not acted on until its own code
-        assert c.post(f"/v1/dsr/{rid}/verify", json={"code": codes["phone"][0]}).status_code == 200
-        assert {v["state"] for v in _view(c, keys, rid)["verifications"]} == {"verified"}
+        twin = _intake(c, body).json()["id"]  # a duplicate request, never verified
+        assert _status(c, keys, twin, "in_progress").status_code == 409
+        assert _status(c, keys, rid, "in_progress").status_code == 200
+        assert c.post(f"/v1/dsr/{rid}/run", headers=auth(keys["compliance"])).json()["complete"] is True
+        assert c.get(f"/v1/profiles/{a}", headers=auth(keys["admin"])).status_code in (404, 410)  # erased
+        assert c.get(f"/v1/profiles/{b}", headers=auth(keys["admin"])).status_code == 200  # unverified: untouched
+        assert c.post(f"/v1/dsr/{rid}/verify", json={"code": codes["phone"][0]}).status_code == 409  # closed
 
 
 def test_verification_strength_follows_the_request_kind(env: Env, policy_dir: Path) -> None:

@@ -34,6 +34,9 @@ NOTICES = "notices.yaml"
 CONSENT_MAPPING = "consent_mapping.yaml"
 RETENTION = "retention.yaml"
 TAXONOMY = "taxonomy.yaml"
+DSR = "dsr.yaml"
+"""Checked by ``app.dsr.policy.check_dsr_policy`` (start-up and ``consentry policy check`` run
+both); listed here so its content is part of the checked set's digest."""
 CHECKED_FILES = (
     TAXONOMY,
     PURPOSES,
@@ -44,6 +47,7 @@ CHECKED_FILES = (
     NOTICES,
     CONSENT_MAPPING,
     RETENTION,
+    DSR,
 )
 
 REVEALS = ("plain", "masked", "none")
