@@ -95,8 +95,17 @@ def person_columns(table: Table) -> list[str]:
 
 
 def person_clause(table: Table, person: Person, columns: Collection[str] = ()) -> ColumnElement[bool]:
-    """Rows of ``table`` about the person: any person column naming one of its origins."""
-    return or_(*(table.c[name].in_(person.origins) for name in (columns or person_columns(table))))
+    """Rows of ``table`` about the person: any person column naming one of its origins.
+
+    Where a row has both ``profile_id`` and ``origin_id``, ``profile_id`` alone finds it: the
+    rows of an origin always belong to whoever holds that origin now (merges and unmerges
+    move them together), so ``origin_id`` in the origins implies ``profile_id`` is one of
+    them too. The clause then uses the ``profile_id`` index instead of scanning the table
+    for an ``OR`` over an unindexed ``origin_id`` (an erasure among 10 million events)."""
+    names = list(columns or person_columns(table))
+    if "profile_id" in names and "origin_id" in names:
+        names.remove("origin_id")
+    return or_(*(table.c[name].in_(person.origins) for name in names))
 
 
 @dataclass(frozen=True)

@@ -74,10 +74,13 @@ def test_the_package_holds_exactly_the_persons_data_from_every_path(dsr_env: Env
     assert [r["consentReceiptID"] for r in body["consent_receipts"]] == [
         r["id"] for r in data["consent"]["consent_history"]
     ]
-    assert [m["segment_id"] for m in data["segments"]["segments"]] == [ids["segment"]]
+    assert sorted(m["segment_id"] for m in data["segments"]["segments"]) == sorted([ids["segment"], ids["to_crm"]])
     records = data["ledger"]["processing_records"]
     assert {"ingest.events", "consent.record"} <= {r["action"] for r in records} or len(records) > 5
-    assert body["activations"]["available"] in (True, False)
+    [sent] = body["activations"]["recipients"]
+    assert (sent["run_id"], sent["destination"], sent["status"]) == (ids["run"], "CRM", "sent")
+    assert sent["proof"]["leaf"]["person"] in origins and sent["proof"]["tree_size"] == 2
+    assert info_destinations(body) == ["CRM"]
 
     info = body["article_15"]
     assert {p["purpose"] for p in info["purposes"]} >= {"essential.service", "analytics.reporting"}
@@ -94,6 +97,10 @@ def test_the_package_holds_exactly_the_persons_data_from_every_path(dsr_env: Env
     events_csv = list(csv.DictReader(io.StringIO(files["csv/ingest.events.csv"])))
     assert len(events_csv) == 5
     assert json.loads(files["manifest.json"])["profile_ids"] == sorted(origins)
+
+
+def info_destinations(body: dict[str, Any]) -> list[str]:
+    return list(body["article_15"]["recipients"]["destinations"])
 
 
 def test_the_link_expires_and_the_purge_job_deletes_the_package(dsr_env: Env) -> None:

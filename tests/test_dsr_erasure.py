@@ -26,6 +26,7 @@ from app.settings import get_settings
 from app.vault.keyring import key_material
 from tests.conftest import Env, run
 from tests.helpers import auth, client, grant_marketing, make_keys, sync_db
+from tests.test_activation import _activate, _destination
 from tests.test_journeys import Outbox, _journey, _tick, _track
 
 REPORTING = "analytics.reporting"
@@ -51,6 +52,7 @@ def with_dsr_dirs(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
     monkeypatch.setenv("CONSENTRY_DSR_EXPORT_DIR", str(env.tmp / "exports"))
     monkeypatch.setenv("CONSENTRY_IMPORT_DIR", str(env.tmp / "imports"))
     monkeypatch.setenv("CONSENTRY_SEGMENT_MIN_COUNT", "0")
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_DIR", str(env.tmp / "activation"))
     get_settings.cache_clear()
     return env
 
@@ -107,6 +109,7 @@ def _populate(c: TestClient[Any], keys: dict[str, str]) -> dict[str, str]:
     ids["bob"] = _lookup(c, keys["admin"], "email", BOB["email"])[0]
     for pid in ids.values():
         grant_marketing(c, keys["compliance"], pid)
+    m = auth(keys["marketer"])
     seg = c.post(
         "/v1/segments",
         json={"name": "Pros", "tree": {"trait": "plan", "eq": "pro"}, "purpose": REPORTING},
@@ -115,6 +118,14 @@ def _populate(c: TestClient[Any], keys: dict[str, str]) -> dict[str, str]:
     assert seg.status_code == 201, seg.text
     assert seg.json()["members"] == 2
     ids["segment"] = seg.json()["id"]
+    # the marketers send the same people to a CRM file (activation)
+    pros = c.post("/v1/segments", json={"name": "Pros to CRM", "tree": {"trait": "plan", "eq": "pro"}}, headers=m)
+    assert pros.status_code == 201, pros.text
+    ids["to_crm"] = pros.json()["id"]
+    dest = _destination(c, keys, kind="file", config={"format": "ndjson", "directory": "crm"})
+    run_ = _activate(c, keys, ids["to_crm"], dest["id"])
+    assert run_["status"] == "done", run_
+    ids["run"] = run_["id"]
     return ids
 
 
@@ -182,13 +193,15 @@ def test_a_person_ingested_every_way_is_erased_and_nothing_of_theirs_is_left(dsr
     plan = _plan(ids["alice"])
     assert plan["journeys"] == {"journey_timer": 1}
     assert plan["ingest"]["event"] == 6 and plan["identity"]["identifier"] == len(ALICE)
-    assert plan["texts"]["text_record"] == 1 and plan["segments"]["segment_member"] == 1
+    assert plan["texts"]["text_record"] == 1 and plan["segments"]["segment_member"] == 2
+    assert plan["activation"] == {"activation_recipient": 1}
     assert plan["consent"]["consent_record"] == 1 and plan["vault"]["subject_key"] == 2
     assert plan["ledger"] == {}
 
     report = _erase(ids["alice"])
     assert report.complete, report.failed
     assert report.keys_shredded == 2
+    assert [n["outcome"] for n in report.notices] == ["erased"]  # her line left the CRM file
     assert sum(report.suppressed.values()) == len(ALICE)
     assert report.removed["ingest"] >= 4 and report.removed["identity"] >= len(ALICE)
     if dsr_env.sqlite_path is not None:
@@ -222,6 +235,8 @@ def test_a_person_ingested_every_way_is_erased_and_nothing_of_theirs_is_left(dsr
         assert _lookup(c, keys["admin"], "email", BOB["email"]) == [ids["bob"]]
         members = c.get(f"/v1/segments/{ids['segment']}/members", headers=auth(keys["admin"])).json()
         assert [m["id"] for m in members["members"]] == [ids["bob"]]
+        crm = (dsr_env.tmp / "activation" / "crm" / f"{ids['run']}.ndjson").read_text()
+        assert BOB["email"] in crm and ALICE["email"] not in crm
 
         # she comes back through the front door: refused, counted and audited, nothing stored
         s = (keys["ingest"], "")

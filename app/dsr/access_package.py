@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib
 import io
 import json
-import pkgutil
 import re
 import secrets
 import zipfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +29,11 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
+from app.activation.recipients import recipients_of
 from app.consent.policy import load_yaml
 from app.consent.records import consent_receipt
 from app.consent.rules import load_rules
-from app.db import private_path, table_of
+from app.db import private_path, table_of, unit_of_work
 from app.dsr.models import DsrPackage
 from app.errors import NotFound
 from app.imports.upload import private_dir
@@ -69,17 +68,23 @@ def export_dir() -> Path:
     return get_settings().dsr_export_dir
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: times as ISO 8601, sealed bytes left out (``"[sealed]"``)."""
-    if isinstance(value, datetime):
+def _json(value: Any) -> Any:
+    """JSON for what holders export besides plain values: times as ISO 8601, sealed bytes
+    left out (``"[sealed]"``), sets as lists."""
+    if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes | bytearray | memoryview):
         return "[sealed]"
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    return value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, default=_json)
+
+
+def dumps(value: Any) -> str:
+    return _ENCODER.encode(value)
 
 
 def redact_others(value: Any, mine: Collection[str]) -> Any:
@@ -99,7 +104,7 @@ async def collect(session: AsyncSession, person: Person) -> dict[str, Any]:
     keys = await subject_keys(session, key_material(get_settings()).master, list(person.origins))
     data: dict[str, Any] = {}
     for h in holders():
-        exported = _plain(await h.export(session, keys, person))
+        exported = await h.export(session, keys, person)
         data[h.domain] = redact_others(exported, person.origins) if h.domain == "ledger" else exported
     return data
 
@@ -117,24 +122,9 @@ async def _receipts(session: AsyncSession, data: Mapping[str, Any]) -> list[dict
     return out
 
 
-async def _activations(session: AsyncSession, person: Person) -> Any:
-    """Where the person's data went (the activation domain's ``recipients_of``), if it exists."""
-    finder = _recipients_of()
-    if finder is None:
-        return {"available": False, "recipients": []}
-    return {"available": True, "recipients": _plain(await finder(session, person))}
-
-
-def _recipients_of() -> Callable[..., Any] | None:
-    try:
-        package = importlib.import_module("app.activation")
-    except ModuleNotFoundError:
-        return None
-    for mod in pkgutil.iter_modules(package.__path__):
-        found = getattr(importlib.import_module(f"app.activation.{mod.name}"), "recipients_of", None)
-        if callable(found):
-            return found
-    return None
+async def _activations(session: AsyncSession, person: Person) -> dict[str, Any]:
+    """Every activation run that sent the person, with the run's Merkle proof that they were in it."""
+    return {"available": True, "recipients": await recipients_of(session, person)}
 
 
 def article15(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -236,7 +226,7 @@ def _csv_files(body: Mapping[str, Any]) -> dict[str, str]:
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = value if isinstance(value, str) else dumps(value)
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text  # never a spreadsheet formula
 
 
@@ -246,7 +236,7 @@ def write_zip(path: Path, body: Mapping[str, Any], origins: Collection[str]) -> 
     tmp = path.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", json.dumps({"request_id": body["request_id"], "profile_ids": sorted(origins)}))
-        z.writestr("package.json", json.dumps(body, ensure_ascii=False, indent=1, sort_keys=True))
+        z.writestr("package.json", dumps(body))
         z.writestr("access_package.schema.json", SCHEMA_FILE.read_text())
         for name, content in _csv_files(body).items():
             z.writestr(name, content)
@@ -340,3 +330,9 @@ def delete_packages_of(origins: Collection[str]) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+async def purge_expired_packages() -> dict[str, Any]:
+    """The job: delete every access package whose link expired."""
+    async with unit_of_work() as session:
+        return {"packages_deleted": await purge_packages(session)}

@@ -4,14 +4,16 @@
 it in one transaction that holds the identity locks (the same ones ingestion takes, so a
 batch for the same person waits for the erasure, then finds its identifiers suppressed):
 
-1. the person's identifiers are opened (while their keys still exist) and keyed hashes of
+1. every destination that received their data is sent a deletion notice (or has their
+   lines removed from its files), each answer recorded (``app.activation.recipients``);
+2. the person's identifiers are opened (while their keys still exist) and keyed hashes of
    every one of them go on the suppression list (``app.identity.suppression``);
-2. every origin's data key is shredded (``shred_subject_key``): copies anywhere (backups,
+3. every origin's data key is shredded (``shred_subject_key``): copies anywhere (backups,
    freed pages) become unreadable once the master-key versions that wrapped it retire;
-3. every holder's ``forget`` runs, each store in a savepoint: a store that fails is
+4. every holder's ``forget`` runs, each store in a savepoint: a store that fails is
    reported and can be retried alone (``erase_in_store``) while the others are done;
-4. the fact is recorded in the ledger (which keeps pseudonymous entries, not the person);
-5. after the commit: the person's access packages are deleted, and on SQLite, where
+5. the fact is recorded in the ledger (which keeps pseudonymous entries, not the person);
+6. after the commit: the person's access packages are deleted, and on SQLite, where
    ``secure_delete`` zeroes what is deleted, the WAL is checkpointed and truncated.
 """
 
@@ -26,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
+from app.activation.recipients import notify_erasure
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, make_ident
 from app.identity.suppression import suppress
@@ -59,6 +62,8 @@ class ErasureReport:
     suppressed: dict[str, int] = field(default_factory=dict)
     """Identifier kind → suppression entries added."""
     packages_deleted: int = 0
+    notices: list[dict[str, Any]] = field(default_factory=list)
+    """Each destination that received the person's data: the deletion notice and its answer."""
     sqlite: dict[str, Any] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=lambda: dict(KEPT))
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -78,6 +83,7 @@ class ErasureReport:
             "keys_shredded": self.keys_shredded,
             "suppressed": self.suppressed,
             "packages_deleted": self.packages_deleted,
+            "destination_notices": self.notices,
             "sqlite": self.sqlite,
             "kept": self.kept,
             "started_at": self.started_at.isoformat(),
@@ -157,6 +163,7 @@ async def erase_subject(session: AsyncSession, principal: Principal, root_id: st
     await _secure_delete(session)
     person, keys, idents = await _lock_person(session, ctx, principal, root)
     report = ErasureReport(request_id, root, person.origins, await plan_for(session, person))
+    report.notices = await notify_erasure(session, principal, person, request_id)
     report.suppressed = await suppress(session, ctx.keys.master, [(i.kind, i.value) for i in idents], request_id)
     keys.clear()
     for origin in person.origins:

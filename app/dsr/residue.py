@@ -6,7 +6,8 @@ indexes, and their profile ids:
 - every holder's ``residue`` (rows still keyed to them, per store);
 - on SQLite, the bytes of the database file and its WAL (freed pages included); on
   PostgreSQL, the text of every table's rows;
-- the import (upload) folder, the access-package folder (inside the zips) and the log file.
+- the import (upload) folder, activation's file exports, the access-package folder (inside
+  the zips) and the log file.
 
 Skipped by design, and said so in the result: the suppression list (keyed hashes under
 their own key, matching nothing else), and profile ids in the ledger (pseudonymous
@@ -156,6 +157,7 @@ def places() -> list[tuple[str, Path]]:
     """The files outside the database to look into: uploads, access packages, the log file."""
     s = get_settings()
     out = _folder_files("imports", s.import_dir) + _folder_files("dsr-exports", s.dsr_export_dir)
+    out += _folder_files("activation", s.activation_dir)
     if s.log_file:
         log = Path(s.log_file)
         out += [("log", log)] + [(f"log/{p.name}", p) for p in sorted(log.parent.glob(log.name + ".*"))]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,7 +55,7 @@ class IngestHolder(TableHolder):
         events, signals, _outbox = self.tables
         out = []
         for r in await self.rows(session, events, person):
-            out.append(open_event(Event(**r), keys.get(r["origin_id"])))
+            out.append(open_event(SimpleNamespace(**r), keys.get(r["origin_id"])))  # no ORM object per event
         return {
             "events": out,
             "consent_signals": [

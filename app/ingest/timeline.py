@@ -24,8 +24,9 @@ def event_view(ev: Event, keys: Mapping[str, DataKey], reveal: str) -> dict[str,
     return open_event(ev, keys.get(ev.origin_id) if reveal == "plain" else None)
 
 
-def open_event(ev: Event, dk: DataKey | None) -> dict[str, Any]:
-    """The event with its sealed parts opened under ``dk`` (its origin's key), if given."""
+def open_event(ev: Any, dk: DataKey | None) -> dict[str, Any]:
+    """The event (an ``Event`` or a row with its columns as attributes) with its sealed parts
+    opened under ``dk`` (its origin's key), if given."""
     out: dict[str, Any] = {
         "id": ev.id,
         "type": ev.type,

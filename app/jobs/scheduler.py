@@ -100,6 +100,7 @@ def build_scheduler(specs: list[JobSpec]) -> AsyncIOScheduler:
 def product_jobs() -> list[JobSpec]:
     """The product's periodic jobs; each domain contributes its own."""
     from app.activation.jobs import run_schedules
+    from app.dsr.access_package import purge_expired_packages
     from app.dsr.jobs import INTERVAL_S as DSR_WATCH_S
     from app.dsr.jobs import watch_deadlines
     from app.imports.jobs import resume_imports
@@ -116,6 +117,7 @@ def product_jobs() -> list[JobSpec]:
         JobSpec("audit.checkpoint", sign_checkpoint, s.checkpoint_interval_s, "sign the ledger head"),
         JobSpec("imports.resume", resume_imports, 60, "run queued imports and those whose runner died"),
         JobSpec("dsr.deadlines", watch_deadlines, DSR_WATCH_S, "flag requests near or past their deadline"),
+        JobSpec("dsr.packages", purge_expired_packages, 3600, "delete access packages whose link expired"),
         JobSpec("retention.apply", apply_retention, DAILY, "apply retention.yaml; queue inactive profiles"),
         JobSpec("segments.refresh", refresh_segments, s.segment_refresh_s, "materialise every saved segment's members"),
         JobSpec("segments.outbox", apply_outbox_job, 15, "apply the ingest outbox to segment membership (backstop)"),
