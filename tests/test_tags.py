@@ -249,3 +249,28 @@ def test_threshold_tags_follow_a_computed_trait(exact: Env) -> None:
         assert [(t["tag"], t["sources"]) for t in view["tags"] if t["group"] == "value"] == [
             ("value.high", ["threshold"])
         ]
+
+
+def test_a_saved_segment_on_a_tag_follows_tagging_through_the_outbox(exact: Env) -> None:
+    from app.segments.jobs import apply_outbox_job
+
+    keys = make_keys()
+    m = auth(keys["marketer"])
+    with client() as c:
+        ids = [_person(c, keys, f"u{n}") for n in range(3)]
+        seg = c.post(
+            "/v1/segments",
+            json={"name": "beauty", "tree": {"tag": "interests.beauty"}, "purpose": REPORTING},
+            headers=auth(keys["admin"]),
+        ).json()
+        assert seg["members"] == 0
+        c.post("/v1/tags/interests.beauty/people", json={"add": ids[:2]}, headers=m)
+    run(apply_outbox_job())  # what the ingest processor runs after each batch; no full refresh
+    with client() as c:
+        page = c.get(f"/v1/segments/{seg['id']}/members", headers=auth(keys["admin"])).json()
+        assert {p["id"] for p in page["members"]} == set(ids[:2])
+        c.post("/v1/tags/interests.beauty/people", json={"remove": ids[:1]}, headers=m)
+    run(apply_outbox_job())
+    with client() as c:
+        page = c.get(f"/v1/segments/{seg['id']}/members", headers=auth(keys["admin"])).json()
+        assert {p["id"] for p in page["members"]} == {ids[1]}

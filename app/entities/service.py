@@ -154,15 +154,19 @@ def account_clause(person: Any, where: Condition) -> ColumnElement[bool]:
     """SQL: the person (a column holding the surviving profile id) belongs to an account
     whose traits satisfy ``where``."""
     m, a = table_of(AccountMember), table_of(Account)
-    q = select(m.c.account_id).join(a, a.c.id == m.c.account_id).where(m.c.profile_id == person, where(a.c.traits))
-    return q.correlate_except(m, a).exists()
+    accounts = select(a.c.id).where(where(a.c.traits))  # uncorrelated: found once
+    q = select(m.c.account_id).where(m.c.profile_id == person, m.c.account_id.in_(accounts))
+    return q.correlate_except(m).exists()
 
 
 def product_clause(event_id: Any, where: Condition) -> ColumnElement[bool]:
-    """SQL: the event (a column holding its id) was about a product whose attributes satisfy ``where``."""
+    """SQL: the event (a column holding its id) was about a product whose attributes satisfy
+    ``where``. The matching products are an uncorrelated subquery: the database finds them
+    once (the catalogue is small) instead of reading a product's attributes per event."""
     ep, p = table_of(EventProduct), table_of(Product)
-    q = select(ep.c.event_id).join(p, p.c.id == ep.c.product_id).where(ep.c.event_id == event_id, where(p.c.attributes))
-    return q.correlate_except(ep, p).exists()
+    products = select(p.c.id).where(where(p.c.attributes))
+    q = select(ep.c.event_id).where(ep.c.event_id == event_id, ep.c.product_id.in_(products))
+    return q.correlate_except(ep).exists()
 
 
 async def person_accounts(session: AsyncSession, profile_id: str) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from app.consent.gate import authorize, decide
 from app.consent.records import flag_clause
 from app.db import UtcDateTime, table_of
 from app.errors import InvalidField, NotFound
+from app.ingest.outbox import publish
 from app.ledger.service import record_group
 from app.profiles.service import population, resolve_many
 from app.settings import get_settings
@@ -96,6 +97,10 @@ async def apply_condition(
     gained = _count(await session.execute(insert(table_of(TagHistory)).from_select(HISTORY, new)))
     new = select(literal(spec.name), person, literal(source), person, at).where(live, match, not_(has))
     await session.execute(insert(t).from_select(["tag", "origin_id", "source", "profile_id", "assigned_at"], new))
+    if gained or lost:  # saved segments testing the tag follow at once (the outbox)
+        h = table_of(TagHistory)
+        changed = select(h.c.profile_id).where(h.c.tag == spec.name, h.c.source == source, h.c.at == now).distinct()
+        await publish(session, (await session.execute(changed)).scalars(), "tag")
     return {"gained": gained, "lost": lost}
 
 
@@ -140,6 +145,7 @@ async def tag_by_hand(
     dropping = sorted({found[i] for i in remove if i in found})
     removed = await _remove(session, and_(mine, t.c.profile_id.in_(dropping)), now) if dropping else 0
     changed = sorted({*new, *dropping})
+    await publish(session, changed, "tag")
     out = {
         "tag": name,
         "added": len(rows),
