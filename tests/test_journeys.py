@@ -4,7 +4,6 @@ hours; consent at send time and erasure; the timers and sends as personal data."
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
 from litestar.testing import TestClient
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,12 +26,9 @@ from app.inventory import Person, holders
 from app.journeys.delivery import Delivered, use_sender
 from app.journeys.service import run_triggers
 from tests.conftest import Env, run
-from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys
+from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys, sync_db
 
-DEST = "00000000-0000-4000-8000-00000000d001"
 SECRET = "whsec_" + base64.b64encode(b"consentry-test-signing-key-32byt").decode()
-ACTIVATION = importlib.util.find_spec("app.activation.service") is not None
-"""Whether activation (destinations, ``send_to_destination``) is installed in this tree."""
 
 
 @dataclass
@@ -71,9 +67,7 @@ def hook() -> Iterator[Hook]:
 
 
 def _destination(c: TestClient[Any], keys: dict[str, str], url: str = "http://127.0.0.1:9/none") -> str:
-    """A webhook destination for marketing (emails only), or a made-up id without activation."""
-    if not ACTIVATION:
-        return DEST
+    """A webhook destination for marketing (emails only)."""
     body = {
         "name": "CRM",
         "purpose": MARKETING,
@@ -286,6 +280,7 @@ def test_journey_definitions_are_checked_versioned_and_audited(env: Env) -> None
                 "definition.condition.trait",
             ),
             ({"definition": {"condition": {"consent": MARKETING}}}, "definition.condition"),
+            ({"destination_id": "no-such-destination"}, "destination_id"),
         ]
         for change, where in bad:
             body: dict[str, Any] = {"name": "x", "kind": "welcome", "destination_id": dest, **change}
@@ -330,7 +325,6 @@ def test_pending_timers_are_exported_moved_and_forgotten_with_the_person(env: En
         assert run(held())["residue"] == {}
 
 
-@pytest.mark.skipif(not ACTIVATION, reason="activation (destinations) is not installed in this tree")
 def test_an_abandoned_cart_reaches_a_webhook_through_activation_with_consent_decided_at_send(env: Env) -> None:
     keys = make_keys()
     with client() as c, hook() as received:
@@ -383,3 +377,21 @@ def test_a_destination_that_refuses_fails_the_send_without_blocking_the_next_one
             run(run_triggers(now=datetime.now(UTC)))
         assert _sends(c, keys, jid) == [(pid, "failed")]
         assert c.get(f"/v1/journeys/{jid}", headers=auth(keys["marketer"])).json()["pending"] == 0
+
+
+def test_welcome_greets_a_person_an_identify_creates_once_and_not_a_returning_one(env: Env) -> None:
+    keys = make_keys()
+    outbox = Outbox()
+    with client() as c:
+        old = _person(c, keys, "old")
+        with sync_db() as db:
+            db.execute(text("UPDATE profile SET created_at = :t WHERE id = :p"), {"t": datetime(2025, 1, 1), "p": old})
+        jid = _journey(c, keys, "welcome", {"delay_minutes": 10})
+        _person(c, keys, "old", {"plan": "pro"})  # a returning customer's identify
+        new = _person(c, keys, "new")
+        _person(c, keys, "new", {"plan": "pro"})
+        now = datetime.now(UTC)
+        _tick(outbox, now)
+        _tick(outbox, now + timedelta(minutes=11))
+        _tick(outbox, now + timedelta(minutes=30))
+        assert outbox.to(jid) == [new]

@@ -1,22 +1,23 @@
 """Where a journey's messages go: a destination of the activation domain.
 
 A journey hands each batch of due people to ``send_to_destination`` (activation), which
-decides consent again, filters fields to the purpose's categories and delivers. Journeys
-see it through the small ``Sender`` interface below, so the timers and rules work (and are
-tested) on their own; ``use_sender`` swaps the sender in tests and the benchmark.
+decides consent again, filters fields to the destination's categories and delivers (one
+activation run per batch, idempotent by key). Journeys see it through the small ``Sender``
+interface below; ``use_sender`` swaps the sender in tests and the benchmark.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
+from app.activation.destinations import get_destination
+from app.activation.service import SendResult, send_to_destination
 from app.errors import InvalidField, NotFound
 
 
@@ -60,10 +61,10 @@ def current_sender() -> Sender:
     return _chosen[-1] if _chosen else activation_sender
 
 
-def delivered_from(result: Any, asked: Sequence[str]) -> Delivered:
+def delivered_from(result: SendResult, asked: Sequence[str]) -> Delivered:
     """Read activation's ``SendResult`` (``sent``, ``excluded`` id → reason, ``failed``, and a
     ``refusal`` of the whole send)."""
-    if getattr(result, "refusal", None):
+    if result.refusal:
         return Delivered(refused={p: str(result.refusal) for p in asked})
     failed = frozenset(str(p) for p in result.failed)
     sent = frozenset(str(p) for p in result.sent) - failed
@@ -72,13 +73,9 @@ def delivered_from(result: Any, asked: Sequence[str]) -> Delivered:
 
 async def check_destination(session: AsyncSession, destination_id: str, purpose: str) -> None:
     """The destination exists and is declared for the journey's purpose (422 naming
-    ``destination_id`` otherwise); not checked while activation is not installed."""
+    ``destination_id`` otherwise)."""
     try:
-        get = importlib.import_module("app.activation.destinations").get_destination
-    except (ModuleNotFoundError, AttributeError):
-        return
-    try:
-        dest = await get(session, destination_id)
+        dest = await get_destination(session, destination_id)
     except NotFound:
         raise InvalidField("no destination with this id", field="destination_id") from None
     if dest.purpose != purpose:
@@ -95,13 +92,8 @@ async def activation_sender(
     reason: str,
     idempotency_key: str,
 ) -> Delivered:
-    """Deliver through ``app.activation.service.send_to_destination``; without it (not
-    installed) every message fails and is recorded so."""
-    try:
-        send = importlib.import_module("app.activation.service").send_to_destination
-    except (ModuleNotFoundError, AttributeError):
-        return Delivered(failed=frozenset(profile_ids))
-    result = await send(
+    """Deliver through activation's ``send_to_destination``."""
+    result = await send_to_destination(
         session, principal, destination_id, list(profile_ids), purpose, reason=reason, idempotency_key=idempotency_key
     )
     return delivered_from(result, profile_ids)

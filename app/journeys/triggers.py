@@ -40,8 +40,8 @@ from sqlmodel import col
 
 from app.access.service import Principal
 from app.db import table_of
-from app.decisions.engine import Ask
-from app.decisions.service import decide_person, population_predicate
+from app.decisions.engine import Ask, reason_expr
+from app.decisions.service import current_rules
 from app.errors import DomainError, InvalidField
 from app.ingest.inbox import status as inbox_status
 from app.journeys.delivery import Sender
@@ -56,6 +56,7 @@ from app.segments.sql import events_table
 
 OVERLAP = timedelta(seconds=120)
 STALE = timedelta(days=1)
+NEW_PROFILE = timedelta(minutes=1)
 PLAN_EVERY = timedelta(minutes=10)
 LOOKBACK = timedelta(days=90)
 BATCH = 500
@@ -119,23 +120,23 @@ async def put_timers(session: AsyncSession, timers: Iterable[Due], now: datetime
         old = merged.get(k)
         merged[k] = d if old is None or (later and d.due_at > old.due_at) else old
     rows = [{"id": str(uuid.uuid4()), "created_at": now, **d.__dict__} for d in merged.values()]
+    if not rows:
+        return 0
     t = table_of(JourneyTimer)
     pg = _dialect(session) == "postgresql"
+    ins = (pg_insert if pg else sqlite_insert)(t)
+    occasion = ["journey_id", "origin_id", "key"]
+    if later:
+        most = func.greatest if pg else func.max
+        latest = {
+            "due_at": most(t.c.due_at, ins.excluded.due_at),
+            "anchor_at": most(t.c.anchor_at, ins.excluded.anchor_at),
+        }
+        stmt = ins.on_conflict_do_update(index_elements=occasion, set_=latest)
+    else:
+        stmt = ins.on_conflict_do_nothing(index_elements=occasion)
     for start in range(0, len(rows), BATCH):
-        ins = (pg_insert if pg else sqlite_insert)(t).values(rows[start : start + BATCH])
-        occasion = ["journey_id", "origin_id", "key"]
-        if later:
-            most = func.greatest if pg else func.max
-            stmt = ins.on_conflict_do_update(
-                index_elements=occasion,
-                set_={
-                    "due_at": most(t.c.due_at, ins.excluded.due_at),
-                    "anchor_at": most(t.c.anchor_at, ins.excluded.anchor_at),
-                },
-            )
-        else:
-            stmt = ins.on_conflict_do_nothing(index_elements=occasion)
-        await session.execute(stmt)
+        await session.execute(stmt, rows[start : start + BATCH])  # executemany: compiled once, cached
     return len(rows)
 
 
@@ -148,16 +149,27 @@ async def _stored_until(session: AsyncSession, now: datetime) -> datetime:
     return min(now, datetime.now(UTC) - timedelta(seconds=float(waiting["lag_seconds"])))
 
 
-def _timers_for(j: Journey, rules: Rules, ev: Any, now: datetime) -> Due | None:
-    """The timer one event starts for one journey, if any."""
+def _timers_for(j: Journey, rules: Rules, ev: Any, new: set[str]) -> Due | None:
+    """The timer one event starts for one journey, if any (an ``identify`` welcomes only the
+    ``new`` profiles it created)."""
     at = ev.occurred_at
-    if j.kind == "welcome" and (ev.type == "identify" or ev.name == SIGNED_UP):
+    if j.kind == "welcome" and (ev.name == SIGNED_UP or (ev.type == "identify" and ev.profile_id in new)):
         return Due(j.id, ev.profile_id, ev.origin_id, "welcome", at + timedelta(minutes=rules.delay_minutes), at)
     if j.kind == "abandoned_cart" and ev.name == CART_ADDED:
         return Due(j.id, ev.profile_id, ev.origin_id, "cart", at + timedelta(hours=rules.hours), at)
     if j.kind == "reengagement":
         return Due(j.id, ev.profile_id, ev.origin_id, "reengage", at + timedelta(days=rules.days), at)
     return None
+
+
+async def _created_by(session: AsyncSession, identifies: Sequence[Any]) -> set[str]:
+    """Profiles these ``identify`` events created (made within a minute of the event's arrival)."""
+    if not identifies:
+        return set()
+    table, person, _region, _live = population()
+    arrived = {r.profile_id: r.received_at for r in identifies}
+    q = select(person, table.c.created_at).where(person.in_(sorted(arrived)))
+    return {pid for pid, made in (await session.execute(q)).all() if made >= arrived[pid] - NEW_PROFILE}
 
 
 async def scan_events(session: AsyncSession, now: datetime) -> int:
@@ -185,9 +197,10 @@ async def scan_events(session: AsyncSession, now: datetime) -> int:
             return made
         first: list[Due] = []
         grow: list[Due] = []
+        new = await _created_by(session, [r for r in rows if r.type == "identify"])
         for row in rows:
             for j in journeys:
-                due = _timers_for(j, rules[j.id], row, now)
+                due = _timers_for(j, rules[j.id], row, new)
                 if due is not None and due.due_at >= now - STALE:
                     (first if j.kind == "welcome" else grow).append(due)
         made += await put_timers(session, first, now, later=False) + await put_timers(session, grow, now, later=True)
@@ -395,7 +408,8 @@ async def _conditions(session: AsyncSession, f: Firing) -> None:
         return
     since = min(p.timer.anchor_at for p in f.waiting) if f.waiting else f.now
     names = None if extra is not None else [CART_BOUGHT]
-    events = await _facts(session, [p.root for p in f.waiting], min(since, f.now - LOOKBACK), names)
+    start = since if extra is None else min(since, f.now - LOOKBACK)
+    events = await _facts(session, [p.root for p in f.waiting], start, names)
     for p in list(f.waiting):
         node = All(tuple(n for n in (kinds[p.root], extra) if n is not None))
         if not matches(node, Facts(traits=p.traits, events=events.get(p.root, [])), f.now):
@@ -432,19 +446,30 @@ async def _caps(session: AsyncSession, f: Firing) -> None:
 
 
 async def _consent(session: AsyncSession, f: Firing) -> None:
-    """Consent now, through the decision engine (a denial is recorded with its reason)."""
+    """Consent now, by the decision engine's reason for each person (one statement); the
+    refusals go to the ledger as one group entry with counts by reason."""
     if not f.waiting:
         return
     _table, person, region, _live = population()
-    ask = Ask(f.journey.purpose)
-    q = select(person).where(person.in_([p.root for p in f.waiting]), population_predicate(ask, person, region, f.now))
-    allowed = set((await session.execute(q)).scalars())
-    principal = journey_principal(f.journey)
+    rules, ask = current_rules(), Ask(f.journey.purpose)
+    reason = reason_expr(rules, ask, person, region, f.now)
+    q = select(person, reason).where(person.in_([p.root for p in f.waiting]))
+    reasons = {pid: str(r) for pid, r in (await session.execute(q)).all()}
+    refused: dict[str, int] = defaultdict(int)
     for p in list(f.waiting):
-        if p.root not in allowed:
-            verdict = await decide_person(session, principal, ask, p.root, f.now)
-            if not verdict.allowed:
-                f.settle(p, "refused", verdict.reason)
+        why = reasons.get(p.root, "unknown person")
+        if why != "allowed":
+            f.settle(p, "refused", why)
+            refused[why] += 1
+    if refused:
+        await record_group(
+            session,
+            journey_principal(f.journey),
+            "journey.refused",
+            sorted(r for r, (_p, o, _w) in f.outcomes.items() if o == "refused"),
+            purpose=f.journey.purpose,
+            details={"journey_id": f.journey.id, "reasons": dict(refused), "policy_version": rules.version},
+        )
 
 
 async def _deliver(session: AsyncSession, f: Firing, sender: Sender) -> None:
