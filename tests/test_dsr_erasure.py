@@ -188,7 +188,11 @@ def test_a_person_ingested_every_way_is_erased_and_nothing_of_theirs_is_left(dsr
         origins = _origins(ids["alice"])
         assert len(origins) == 2  # the anonymous visitor was merged in
         bob_before = _bob_state(c, keys, ids["bob"])
-        assert _scan(origins, ALICE).stores["ingest"]  # before: the scan sees her
+        before = _scan(origins, ALICE)  # before: the scan sees her, in the stores and in the bytes
+        assert before.stores["ingest"] and not before.clean
+        places = {f["where"] for f in before.findings if f["what"] == "blind index"}
+        assert places & {"database file", "database WAL", "table identifier"}, before.findings
+        assert {f["where"] for f in before.findings if f["what"] == "profile id"} >= {"table event", "table profile"}
 
     plan = _plan(ids["alice"])
     assert plan["journeys"] == {"journey_timer": 1}

@@ -171,7 +171,12 @@ def sqlite_files() -> list[tuple[str, Path]]:
 
 
 def _text_columns(table: Any) -> list[Any]:
-    return [c for c in table.c if isinstance(c.type, String | Text) or c.type.__class__.__name__ == "JSON"]
+    """Columns holding text (strings, SQLModel's ``AutoString`` decorator, JSON)."""
+    return [
+        c
+        for c in table.c
+        if isinstance(getattr(c.type, "impl", c.type), String | Text) or type(c.type).__name__ == "JSON"
+    ]
 
 
 async def scan_tables(session: AsyncSession, found: Needles) -> tuple[list[dict[str, Any]], int]:
