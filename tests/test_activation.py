@@ -32,7 +32,7 @@ from app.db import unit_of_work
 from app.jobs.scheduler import claim
 from app.profiles.service import person_of
 from app.settings import get_settings
-from audit.merkle import verify_inclusion
+from audit.merkle import leaf_hash, verify_inclusion
 from tests.conftest import Env, run
 from tests.helpers import MARKETING, auth, client, make_keys, sync_db
 
@@ -184,6 +184,8 @@ def test_a_webhook_gets_exactly_the_consented_members_with_the_allowed_fields_si
         assert [s["run_id"] for s in sent] == [first["id"], second["id"]]
         for s in sent:
             proof = s["proof"]
+            leaf = json.dumps(proof["leaf"], sort_keys=True, separators=(",", ":")).encode()
+            assert leaf_hash(leaf).hex() == proof["leaf_hash"]  # the person can recompute their leaf
             assert verify_inclusion(
                 proof["leaf_index"],
                 proof["tree_size"],

