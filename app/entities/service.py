@@ -169,6 +169,15 @@ def product_clause(event_id: Any, where: Condition) -> ColumnElement[bool]:
     return q.correlate_except(ep).exists()
 
 
+def person_product_clause(person: Any, where: Condition) -> ColumnElement[bool]:
+    """SQL: some event of the person (a column holding the surviving profile id) was about a
+    product whose attributes satisfy ``where``."""
+    ep, p = table_of(EventProduct), table_of(Product)
+    products = select(p.c.id).where(where(p.c.attributes))
+    q = select(ep.c.event_id).where(ep.c.profile_id == person, ep.c.product_id.in_(products))
+    return q.correlate_except(ep).exists()
+
+
 async def person_accounts(session: AsyncSession, profile_id: str) -> list[dict[str, Any]]:
     """The accounts a surviving profile belongs to, with their non-personal traits."""
     m, a = table_of(AccountMember), table_of(Account)

@@ -33,7 +33,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from app.consent.records import state_clause
 from app.db import table_of
-from app.entities.service import account_clause, product_clause
+from app.entities.service import account_clause, person_product_clause, product_clause
 from app.profiles.service import age_clause, birthday_clause
 from app.segments.grammar import (
     Age,
@@ -313,7 +313,7 @@ class Compiler:
         if isinstance(node, BirthdayToday):
             return birthday_clause(self.person, self.now.date())
         if isinstance(node, Event):
-            return self._event(node)
+            return and_(self._has_product(node), self._event(node))
         if isinstance(node, HasTag):
             return tag_clause(self.person, node.tag)
         if isinstance(node, InAccount):
@@ -343,6 +343,13 @@ class Compiler:
         if w.start is not None and w.end is not None:
             return [e.c.occurred_at >= w.start, e.c.occurred_at < w.end]
         return []
+
+    def _has_product(self, node: Event) -> ColumnElement[bool]:
+        """A guard implied by an event condition on products: some event of the person was about
+        a matching product (the profile-and-product index), so nobody else's events are read."""
+        if node.count_min < 1 or not node.step.product:
+            return true()
+        return person_product_clause(self.person, lambda attributes: _all_of(attributes, node.step.product))
 
     def _event(self, node: Event) -> ColumnElement[bool]:
         e = self.events
