@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, text
 
+from app.consent.models import PrivacyFlag
 from app.db import create_sync_engine, table_of
 from app.profiles.models import ProfileField
 from app.profiles.service import birth_indexes, population
@@ -21,6 +22,7 @@ from app.segments.grammar import Parser
 from app.segments.models import SegmentMember
 from app.segments.sql import Compiler, events_table
 from app.settings import get_settings
+from app.traits.models import TraitValue
 from app.vault.keyring import key_material
 from tests.conftest import Env
 
@@ -30,6 +32,8 @@ PURPOSES = frozenset({M, "analytics.reporting"})
 SEG = "5e6a0000-0000-4000-8000-000000000001"
 TRAITS = ("plan", "amount", "status", "keywords", "created_at")
 PROPS = ("category", "price", "filters")
+COMPUTED = ("purchase_total", "churn_risk")
+"""Computed traits of policies/computed_traits.yaml (churn_risk profiles a person)."""
 WORDS = ("", "a", "ab", "pro", "Pro", "b a", "é", "x-1", "1", "2026-05-01", "2026-05-31T10:00:00Z")
 
 
@@ -83,7 +87,9 @@ def _population(seed: int) -> tuple[dict[str, Facts], list[dict[str, Any]]]:
             born = date(r.randint(1950, 2026), month, day)
             born = born if born <= NOW.date() else None
         segs = frozenset({SEG}) if r.random() < 0.3 else frozenset()
-        facts = Facts(_bag(r, TRAITS), events, consents, segs, born)
+        refused = r.random() < 0.2
+        computed = _bag(r, COMPUTED)
+        facts = Facts(_bag(r, TRAITS), events, consents, segs, born, computed=computed, profiling_refused=refused)
         if n % 10 == 9:
             merged.append({"id": pid, "facts": facts})  # merged away: never a member
         else:
@@ -96,6 +102,7 @@ def _store(people: dict[str, Facts], merged: list[dict[str, Any]]) -> None:
     events = events_table()
     states = table_of_consent_state()
     members = table_of(SegmentMember)
+    values = table_of(TraitValue)
     fields = table_of(ProfileField)
     key = key_material(get_settings()).index_key
     survivor = next(iter(people))
@@ -164,6 +171,11 @@ def _store(people: dict[str, Facts], merged: list[dict[str, Any]]) -> None:
                 db.execute(insert(fields), {**row, **birth_indexes(key, "birthday", f.birthday.isoformat())})
             if SEG in f.segments:
                 db.execute(insert(members), {"segment_id": SEG, "profile_id": pid, "entered_at": NOW})
+            for name, value in f.computed.items():
+                db.execute(insert(values), {"profile_id": pid, "name": name, "value": {"v": value}, "computed_at": NOW})
+            if f.profiling_refused:
+                flag = {"origin_id": pid, "flag": "profiling_refused", "profile_id": pid, "set_at": NOW}
+                db.execute(insert(table_of(PrivacyFlag)), {**flag, "source": "t"})
     engine.dispose()
 
 
@@ -213,6 +225,7 @@ leaf = st.one_of(
         st.sampled_from(["granted", "denied", "withdrawn", "none"]),
     ),
     st.just({"segment": SEG}),
+    st.builds(lambda t, o: {"computed": t, **o}, st.sampled_from(COMPUTED), ops),
     st.just({"birthday": "today"}),
     st.builds(lambda a, b: {"age": {"between": [a, a + b]}}, st.integers(0, 80), st.integers(0, 20)),
     st.builds(lambda a: {"age": {"gte": a}}, st.integers(0, 80)),
@@ -262,7 +275,8 @@ def test_the_population_is_stored_and_trees_tell_people_apart(populated: dict[st
     with engine.connect() as db:
         assert db.execute(text("SELECT count(*) FROM profile")).scalar() == 40
     engine.dispose()
-    for tree in ({"event": "A"}, {"trait": "plan", "exists": True}, {"age": {"gte": 30}}, {"consent": M}):
+    trees = ({"event": "A"}, {"trait": "plan", "exists": True}, {"age": {"gte": 30}}, {"consent": M})
+    for tree in (*trees, {"computed": "churn_risk", "exists": False}):
         node = Parser(lambda _name: None, lambda name: name, PURPOSES).parse(tree)
         chosen = [pid for pid, facts in populated.items() if matches(node, facts, NOW)]
         assert 0 < len(chosen) < len(populated), tree

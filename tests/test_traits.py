@@ -3,6 +3,7 @@ profiling refusal, merged-away profiles, incremental refresh, and their use in s
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +12,13 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from app.db import unit_of_work
+from app.inventory import Person
 from app.profiles.service import population
 from app.segments.evaluate import Facts, matches
 from app.segments.grammar import Parser
 from app.segments.sql import Compiler, events_table
+from app.settings import get_settings
+from app.traits.holder import HOLDER
 from app.traits.service import refresh_traits, values_of
 from tests.conftest import Env, run
 from tests.helpers import auth, client, make_keys, sync_db
@@ -248,7 +252,9 @@ def test_a_profiling_refusal_removes_the_scores_at_the_next_refresh(shop: Env) -
             r[0] for r in db.execute(text("SELECT name FROM trait_value WHERE profile_id = :id"), {"id": ID["A"]})
         }
     assert stored == set(EXPECTED["A"]) - set(PROFILING)
-    assert run(_values())["R"]["churn_risk"] == 1  # R no longer refuses: scored (d = 1, a = 1, b = 0)
+    after = run(_values())["R"]
+    assert after["churn_risk"] == 1  # R no longer refuses: scored (d = 1, a = 1, b = 0)
+    assert "rfm_recency" not in after  # population-wide: at the next full refresh
 
 
 def test_an_incremental_refresh_touches_only_the_people_named(shop: Env) -> None:
@@ -265,11 +271,16 @@ def test_an_incremental_refresh_touches_only_the_people_named(shop: Env) -> None
             text("UPDATE trait_value SET value = :v WHERE profile_id = :id AND name = 'purchase_count'"),
             {"v": '{"v": 99}', "id": ID["C"]},
         )
+        db.execute(  # a value left for a merged-away id (as if computed before the merge)
+            text("INSERT INTO trait_value (profile_id, name, value, computed_at) VALUES (:id, 'rfm_recency', :v, :at)"),
+            {"v": '{"v": 3}', "id": ID["M"], "at": NOW},
+        )
     counts = run(_refresh([ID["B"], ID["M"]]))
     assert counts["purchase_count"] == 1
     values = run(_values())
     assert (values["B"]["purchase_count"], values["B"]["last_category"], values["B"]["churn_risk"]) == (2, "hats", 1)
     assert values["C"]["purchase_count"] == 99  # not named: untouched
+    assert values["B"]["rfm_recency"] == 1  # population-wide: kept until the next full refresh
     assert values["M"] == {}
 
 
@@ -331,3 +342,52 @@ def test_the_api_lists_traits_and_refuses_unknown_ones_by_path(env: Env) -> None
         refresh = c.post("/v1/traits/refresh", json={}, headers=auth(keys["admin"]))
         assert refresh.status_code == 200, refresh.text
         assert c.post("/v1/traits/refresh", json={}, headers=auth(keys["marketer"])).status_code == 403
+
+
+def test_the_profile_view_shows_computed_traits(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        assert c.post("/v1/identify", json={"userId": "u1", "traits": {}}, auth=(keys["ingest"], "")).status_code == 200
+        order = {"userId": "u1", "event": ORDER, "properties": {"revenue": 80, "category": "hats"}}
+        assert c.post("/v1/track", json=order, auth=(keys["ingest"], "")).status_code == 200
+        found = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": "u1"}, headers=auth(keys["admin"]))
+        pid = found.json()["profiles"][0]["id"]
+        r = c.post("/v1/traits/refresh", json={"profile_ids": [pid]}, headers=auth(keys["admin"]))
+        assert r.status_code == 200, r.text
+        assert r.json()["values"]["purchase_count"] == 1
+        view = c.get(f"/v1/profiles/{pid}", headers=auth(keys["admin"])).json()
+        assert (view["computed"]["purchase_count"], view["computed"]["last_category"]) == (1, "hats")
+        assert view["computed"]["churn_risk"] == 0  # active today (d = 0), a = 1, b = 0: T = 0
+        bad = c.post("/v1/traits/refresh", json={"profile_ids": ["x" * 40]}, headers=auth(keys["admin"]))
+        assert bad.status_code == 422 and bad.json()["invalid-params"][0]["name"] == "profile_ids"
+
+
+def test_a_trait_reading_a_personal_property_is_skipped(shop: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    policies = shop.tmp / "policies"
+    shutil.copytree(get_settings().policy_dir, policies)
+    with (policies / "computed_traits.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("  email_seen:\n    kind: last\n    event: Order Completed\n")
+        fh.write("    property: email\n    profiling: false\n")
+    monkeypatch.setenv("CONSENTRY_POLICY_DIR", str(policies))
+    get_settings.cache_clear()
+    counts = run(_refresh())
+    assert counts["skipped"] == 1 and "email_seen" not in counts
+    assert _numbers_equal(run(_values())) == EXPECTED
+
+
+def test_the_holder_exports_forgets_and_drops_values_on_merge(shop: Env) -> None:
+    run(_refresh())
+
+    async def work() -> tuple[dict[str, Any], int, int]:
+        async with unit_of_work() as session:
+            person = Person(ID["A"], (ID["A"], ID["M"]))
+            exported = await HOLDER.export(session, {}, person)
+            dropped = await HOLDER.rekey(session, ID["C"], ID["A"], [ID["C"]])  # C merged into A
+            removed = await HOLDER.forget(session, person)
+            return exported, dropped, removed
+
+    exported, dropped, removed = run(work())
+    assert {v["name"]: v["value"] for v in exported["computed_traits"]}["purchase_count"] == 2
+    assert dropped == len(EXPECTED["C"])
+    assert removed == len(EXPECTED["A"])
+    assert run(_values())["A"] == {} and run(_values())["C"] == {}

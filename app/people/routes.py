@@ -28,6 +28,7 @@ from app.people.schemas import (
 from app.people.service import open_person, usable, write_profile
 from app.profiles.service import ProfileView, VaultContext, read_profiles
 from app.tags.service import person_tag_history, person_tags
+from app.traits.service import values_of
 
 WRITERS = ("admin", "compliance")
 """Ingest keys write events, texts and imports only: never a profile, never a read."""
@@ -79,6 +80,8 @@ class ProfileController(Controller):
             out.tags = await person_tags(db, p.view.id)
             out.tag_history = await person_tag_history(db, p.view.id)
             out.accounts = await person_accounts(db, p.view.id)
+        if p.view.reveal != "none":  # computed traits describe the person: not for ids-only purposes
+            out.computed = await values_of(db, p.view.id)
         return out
 
     @get("/{profile_id:str}/events", opt={"roles": READERS}, operation_id="getProfileEvents")

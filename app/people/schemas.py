@@ -38,6 +38,9 @@ class ProfileOut(msgspec.Struct):
     """When tags were gained or lost, newest first (at most 50)."""
     accounts: list[dict[str, Any]] = []
     """Accounts or households the person belongs to (Segment group calls), with their non-personal traits."""
+    computed: dict[str, Any] = {}
+    """Computed traits and scores (policies/computed_traits.yaml) as of their last refresh;
+    profiling ones left out for a person refusing profiling."""
 
 
 class ProfileLookup(msgspec.Struct, forbid_unknown_fields=True):

@@ -285,6 +285,13 @@ def _all_of(column: Any, fields: tuple[tuple[str, tuple[Cmp, ...]], ...]) -> Col
 
 
 
+def _computed(person: Any, name: str, c: Cmp) -> ColumnElement[bool]:
+    """One comparison on a computed trait; a person without a value has none (``exists: false``)."""
+    if c.op == "exists" and not c.value:
+        return not_(value_clause(person, name, lambda v: cmp_sql(v, "v", Cmp("exists", True))))
+    return value_clause(person, name, lambda v: cmp_sql(v, "v", c))
+
+
 class Compiler:
     """Compiles trees for a population query: ``person`` is the column holding the surviving
     profile id, ``traits`` its plain-traits JSON column, ``now`` the time windows count from."""
@@ -319,7 +326,7 @@ class Compiler:
         if isinstance(node, InAccount):
             return account_clause(self.person, lambda traits: _all_of(traits, node.where))
         if isinstance(node, Computed):
-            return value_clause(self.person, node.name, lambda v: and_(*(cmp_sql(v, "v", c) for c in node.cmps)))
+            return and_(*(_computed(self.person, node.name, c) for c in node.cmps))
         if isinstance(node, ProfilingAllowed):
             return not_(refused(self.person, self.now))
         return self._funnel(node)

@@ -59,6 +59,13 @@ class TraitDef:
     components: tuple[Component, ...] = ()
     item: str | None = None
     """``bought_together``: the key of each element of the ``properties[0]`` list."""
+    neighbours: int = 10
+    """``bought_together``: the products most often bought with each product that count."""
+
+    @property
+    def population_wide(self) -> bool:
+        """A person's value depends on everyone's events at once (ranks)."""
+        return self.kind == "rfm"
 
     def names_read(self) -> set[str]:
         """Every event property the trait reads (each must be non-personal)."""
@@ -114,6 +121,7 @@ def parse_trait(name: str, spec: dict[str, Any]) -> TraitDef:
         limit=int(spec.get("limit", 50)),
         components=tuple(_component(name, c) for c in spec.get("components") or []),
         item=spec.get("item"),
+        neighbours=int(spec.get("neighbours", 10)),
     )
     _check(trait)
     return trait
@@ -132,8 +140,8 @@ def _check(t: TraitDef) -> None:
         raise ValueError(f"computed_traits.yaml: {t.name}: needs list and item")
     if t.kind == "weighted" and not t.components:
         raise ValueError(f"computed_traits.yaml: {t.name}: needs components")
-    if not 1 <= t.limit <= 500:
-        raise ValueError(f"computed_traits.yaml: {t.name}: limit must be 1 to 500")
+    if not 1 <= t.limit <= 500 or not 1 <= t.neighbours <= 500:
+        raise ValueError(f"computed_traits.yaml: {t.name}: limit and neighbours must be 1 to 500")
     if not all(isinstance(p, str) and p for p in t.names_read()):
         raise ValueError(f"computed_traits.yaml: {t.name}: property names must be strings")
 

@@ -24,3 +24,16 @@ class TraitValue(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     value: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     computed_at: datetime = Field(sa_type=UtcDateTime)
+
+
+class TraitPair(SQLModel, table=True):
+    """``bought_together``'s item-to-item table (no person in it): for each item, the items
+    most often in the same order, with how many orders held both. Kept by the full refresh;
+    refreshes of named people score from it."""
+
+    __tablename__ = "trait_pair"
+
+    trait: str = Field(primary_key=True, max_length=64)
+    item: str = Field(primary_key=True, max_length=200)
+    other: str = Field(primary_key=True, max_length=200)
+    co: int

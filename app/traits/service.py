@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, exists, insert, literal, not_, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, literal, not_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import SYSTEM, Principal
@@ -34,13 +34,15 @@ from app.pii.review import current_field_policy
 from app.profiles.service import population
 from app.settings import get_settings
 from app.traits.catalog import Catalog, TraitDef, catalog
-from app.traits.models import TraitValue
+from app.traits.models import TraitPair, TraitValue
 from app.traits.sql import TraitQuery
 from app.vault.keyring import key_material
 
 log = structlog.get_logger("consentry.traits")
 CHUNK = 2_000
 """People refreshed per statement when a caller names them (bound-parameter limits)."""
+WORK_MEM = "64MB"
+"""PostgreSQL's memory per sort or hash during a full refresh (this transaction only)."""
 REFUSED = "profiling_refused"
 PURPOSE = "analytics.reporting"
 """The purpose the refresh is recorded under in the ledger."""
@@ -76,16 +78,29 @@ async def refresh_traits(
     now: datetime | None = None,
     actor: Principal = SYSTEM,
 ) -> dict[str, int]:
-    """Compute every trait again for these people (None: everyone), in the caller's
+    """Compute the traits again for these people (None: everyone), in the caller's
     transaction: their old values go, the new ones are inserted by one statement per trait
-    (and per chunk of people). Merged-away ids lose their values and get none. Returns the
+    (and per chunk of people). Merged-away ids lose their values and get none.
+
+    Population-wide traits (RFM quintiles: a person's rank depends on everyone's orders)
+    are computed by the full refresh only; a refresh of named people keeps their values,
+    except for a merged-away id or, for profiling traits, a refusal. Bought-together scores
+    come from the item-to-item table the full refresh keeps (``trait_pair``). Returns the
     values written per trait (``skipped``: definitions reading a personal property)."""
     now = now or datetime.now(UTC)
     traits, skipped = await usable_traits(session)
+    if profile_ids is None and session.get_bind().dialect.name == "postgresql":
+        await session.execute(text(f"SET LOCAL work_mem = '{WORK_MEM}'"))  # sorts of a full refresh in memory
+    kept: list[TraitDef] = []
+    if profile_ids is not None:
+        kept = [t for t in traits if t.population_wide]
+        traits = [t for t in traits if not t.population_wide]
     counts = {t.name: 0 for t in traits}
     chunks = [None] if profile_ids is None else _chunks(sorted(set(profile_ids)))
     for chunk in chunks:
-        await _clear(session, chunk)
+        await _clear(session, chunk, [k.name for k in kept])
+        if chunk is not None:
+            await _drop_kept(session, chunk, kept, now)
         for t in traits:
             counts[t.name] += await _compute(session, t, chunk, now)
     await record(
@@ -104,17 +119,39 @@ def _chunks(ids: list[str]) -> list[list[str] | None]:
     return [ids[n : n + CHUNK] for n in range(0, len(ids), CHUNK)]
 
 
-async def _clear(session: AsyncSession, chunk: Collection[str] | None) -> None:
+async def _clear(session: AsyncSession, chunk: Collection[str] | None, kept: Collection[str] = ()) -> None:
+    """Delete the values of ``chunk`` (None: everyone's), but for the traits ``kept``."""
     t = table_of(TraitValue)
     stmt = delete(t) if chunk is None else delete(t).where(t.c.profile_id.in_(list(chunk)))
+    if kept:
+        stmt = stmt.where(t.c.name.not_in(list(kept)))
     await session.execute(stmt)
+
+
+async def _drop_kept(session: AsyncSession, chunk: Collection[str], kept: list[TraitDef], now: datetime) -> None:
+    """Of the values kept for ``chunk``, delete those of merged-away ids and the profiling
+    ones of people refusing profiling."""
+    if not kept:
+        return
+    t = table_of(TraitValue)
+    profiling = [k.name for k in kept if k.profiling]
+    gone = or_(not_(_alive(t.c.profile_id)), and_(t.c.name.in_(profiling), refused(t.c.profile_id, now)))
+    await session.execute(delete(t).where(t.c.profile_id.in_(list(chunk)), gone))
+
+
+def _alive(pid: Any) -> ColumnElement[bool]:
+    """SQL: ``pid`` is a surviving profile."""
+    profile, person, _region, live = population()
+    return select(person).where(person == pid, live).correlate_except(profile).exists()
 
 
 async def _compute(session: AsyncSession, t: TraitDef, chunk: Collection[str] | None, now: datetime) -> int:
     """Insert one trait's values for the people of ``chunk`` (None: everyone); returns rows."""
     profile, person, _region, live = population()
-    dialect = session.get_bind().dialect.name
-    q = TraitQuery(now, chunk, dialect, lambda p: _scored(p, t, now))(t).subquery("computed")
+    query = TraitQuery(now, chunk, session.get_bind().dialect.name, lambda p: _scored(p, t, now))
+    if t.kind == "bought_together" and chunk is None:
+        await _keep_neighbours(session, t, query)
+    q = query(t).subquery("computed")
     where = [live, *([not_(refused(person, now))] if t.profiling else [])]
     rows = (
         select(q.c.pid, literal(t.name), q.c.value, literal(now, UtcDateTime()))
@@ -123,14 +160,27 @@ async def _compute(session: AsyncSession, t: TraitDef, chunk: Collection[str] | 
     )
     tv = table_of(TraitValue)
     result = await session.execute(insert(tv).from_select(["profile_id", "name", "value", "computed_at"], rows))
-    return int(getattr(result, "rowcount", 0) or 0)
+    n = int(getattr(result, "rowcount", -1))
+    if n >= 0:
+        return n
+    written = select(func.count()).select_from(tv).where(tv.c.name == t.name)  # SQLite: no count after WITH
+    if chunk is not None:
+        written = written.where(tv.c.profile_id.in_(list(chunk)))
+    return int((await session.execute(written)).scalar() or 0)
+
+
+async def _keep_neighbours(session: AsyncSession, t: TraitDef, query: TraitQuery) -> None:
+    """Compute the item-to-item table of a bought-together trait again (from every order)."""
+    pairs = table_of(TraitPair)
+    await session.execute(delete(pairs).where(pairs.c.trait == t.name))
+    n = query.neighbours(t).subquery("neighbours")
+    rows = select(literal(t.name), n.c.item, n.c.other, n.c.co)
+    await session.execute(insert(pairs).from_select(["trait", "item", "other", "co"], rows))
 
 
 def _scored(pid: Any, t: TraitDef, now: datetime) -> ColumnElement[bool]:
     """SQL: a population-wide score counts this person (surviving; not refusing profiling)."""
-    profile, person, _region, live = population()
-    alive = select(person).where(person == pid, live).correlate_except(profile).exists()
-    return and_(alive, not_(refused(pid, now))) if t.profiling else alive
+    return and_(_alive(pid), not_(refused(pid, now))) if t.profiling else _alive(pid)
 
 
 async def values_of(session: AsyncSession, profile_id: str, now: datetime | None = None) -> dict[str, Any]:

@@ -32,7 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from app.db import table_of
 from app.traits.catalog import TraitDef
+from app.traits.models import TraitPair
 
 DAY_S = 86_400
 
@@ -451,8 +453,8 @@ class TraitQuery:
         q = select(e.c.profile_id.label("pid"), wrapped(score).label("value"))
         return q.where(e.c.name.in_(names), *self._mine(e)).group_by(e.c.profile_id)
 
-    def _items(self, t: TraitDef) -> Any:
-        """(order event id, pid, item id) for every item of every matching order, once each."""
+    def _items(self, t: TraitDef, scoped: bool) -> Any:
+        """(order event id, pid, item id) for every item of every matching order."""
         e = self.e
         listed = t.properties[0]
         if self.dialect == "postgresql":
@@ -469,31 +471,38 @@ class TraitQuery:
         q = (
             select(e.c.id.label("order_id"), e.c.profile_id.label("pid"), item.label("item"))
             .select_from(e.join(elements, true()))
-            .where(*self._matching(t, scoped=False), item.isnot(None))
-            .distinct()
-        )
-        return q.cte("order_items")
+            .where(*self._matching(t, scoped=scoped), item.isnot(None))
+        )  # an item listed twice in one order is counted once below (count distinct, distinct)
+        return q.cte("order_items").prefix_with("MATERIALIZED")
 
-    def _bought_together(self, t: TraitDef) -> Select[Any]:
-        items = self._items(t)
+    def neighbours(self, t: TraitDef) -> Select[Any]:
+        """``bought_together``'s item-to-item table over every order: (item, other, co), the
+        ``t.neighbours`` others most often in the same order as each item (then by id)."""
+        items = self._items(t, scoped=False)
         a, b = items.alias("a"), items.alias("b")
-        pairs = (
-            select(a.c.item.label("i"), b.c.item.label("j"), func.count().label("co"))
+        counted = (
+            select(a.c.item.label("item"), b.c.item.label("other"), func.count(a.c.order_id.distinct()).label("co"))
             .select_from(a.join(b, and_(a.c.order_id == b.c.order_id, a.c.item != b.c.item)))
             .group_by(a.c.item, b.c.item)
-            .subquery("pairs")
+            .subquery("co_occurrence")
         )
-        mine = select(items.c.pid, items.c.item).distinct()
-        if self.scope is not None:
-            mine = mine.where(items.c.pid.in_(list(self.scope)))
-        bought = mine.subquery("bought")
-        owned = items.alias("owned")
-        has = select(owned.c.item).where(owned.c.pid == bought.c.pid, owned.c.item == pairs.c.j).exists()
+        nearest = (counted.c.co.desc(), code_point(counted.c.other))
+        rn = func.row_number().over(partition_by=counted.c.item, order_by=nearest)
+        ranked = select(counted.c.item, counted.c.other, counted.c.co, rn.label("rn")).subquery("ranked")
+        return select(ranked.c.item, ranked.c.other, ranked.c.co).where(ranked.c.rn <= t.neighbours)
+
+    def _bought_together(self, t: TraitDef) -> Select[Any]:
+        """Scores from the stored item-to-item table (``neighbours``, kept by the full refresh)."""
+        items = self._items(t, scoped=True)
+        bought = select(items.c.pid, items.c.item).distinct().cte("bought").prefix_with("MATERIALIZED")
+        owned = bought.alias("owned")
+        pairs = table_of(TraitPair)
+        has = select(owned.c.item).where(owned.c.pid == bought.c.pid, owned.c.item == pairs.c.other).exists()
         scores = (
-            select(bought.c.pid, pairs.c.j.label("j"), func.sum(pairs.c.co).label("s"))
-            .select_from(bought.join(pairs, pairs.c.i == bought.c.item))
+            select(bought.c.pid, pairs.c.other.label("j"), func.sum(pairs.c.co).label("s"))
+            .select_from(bought.join(pairs, and_(pairs.c.trait == t.name, pairs.c.item == bought.c.item)))
             .where(~has)
-            .group_by(bought.c.pid, pairs.c.j)
+            .group_by(bought.c.pid, pairs.c.other)
             .subquery("scores")
         )
         return self._listed(scores, scores.c.j, (scores.c.s.desc(), code_point(scores.c.j)), t.limit)

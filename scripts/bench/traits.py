@@ -1,0 +1,223 @@
+"""Computed traits: a full refresh of every trait, each trait's statement on its own, and
+incremental refreshes of a few named people — against one full scan of the events as the
+baseline, in the same run.
+
+    .venv/bin/python scripts/bench/traits.py [--people 100000] [--events 10] [--repeat 3]
+        [--database-url postgresql://postgres@127.0.0.1:5432/bench_traits]
+        [--sqlite-file /tmp/traits.db] [--reuse]
+
+A fresh database each run (a new SQLite file, or the ``public`` schema of a PostgreSQL
+database named ``bench*`` or ``test_*`` dropped and re-created), migrated, then ``--people``
+profiles (``scripts/bench/decisions.py``'s population: 2% refuse profiling) and about
+``--events`` events a person over 400 days (seeded): page and product views, products
+added, sign-ups and orders (revenue, category, 1 to 3 of 500 product ids). ``ANALYZE`` after
+the load (``VACUUM ANALYZE`` on PostgreSQL).
+
+Measured (medians of ``--repeat``; every refresh is rolled back):
+  baseline     ``SELECT count(*), max(occurred_at) FROM event``: one scan of the events;
+  full         ``refresh_traits(session)``: every trait for everyone;
+  trait NAME   one trait's insert for everyone (once);
+  named 100 / named 1000   ``refresh_traits(session, ids)`` for that many random people
+               (what the segments outbox consumer calls for touched people).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+NOW = datetime.now(UTC)
+EVENT_COLS = (
+    "id", "profile_id", "origin_id", "source", "message_id", "type", "name",
+    "occurred_at", "received_at", "properties", "traits", "key_version", "sealed",
+)  # fmt: skip
+NAMES = ["Page Viewed"] * 4 + ["Product Viewed"] * 3 + ["Product Added", "Order Completed", "Signed Up"]
+CATEGORIES = ["basketball shoes", "running shoes", "socks", "shirts", "basketballs", "hats", "bags"]
+
+
+def _properties(rng: random.Random, name: str) -> dict[str, Any]:
+    if name == "Page Viewed" or name == "Signed Up":
+        return {}
+    category = rng.choice(CATEGORIES)
+    if name != "Order Completed":
+        return {"category": category, "product_id": f"p{rng.randrange(500)}"}
+    items = [{"product_id": f"p{min(rng.randrange(500), rng.randrange(500))}"} for _ in range(rng.randint(1, 3))]
+    return {"category": category, "revenue": rng.randrange(5, 400), "products": items}
+
+
+def events(n: int, per_person: int, seed: int = 7) -> Iterator[list[tuple[Any, ...]]]:
+    """Chunks of event rows: about ``per_person`` events a person over 400 days."""
+    from scripts.bench.decisions import pid
+
+    rng = random.Random(seed)
+    chunk: list[tuple[Any, ...]] = []
+    for i in range(n):
+        p = pid(i)
+        for k in range(rng.randrange(per_person * 2 + 1)):
+            name = NAMES[rng.randrange(len(NAMES))]
+            at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
+            props = json.dumps(_properties(rng, name))
+            eid = str(uuid.UUID(int=rng.getrandbits(128)))
+            chunk.append((eid, p, p, "bench", f"m{i}-{k}", "track", name, at, at, props, "{}", 1, b"x"))
+        if len(chunk) >= 50_000:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def populate(n: int, per_person: int, postgres: bool) -> dict[str, int]:
+    from sqlalchemy import text
+
+    from app.db import create_sync_engine
+    from scripts.bench.decisions import COLUMNS, rows
+
+    counts: dict[str, int] = {}
+    engine = create_sync_engine()
+    try:
+        with engine.begin() as conn:
+            data = rows(n)
+            for table, cols in COLUMNS.items():
+                _insert(conn, table, cols, data[table], postgres)
+                counts[table] = len(data[table])
+            del data
+            counts["event"] = 0
+            for chunk in events(n, per_person):
+                _insert(conn, "event", EVENT_COLS, chunk, postgres)
+                counts["event"] += len(chunk)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))
+    finally:
+        engine.dispose()
+    return counts
+
+
+def _insert(conn: Any, table: str, cols: tuple[str, ...], data: list[tuple[Any, ...]], postgres: bool) -> None:
+    from sqlalchemy import text
+
+    if postgres:
+        cur = conn.connection.driver_connection.cursor()
+        with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+            for r in data:
+                copy.write_row(r)
+        return
+    marks = ", ".join(f":{c}" for c in cols)
+    conn.execute(
+        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
+        [dict(zip(cols, r, strict=True)) for r in data],
+    )
+
+
+async def _timed(work: Callable[[Any], Awaitable[Any]]) -> tuple[float, Any]:
+    """Seconds ``work(session)`` takes in a transaction that is rolled back."""
+    from app.db import session_maker
+
+    async with session_maker()() as session:
+        t0 = time.perf_counter()
+        out = await work(session)
+        seconds = time.perf_counter() - t0
+        await session.rollback()
+    return seconds, out
+
+
+async def measure(people: int, repeat: int) -> dict[str, tuple[float, str]]:
+    from sqlalchemy import func, select
+
+    from app.db import dispose_engines, session_maker
+    from app.traits.service import _compute, refresh_traits, usable_traits
+    from app.traits.sql import events_table
+    from scripts.bench.decisions import pid
+
+    e = events_table()
+    rng = random.Random(3)
+    out: dict[str, tuple[float, str]] = {}
+    runs: dict[str, list[float]] = {"baseline": [], "full": [], "named 100": [], "named 1000": []}
+    shown: dict[str, str] = {}
+
+    async def scan(s: Any) -> Any:
+        return (await s.execute(select(func.count(), func.max(e.c.occurred_at)))).one()[0]
+
+    for _ in range(repeat):
+        for name, work in (
+            ("baseline", scan),
+            ("full", lambda s: refresh_traits(s)),
+            ("named 100", lambda s: refresh_traits(s, [pid(rng.randrange(people)) for _ in range(100)])),
+            ("named 1000", lambda s: refresh_traits(s, [pid(rng.randrange(people)) for _ in range(1000)])),
+        ):
+            seconds, result = await _timed(work)
+            runs[name].append(seconds)
+            shown[name] = f"{result:,} events" if name == "baseline" else f"{sum(result.values()):,} values"
+    for name, times in runs.items():
+        out[name] = (statistics.median(times), shown[name])
+    async with session_maker()() as session:
+        traits, _skipped = await usable_traits(session)
+    for t in traits:
+        seconds, n = await _timed(lambda s, t=t: _compute(s, t, None, NOW))
+        out[f"trait {t.name}"] = (seconds, f"{n:,} values")
+    await dispose_engines()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--people", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=10, help="events a person, on average")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* or test_* (dropped)")
+    parser.add_argument("--sqlite-file", type=Path, help="SQLite file to use and keep (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="measure the population already there")
+    args = parser.parse_args()
+    postgres = bool(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-traits-"))
+    sqlite_file = args.sqlite_file.resolve() if args.sqlite_file else tmp / "bench.db"
+    os.environ.update(
+        {
+            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{sqlite_file}",
+            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+            "CONSENTRY_LOG_LEVEL": "WARNING",
+            "CONSENTRY_SCHEDULER": "0",
+        }
+    )
+    if postgres and not args.reuse:
+        from sqlalchemy.engine import make_url
+
+        name = make_url(args.database_url).database or ""
+        if not name.startswith(("bench", "test_")):
+            parser.error("--database-url: its public schema is dropped; use a database named bench* or test_*")
+        from scripts.bench.ingest import reset_postgres
+
+        reset_postgres(args.database_url)
+    if not postgres and not args.reuse:
+        sqlite_file.unlink(missing_ok=True)
+    subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
+    db = "PostgreSQL" if postgres else "SQLite"
+    print(f"traits benchmark on {db}, {os.cpu_count()} cores (shared: figures are noisy), {args.people:,} people")
+    if not args.reuse:
+        t0 = time.perf_counter()
+        counts = populate(args.people, args.events, postgres)
+        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    result = asyncio.run(measure(args.people, args.repeat))
+    for name, (seconds, what) in result.items():
+        print(f"  {name:<30} {seconds:8.3f} s   {what}")
+    base = result["baseline"][0]
+    print(f"  full / baseline: {result['full'][0] / base:.1f}x; named 1000 / baseline: "
+          f"{result['named 1000'][0] / base:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
