@@ -138,6 +138,11 @@ def test_wrong_expired_and_too_many_codes_are_refused(env: Env, policy_dir: Path
         expired = c.post(f"/v1/dsr/{rid}/verify", json={"code": code})
         assert expired.status_code == 422 and "expired" in expired.json()["detail"]
         assert _view(c, keys, rid)["status"] == "received"
+        assert c.post(f"/v1/dsr/{rid}/verify", json={"code": code}).status_code == 422  # still expired
+        assert c.post(f"/v1/dsr/{rid}/codes", headers=auth(keys["compliance"])).json() == {"sent": 1}
+        fresh = _codes(c, keys, rid)["email"][0]
+        assert c.post(f"/v1/dsr/{rid}/verify", json={"code": fresh}).json()["status"] == "verified"
+        assert c.post(f"/v1/dsr/{rid}/codes", headers=auth(keys["compliance"])).status_code == 409
 
 
 def test_illegal_transitions_are_refused(env: Env, policy_dir: Path) -> None:

@@ -66,6 +66,7 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/v1/dsr/{request_id:str}/wait"): {"compliance", "admin"},
     ("POST", "/v1/dsr/{request_id:str}/resume"): {"compliance", "admin"},
     ("POST", "/v1/dsr/bulk"): {"compliance", "admin"},
+    ("POST", "/v1/dsr/{request_id:str}/codes"): {"compliance", "admin"},
     ("GET", "/v1/dsr/{request_id:str}/plan"): {"compliance", "admin"},
     ("POST", "/v1/dsr/{request_id:str}/run"): {"compliance", "admin"},
     ("POST", "/v1/dsr/{request_id:str}/steps/{store:str}/retry"): {"compliance", "admin"},

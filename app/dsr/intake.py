@@ -28,7 +28,7 @@ from app.dsr.deadlines import deadlines_at_receipt
 from app.dsr.lifecycle import LEGAL_BASIS, PURPOSE, audit, load_request, move
 from app.dsr.models import KINDS, REGULATIONS, DsrRequest, DsrVerification
 from app.dsr.policy import DsrPolicy, RegulationRules
-from app.dsr.sealing import IDENTIFIERS_FIELD
+from app.dsr.sealing import IDENTIFIERS_FIELD, opened, request_key
 from app.errors import Conflict, InvalidField
 from app.identity.service import lookup_ident, profiles_holding
 from app.profiles.service import VaultContext
@@ -159,7 +159,9 @@ async def receive(
         principal,
         "dsr.received",
         request,
-        sorted(matched) or [None],
+        # the public form names nobody in the ledger yet (the same entry, known or not: no
+        # timing difference); a code or staff verification names the person
+        [None] if principal is PUBLIC else sorted(matched) or [None],
         {
             "kind": data.kind,
             "regulation": data.regulation,
@@ -269,6 +271,8 @@ async def verify_code(
     if not pending:
         if any(r.state == "locked" for r in rows):
             raise InvalidField("too many wrong codes: this request was closed; send a new request", field="code")
+        if any(r.state == "expired" for r in rows):
+            raise InvalidField("the code expired; ask for a new one", field="code")
         raise Conflict("this request has no code waiting to be entered", field="code")
     live = [r for r in pending if r.expires_at > now]
     if not live:
@@ -300,6 +304,46 @@ async def verify_code(
         session, PUBLIC, "dsr.verified", request, [hit.profile_id], {"state": hit.state, "points": hit.matched_points}
     )
     return request
+
+
+async def resend_codes(
+    session: AsyncSession, ctx: VaultContext, policy: DsrPolicy, principal: Principal, request: DsrRequest
+) -> int:
+    """New codes for the request's expired or unused ones (the old ones stop working), sent
+    again to the contacts they went to; attempts start again. Returns the codes sent."""
+    if request.status != "received":
+        raise Conflict(f"a request that is {request.status} needs no new code", field="status")
+    given, key = await opened(session, request), await request_key(session, request)
+    q = select(DsrVerification).where(
+        col(DsrVerification.request_id) == request.id, col(DsrVerification.state).in_(("pending", "expired"))
+    )
+    rows = list((await session.execute(q)).scalars())
+    if given is None or key is None or not rows:
+        raise Conflict("this request has no code to send again", field="status")
+    data = Intake(request.kind, request.regulation, given["identifiers"], field=request.field)
+    matched = await _matches(session, ctx, data)
+    await purge(session, request.id, "code")
+    expires = datetime.now(UTC) + timedelta(minutes=policy.code_ttl_minutes)
+    by_contact: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        contact = _contact(data, matched.get(row.profile_id, set()) if row.profile_id else None)
+        if contact is None:
+            continue
+        code = _code(policy)
+        row.code_hash, row.expires_at, row.attempts, row.state = (
+            code_hash(ctx.keys.index_key, row.id, code),
+            expires,
+            0,
+            "pending",
+        )
+        by_contact[contact].append(code)
+    for contact, codes in by_contact.items():
+        await channel().deliver(
+            session, key, "code", {"to": contact, "codes": codes, "due_at": request.due_at.isoformat()}
+        )
+    sent = sum(len(c) for c in by_contact.values())
+    await audit(session, principal, "dsr.codes_resent", request, [r.profile_id for r in rows], {"codes": sent})
+    return sent
 
 
 async def _wrong_code(

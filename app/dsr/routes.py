@@ -23,7 +23,7 @@ from app.deps import Caller, Db
 from app.dsr import fulfil, lifecycle
 from app.dsr.certificate import certificate_of
 from app.dsr.channel import read_outbox
-from app.dsr.intake import PUBLIC, Intake, check_intake, receive, verify_code
+from app.dsr.intake import PUBLIC, Intake, check_intake, receive, resend_codes, verify_code
 from app.dsr.models import KINDS, REGULATIONS, STATUSES, DsrRequest, DsrTransition, DsrVerification
 from app.dsr.policy import DsrPolicy, load_policy
 from app.dsr.schemas import (
@@ -203,6 +203,12 @@ class DsrController(Controller):
         """The requester enters the code they received (no key: it is their own request)."""
         r = await verify_code(db, VaultContext.from_settings(), _policy(), request_id, data.code)
         return DsrReceipt(r.id, r.status, r.received_at, r.due_at, "Thank you: your request is confirmed.")
+
+    @post("/{request_id:str}/codes", opt={"roles": STAFF}, operation_id="resendDsrCodes", status_code=200)
+    async def resend(self, request_id: FromPath[str], db: Db, principal: Caller) -> dict[str, int]:
+        """Send new codes for a request whose codes expired or were lost (the old ones stop working)."""
+        r = await lifecycle.load_request(db, request_id, lock=True)
+        return {"sent": await resend_codes(db, VaultContext.from_settings(), _policy(), principal, r)}
 
     @get("/", opt={"roles": STAFF}, operation_id="listDsr")
     async def list_requests(
