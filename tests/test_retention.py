@@ -196,7 +196,8 @@ def test_a_dry_run_deletes_nothing_and_reports_the_same_counts(env: Env) -> None
     assert real.removed == dry.removed
     assert real.by_category == dry.by_category
     assert real.queued == dry.queued
-    assert dry.removed == {"event": 1, "text_record": 1, "text_vault": 1, "profile_field": 1}
+    removed = {table: n for table, n in dry.removed.items() if n}  # other expiring tables report 0
+    assert removed == {"event": 1, "text_record": 1, "text_vault": 1, "profile_field": 1}
     assert count(EVENT) == count(TEXT) == count(VAULT) == count(FIELD) == 0
     assert ids(QUEUE, "profile_id") == {pid}
 
