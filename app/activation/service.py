@@ -318,7 +318,10 @@ async def send_to_destination(
     """Send these people to a destination now, with the same consent and field filtering and
     delivery as a segment run (one run, one ledger entry), in the caller's transaction. A key
     seen before sends nothing and returns the first answer (``duplicate``). The purpose must
-    be the destination's declared one (422 otherwise); the role must be allowed it (403)."""
+    be the destination's declared one (422 otherwise); the role must be allowed it (403).
+    A merged-away id is sent as its survivor (the result names the survivor); an unknown id
+    is excluded as ``unknown person``. Delivery happens inside the caller's transaction: on
+    SQLite, send before writing anything else in it, or the write lock is held meanwhile."""
     if not 0 < len(idempotency_key) <= 200:
         raise InvalidField("expects 1 to 200 characters", field="idempotency_key")
     seen = (
