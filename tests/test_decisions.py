@@ -312,6 +312,8 @@ def test_population_counts_agree_with_single_decisions_for_every_person(env: Env
     principal = Principal("k", "marketer", "m")
     ask = Ask(M)
 
+    some = set(rng.sample([p["id"] for p in people], 2_000))  # a segment: the narrowed form
+
     async def check() -> tuple[dict[str, str], dict[str, int], int]:
         rules = current_rules()
         table, person, region, live = population()
@@ -325,11 +327,17 @@ def test_population_counts_agree_with_single_decisions_for_every_person(env: Env
             predicate = population_predicate(ask, person, region, now)
             allowed_ids = set((await s.execute(select(person).where(live, predicate))).scalars())
             counts = await decide_population(s, principal, ask, now)
+            narrowed = await decide_population(s, principal, ask, now, within=person.in_(some), sample=25)
             sample = rng.sample([p["id"] for p in people], 300)
             single = {pid: (await decide_person(s, principal, ask, pid, now, explain=True)).reason for pid in sample}
         by_row = {str(a): str(b) for a, b in rows}
         assert {str(a): str(b) for a, b in joined_rows} == by_row
         assert allowed_ids == {pid for pid, reason in by_row.items() if reason == "allowed"}
+        within: dict[str, int] = {}
+        for pid in some:
+            within[by_row[pid]] = within.get(by_row[pid], 0) + 1
+        assert (narrowed.allowed, narrowed.denied) == (within.pop("allowed", 0), within)
+        assert narrowed.sample == sorted(pid for pid in some if by_row[pid] == "allowed")[:25]
         assert all(by_row[pid] == reason for pid, reason in single.items())
         return by_row, counts.denied, counts.allowed
 

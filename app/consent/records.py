@@ -343,14 +343,19 @@ def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, af
     return exists().where(and_(*cond)).correlate_except(t)
 
 
-def per_person(kind: str, columns: Mapping[str, Callable[[Any], ColumnElement[Any]]], name: str) -> Any:
+def per_person(
+    kind: str, columns: Mapping[str, Callable[[Any], ColumnElement[Any]]], name: str, among: Any = None
+) -> Any:
     """A subquery of one row per person (``profile_id``) over ``consent_state`` (kind
     ``"state"``) or ``privacy_flag`` (``"flag"``): each named column is ``max`` of the given
     expression over the person's rows — the facts a population decision joins instead of
-    probing every person with EXISTS."""
+    probing every person with EXISTS. ``among`` (a query of profile ids) limits it to those people."""
     t = table_of(ConsentState if kind == "state" else PrivacyFlag)
     cols = [func.max(build(t)).label(name) for name, build in columns.items()]
-    return select(t.c.profile_id, *cols).group_by(t.c.profile_id).subquery(name)
+    q = select(t.c.profile_id, *cols)
+    if among is not None:
+        q = q.where(t.c.profile_id.in_(among))
+    return q.group_by(t.c.profile_id).subquery(name)
 
 
 def flag_rows(t: Any, flag: str, now: When) -> ColumnElement[bool]:

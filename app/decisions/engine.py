@@ -173,17 +173,18 @@ class JoinedFacts:
         )  # the newest standing grant: it overrides a signal sent before it
         return and_(signal.is_not(None), or_(granted.is_(None), granted <= signal))
 
-    def joined(self, table: Any, person: Any) -> Any:
+    def joined(self, table: Any, person: Any, among: Any = None) -> Any:
         """``table`` (the population) with the facts used so far joined on ``person`` (build
-        every expression that uses these facts first)."""
+        every expression that uses these facts first); ``among`` (a query of profile ids, the
+        people ``table`` holds) reads the facts of those people only, not of everyone."""
         self.frozen = True
         out = table
         for kind, names in self.columns.items():
             if names:
-                sub = per_person(kind, dict(names.values()), f"{self.prefix}{kind}_facts")
+                sub = per_person(kind, dict(names.values()), f"{self.prefix}{kind}_facts", among)
                 out = out.outerjoin(sub, sub.c.profile_id == person)
         if self.uses_gpc:
-            sub = gpc_per_person(f"{self.prefix}gpc_facts")
+            sub = gpc_per_person(f"{self.prefix}gpc_facts", among)
             out = out.outerjoin(sub, sub.c.profile_id == person)
         return out
 

@@ -199,11 +199,14 @@ async def mark_gpc(session: AsyncSession, keys: list[Key], at: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def gpc_per_person(name: str) -> Any:
+def gpc_per_person(name: str, among: Any = None) -> Any:
     """A subquery of one row per person who holds an id that sent GPC: ``profile_id`` and
-    the newest signal's time ``gpc_at`` (for population decisions, joined)."""
+    the newest signal's time ``gpc_at`` (for population decisions, joined); ``among`` (a
+    query of profile ids) limits it to those people."""
     t = Identifier.__table__  # type: ignore[attr-defined]
     q = select(t.c.profile_id, func.max(t.c.gpc_at).label("gpc_at")).where(t.c.gpc_at.is_not(None))
+    if among is not None:
+        q = q.where(t.c.profile_id.in_(among))
     return q.group_by(t.c.profile_id).subquery(name)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, cast, column
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -16,7 +17,15 @@ class Event(SQLModel, table=True):
     and traits) are sealed under the subject's key; the rest stays queryable."""
 
     __tablename__ = "event"
-    __table_args__ = (Index("ix_event_profile_time", "profile_id", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_event_profile_time", "profile_id", "occurred_at"),
+        Index(  # PostgreSQL only (migration 0023): segment conditions on properties (``json_contains``)
+            "ix_event_properties",
+            cast(column("properties"), JSONB).label("properties_jsonb"),
+            postgresql_using="gin",
+            postgresql_ops={"properties_jsonb": "jsonb_path_ops"},
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     profile_id: str = Field(max_length=36)

@@ -117,19 +117,28 @@ def _tree_hash(tree: Any) -> str:
 
 
 async def counts(
-    session: AsyncSession, principal: Principal, purpose: str, within: ColumnElement[bool], now: datetime
+    session: AsyncSession,
+    principal: Principal,
+    purpose: str,
+    within: ColumnElement[bool],
+    now: datetime,
+    sample: int = 0,
 ) -> dict[str, Any]:
     """Total, usable and denied by reason over the people ``within`` selects (decided and
-    recorded by the decision engine), as the role may see them."""
-    verdict = await decide_population(session, principal, Ask(purpose), now, within=within)
+    recorded by the decision engine), as the role may see them; with ``sample``, ``_sample``
+    holds the ids of the first that many usable people in id order, decided in the same pass."""
+    verdict = await decide_population(session, principal, Ask(purpose), now, within=within, sample=sample)
     masked = decide(principal, purpose).reveal != "plain"
-    return {
+    out: dict[str, Any] = {
         "total": shown(verdict.total, masked),
         "usable": shown(verdict.allowed, masked),
         "denied": {r: shown(n, masked) for r, n in sorted(verdict.denied.items())},
         "policy_version": verdict.policy_version,
         "_allowed": verdict.allowed,
     }
+    if sample:
+        out["_sample"] = verdict.sample
+    return out
 
 
 async def usable_people(
@@ -159,16 +168,17 @@ async def preview(
 ) -> dict[str, Any]:
     """How many people match, how many may be used for the purpose (with counts by denial
     reason) and a small sample as the role may see it. A narrow segment shows no sample to
-    roles that see masked values."""
+    roles that see masked values. The tree is evaluated once: counts and sample come from
+    the same pass of the decision engine."""
     use = _purpose(principal, purpose)
     parsed = await parse_tree(session, tree)
     now = datetime.now(UTC)
     within = matching(parsed.node, now)
-    out = await counts(session, principal, use, within, now)
-    allowed = out.pop("_allowed")
+    out = await counts(session, principal, use, within, now, sample=min(sample, MAX_SAMPLE))
+    allowed, first = out.pop("_allowed"), out.pop("_sample", [])
     gate = decide(principal, use)
     may_list = gate.allowed and not (gate.reveal != "plain" and allowed < get_settings().segment_min_count)
-    ids = await usable_people(session, use, within, now, "", min(sample, MAX_SAMPLE)) if may_list else []
+    ids = first if may_list else []
     await record(
         session,
         principal,

@@ -9,6 +9,7 @@ a definite true or false, so ``not`` never meets a NULL.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -121,6 +122,19 @@ class text_pos(FunctionElement[int]):
     inherit_cache = True
 
 
+class json_contains(FunctionElement[bool]):
+    """The JSON column holds the string ``value`` under ``key`` (among other things), as a
+    pre-filter an index answers: ``jsonb @>`` on PostgreSQL (the GIN index on event
+    properties, migration 0023), true on SQLite. ``eq`` on a string implies it, so adding
+    it beside the exact comparison changes no result."""
+
+    type = Boolean()
+    inherit_cache = True
+
+    def __init__(self, column: Any, key: str, value: str) -> None:
+        super().__init__(column, literal(json.dumps({key: value}, ensure_ascii=False), String()))
+
+
 def _parts(el: Any, compiler: Any, skip: int | None = None, **kw: Any) -> list[str]:
     """The rendered arguments, ``skip`` left out (rendering a bind registers it in the statement)."""
     return [("" if n == skip else compiler.process(c, **kw)) for n, c in enumerate(el.clauses)]
@@ -214,6 +228,17 @@ def _epoch_pg(el: Any, compiler: Any, **kw: Any) -> str:
     return f"CAST(floor(extract(epoch from {c})) AS BIGINT)"
 
 
+@compiles(json_contains, "sqlite")
+def _contains_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    return "1"
+
+
+@compiles(json_contains, "postgresql")
+def _contains_pg(el: Any, compiler: Any, **kw: Any) -> str:
+    c, v = _parts(el, compiler, **kw)
+    return f"(CAST({c} AS JSONB) @> CAST({v} AS JSONB))"
+
+
 @compiles(text_pos, "sqlite")
 def _pos_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
     a, b = _parts(el, compiler, **kw)
@@ -224,6 +249,16 @@ def _pos_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
 def _pos_pg(el: Any, compiler: Any, **kw: Any) -> str:
     a, b = _parts(el, compiler, **kw)
     return f"strpos({a}, {b})"
+
+
+def _indexed(e: Any, step: Step) -> list[ColumnElement[bool]]:
+    """Pre-filters on an event step that the index on properties answers (string equalities)."""
+    return [
+        json_contains(e.c.properties, prop, c.value)
+        for prop, cmps in step.where
+        for c in cmps
+        if c.op == "eq" and isinstance(c.value, str)
+    ]
 
 
 def _has(x: Any, cond: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -281,8 +316,6 @@ def _text_cmp(t: Any, c: Cmp) -> ColumnElement[bool]:
 def _all_of(column: Any, fields: tuple[tuple[str, tuple[Cmp, ...]], ...]) -> ColumnElement[bool]:
     """Every comparison of ``fields`` on the JSON ``column`` (true when there are none)."""
     return and_(true(), *(cmp_sql(column, name, c) for name, cmps in fields for c in cmps))
-
-
 
 
 def _computed(person: Any, name: str, c: Cmp) -> ColumnElement[bool]:
@@ -361,6 +394,7 @@ class Compiler:
     def _event(self, node: Event) -> ColumnElement[bool]:
         e = self.events
         where = [e.c.profile_id == self.person, *self._step(e, node.step), *self._window(e, node.window)]
+        where += _indexed(e, node.step)
         if node.count_min <= 0 and node.count_max is None:
             return true()
         if node.count_min == 1 and node.count_max is None:

@@ -3,19 +3,31 @@ consent engine, a preview's counts by reason, and a full materialisation — in 
 
     .venv/bin/python scripts/bench/segments.py [--people 1000000] [--events 10] [--repeat 5]
         [--database-url postgresql://postgres@127.0.0.1:5432/bench_seg]
+        [--sqlite-file /tmp/seg.db] [--reuse] [--baseline-tree /tmp/seg-base] [--rounds 2]
 
 A fresh database each run (a new SQLite file, or the ``public`` schema of a PostgreSQL
 database named ``bench*`` dropped and re-created), migrated, then ``--people`` profiles
 (plain traits, regions, consent states, flags: ``scripts/bench/decisions.py``'s
 generator) and about ``--events`` events a person (seeded; 3% of people bought basketball
-shoes in the last 90 days), inserted in bulk, then ``ANALYZE``.
+shoes in the last 90 days), inserted in bulk, then ``ANALYZE`` (``VACUUM ANALYZE`` on
+PostgreSQL, as autovacuum does after a bulk load: index-only scans need the visibility map).
 
 Measured, medians of ``--repeat`` runs, alternating:
   baseline  the count of surviving profiles in one region (no segment, no consent);
   segment   the segment's count without consent (the tree compiled to SQL);
   preview   the segment's counts by denial reason for marketing (``decide_population``
             narrowed to the tree: what ``POST /v1/segments/preview`` runs);
+  preview+sample  what ``POST /v1/segments/preview`` does (``preview``: the counts, a
+            sample of 20 usable people, the ledger entries), but for reading the sample's
+            masked views (the generated people have no keys to read them with);
   members   a full materialisation of the saved segment (first save, then a refresh);
+With ``--reuse`` a database that already holds ``--people`` profiles (a kept
+``--sqlite-file``, or the PostgreSQL database) is migrated and measured as it is, without
+generating again; every measurement is rolled back, so it can be reused. With
+``--baseline-tree PATH`` (a checkout of another commit, e.g. ``git worktree add
+/tmp/seg-base HEAD``) the measurements run for that tree's ``app`` and for this one,
+alternating for ``--rounds`` rounds, on the same database, each in its own process.
+
   +index    (``--with-index``) segment and preview again after ``CREATE INDEX … ON event (name,
             occurred_at)``, an index the event table does not have.
 """
@@ -130,8 +142,8 @@ def populate(n: int, per_person: int, postgres: bool) -> dict[str, int]:
             for chunk in events(n, per_person):
                 _insert(conn, "event", EVENT_COLS, chunk, postgres)
                 counts["event"] += len(chunk)
-        with engine.begin() as conn:
-            conn.execute(text("ANALYZE"))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))  # as autovacuum would, after a bulk load
     finally:
         engine.dispose()
     return counts
@@ -157,24 +169,35 @@ async def measure(repeat: int, with_index: bool) -> dict[str, Any]:
     from sqlalchemy import func, select
 
     from app.access.service import Principal
-    from app.db import dispose_engines, unit_of_work
+    from app.db import dispose_engines, session_maker
     from app.decisions.engine import Ask
     from app.decisions.service import decide_population
     from app.profiles.service import population
+    from app.segments import service
     from app.segments.models import Segment
-    from app.segments.service import matching, materialise, parse_tree
+    from app.segments.service import matching, materialise, parse_tree, preview
 
     marketer = Principal(key_id="bench", role="marketer", name="bench")
+
+    async def ids_only(_s: Any, _p: Any, ids: list[str], _purpose: str) -> list[dict[str, Any]]:
+        return [{"id": i} for i in ids]
+
+    service.views = ids_only  # type: ignore[assignment]  # no keys for generated people
     table, _person, region, live = population()
     out: dict[str, Any] = {"values": {}}
-    times: dict[str, list[float]] = {"baseline": [], "segment": [], "preview": []}
-    async with unit_of_work() as s:
+    times: dict[str, list[float]] = {"baseline": [], "segment": [], "preview": [], "preview+sample": []}
+    async with session_maker()() as s:
         node = (await parse_tree(s, TREE)).node
         where = matching(node, NOW)
         baseline = select(func.count()).select_from(table).where(live, region == "DE")
         segment = select(func.count()).select_from(table).where(where)
 
         async def run(name: str) -> Any:
+            if name == "preview+sample":  # POST /v1/segments/preview: counts and 20 people (views stubbed)
+                async with session_maker()() as own:  # its ledger entry in its own transaction, undone
+                    p = await preview(own, marketer, TREE, M, 20)
+                    await own.rollback()
+                return {"usable": p["usable"], "sample": len(p["sample"])}
             if name == "preview":
                 v = await decide_population(s, marketer, Ask(M), NOW, within=where)
                 return {"total": v.total, "usable": v.allowed, "denied": v.denied}
@@ -214,9 +237,56 @@ async def measure(repeat: int, with_index: bool) -> dict[str, Any]:
             t0 = time.perf_counter()
             out["values"][label] = await materialise(s, seg, node, datetime.now(UTC))
             times[label] = [time.perf_counter() - t0]
+        await s.rollback()  # the database stays as generated (--reuse)
     await dispose_engines()
     out["times"] = {k: statistics.median(v) for k, v in times.items()}
     return out
+
+
+def populated(people: int) -> bool:
+    """The database already holds the generated population (``--reuse``)."""
+    from sqlalchemy import text
+
+    from app.db import create_sync_engine
+
+    engine = create_sync_engine()
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM profile")).scalar() or 0) == people
+    except Exception:  # no schema yet
+        return False
+    finally:
+        engine.dispose()
+
+
+def measured_by(tree: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement with ``tree``'s ``app``, in its own process (the same database)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-tree", str(tree), "--repeat", str(args.repeat)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{tree}: the measurement failed:\n{done.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def compared(args: argparse.Namespace) -> None:
+    """Baseline and this tree, alternating; medians of the rounds side by side."""
+    sides = {"baseline": args.baseline_tree.resolve(), "this tree": ROOT}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for n in range(args.rounds):
+        for side, tree in sides.items():
+            runs[side].append(measured_by(tree, args))
+            took = ", ".join(f"{k} {v:.2f}" for k, v in runs[side][-1]["times"].items())
+            print(f"  round {n + 1}, {side}: {took}", flush=True)
+    print(f"  {'':<22} {'baseline':>9} {'this tree':>10}   values (this tree)")
+    for name in runs["this tree"][0]["times"]:
+        med = {k: statistics.median(r["times"].get(name, float("nan")) for r in v) for k, v in runs.items()}
+        value = runs["this tree"][0]["values"][name]
+        print(f"  {name:<22} {med['baseline']:8.3f}s {med['this tree']:9.3f}s   {value}")
+        base_value = runs["baseline"][0]["values"].get(name)
+        if base_value != value:
+            print(f"  {'':<22} baseline's value differs: {base_value}")
 
 
 async def event_to_membership(samples: int, noise: int) -> dict[str, list[float]]:
@@ -311,9 +381,29 @@ def main() -> None:
         "--latency", type=int, default=0, help="measure only the event -> membership delay, over this many events"
     )
     parser.add_argument("--latency-noise", type=int, default=20, help="other people's events in each request")
+    parser.add_argument("--sqlite-file", type=Path, help="SQLite file to use and keep (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true", help="measure a population already generated (same --people)")
+    parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds with --baseline-tree")
+    parser.add_argument("--measure-tree", type=Path, help=argparse.SUPPRESS)  # one side of --baseline-tree
     args = parser.parse_args()
+    if args.measure_tree:
+        sys.path.insert(0, str(args.measure_tree.resolve()))
+        print(json.dumps(asyncio.run(measure(args.repeat, False)), default=str))
+        return
     postgres = bool(args.database_url)
-    if postgres:
+    sqlite_file = args.sqlite_file.resolve() if args.sqlite_file else None
+    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-seg-"))
+    os.environ.update(
+        {
+            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{sqlite_file or tmp / 'bench.db'}",
+            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+            "CONSENTRY_LOG_LEVEL": "WARNING",
+            "CONSENTRY_SCHEDULER": "0",
+        }
+    )
+    reuse = args.reuse and populated(args.people)
+    if postgres and not reuse:
         from sqlalchemy.engine import make_url
 
         if not (make_url(args.database_url).database or "").startswith("bench"):
@@ -321,22 +411,22 @@ def main() -> None:
         from scripts.bench.ingest import reset_postgres
 
         reset_postgres(args.database_url)
-    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-seg-"))
-    os.environ.update(
-        {
-            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp}/bench.db",
-            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
-            "CONSENTRY_LOG_LEVEL": "WARNING",
-            "CONSENTRY_SCHEDULER": "0",
-        }
-    )
+    if sqlite_file is not None and not reuse:
+        sqlite_file.unlink(missing_ok=True)
     try:
         subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
         db = "PostgreSQL" if postgres else "SQLite"
         print(f"segment benchmark on {db}, {os.cpu_count()} cores, {args.people:,} people")
-        t0 = time.perf_counter()
-        counts = populate(args.people, args.events, postgres)
-        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if reuse:
+            print("reusing the population already generated")
+        else:
+            t0 = time.perf_counter()
+            counts = populate(args.people, args.events, postgres)
+            made = ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            print(f"generated in {time.perf_counter() - t0:.0f} s: {made}")
+        if args.baseline_tree is not None:
+            compared(args)
+            return
         if args.latency:  # event -> membership through the inbox, processor and outbox (instead of the rest)
             print_latency(asyncio.run(event_to_membership(args.latency, args.latency_noise)))
             return
