@@ -177,3 +177,20 @@ def test_a_merge_counts_once_without_a_refresh(exact: Env) -> None:
     with client() as c:
         page = c.get(f"/v1/segments/{seg['id']}/members", headers=auth(keys["admin"])).json()
         assert page["total"] == len(page["members"]) == 4
+
+
+def test_the_processor_loop_applies_the_outbox_after_storing(exact: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.ingest.processor import Processor
+
+    keys = make_keys()
+    with client() as c:
+        ids = _shop(c, keys)
+        seg = _save(c, keys["admin"], SHOES)
+    run(apply_outbox_job())
+    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")  # accepted into the inbox, not processed by the request
+    get_settings.cache_clear()
+    with client() as c:
+        _bought(c, keys, "u3", "basketball shoes", 1)
+    assert ids["p3"] not in _members(seg["id"])
+    run(Processor(followers=[apply_outbox_job]).run(stop_when_empty=True))  # what `consentry worker` runs
+    assert ids["p3"] in _members(seg["id"])

@@ -171,6 +171,7 @@ class Processor:
     (the service and ``consentry worker`` add the segments' one; ingest never imports them)."""
     follow_every: float = 0.5
     _followed: float = 0.0
+    _following: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
     _stopping: bool = False
@@ -206,18 +207,34 @@ class Processor:
                 log.error("inbox_processor_error", reason=_reason(exc))
                 out = Outcome()
                 await asyncio.sleep(self.idle)
-            await self._follow()
+            self._follow()
             if out.batches:
                 continue
             if stop_when_empty:
+                await self._settle(again=True)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.idle)
+        await self._settle()  # a consumer's run in hand ends with its transaction
 
-    async def _follow(self) -> None:
-        if not self.followers or time.monotonic() - self._followed < self.follow_every:
+    def _follow(self) -> None:
+        """Start the followers, one run at a time, beside processing (a slow consumer never
+        holds ingestion up; rows it has not read wait in the outbox)."""
+        busy = self._following is not None and not self._following.done()
+        if not self.followers or busy or time.monotonic() - self._followed < self.follow_every:
             return
         self._followed = time.monotonic()
+        self._following = asyncio.get_running_loop().create_task(self._run_followers())
+
+    async def _settle(self, again: bool = False) -> None:
+        """Wait for the followers' run in hand; ``again``: then run them once more."""
+        if self._following is not None:
+            await self._following
+            self._following = None
+        if again and self.followers:
+            await self._run_followers()
+
+    async def _run_followers(self) -> None:
         for follower in self.followers:
             try:
                 await follower()
