@@ -234,7 +234,7 @@ def write_zip(path: Path, body: Mapping[str, Any], origins: Collection[str]) -> 
     """Write the package (0600, in a 0700 folder)."""
     private_dir(path.parent)
     tmp = path.with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as z:
         z.writestr("manifest.json", json.dumps({"request_id": body["request_id"], "profile_ids": sorted(origins)}))
         z.writestr("package.json", dumps(body))
         z.writestr("access_package.schema.json", SCHEMA_FILE.read_text())

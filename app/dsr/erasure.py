@@ -54,7 +54,9 @@ class ErasureReport:
     request_id: str
     root_id: str
     origins: tuple[str, ...]
-    found: dict[str, dict[str, int]]
+    found: dict[str, int]
+    """Store → rows found about the person (and removed, unless the store failed); the rows
+    per table are ``erasure_plan``'s (the dry run)."""
     removed: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     """Store → the error's class, for a store whose step failed (retry it with ``erase_in_store``)."""
@@ -162,7 +164,7 @@ async def erase_subject(session: AsyncSession, principal: Principal, root_id: st
     root = await resolve_merged(session, root_id)
     await _secure_delete(session)
     person, keys, idents = await _lock_person(session, ctx, principal, root)
-    report = ErasureReport(request_id, root, person.origins, await plan_for(session, person))
+    report = ErasureReport(request_id, root, person.origins, {})
     report.notices = await notify_erasure(session, principal, person, request_id)
     report.suppressed = await suppress(session, ctx.keys.master, [(i.kind, i.value) for i in idents], request_id)
     keys.clear()
@@ -175,6 +177,7 @@ async def erase_subject(session: AsyncSession, principal: Principal, root_id: st
         except Exception as exc:  # one store failing leaves the others done; retried alone
             report.failed[h.domain] = type(exc).__name__
     report.removed["vault"] = report.removed.get("vault", 0) + report.keys_shredded
+    report.found = {d: n for d, n in report.removed.items() if n}
     await record(
         session,
         principal,

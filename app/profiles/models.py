@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 from app.db import UtcDateTime
@@ -13,6 +13,14 @@ from app.db import UtcDateTime
 
 class Profile(SQLModel, table=True):
     __tablename__ = "profile"
+    __table_args__ = (
+        Index(  # the profiles merged into a person (person_of, erasure, export): few rows, no scan
+            "ix_profile_merged_into",
+            "merged_into",
+            sqlite_where=text("merged_into IS NOT NULL"),
+            postgresql_where=text("merged_into IS NOT NULL"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     created_at: datetime = Field(sa_type=UtcDateTime)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ async def _subject(name: str, events: int) -> str:
                 "event": "Product Viewed" if k % 3 else "Order Completed",
                 "properties": {"sku": f"sku-{k % 97}", "price": k % 200},
                 "timestamp": (start + timedelta(minutes=k)).isoformat(),
-                "messageId": f"{name}-{k}",
+                "messageId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/{k}")),  # names nobody
             }
             for k in range(first, min(events, first + 1000))
         ]

@@ -7,7 +7,8 @@ Create Date: 2026-11-26
 ``suppressed_identifier`` holds keyed hashes (under the suppression key, never the blind
 index key) of erased people's identifiers; ``dsr_package`` the access packages waiting to be
 downloaded (by token hash); ``dsr_certificate`` the signed completion certificates. None of
-them names a person by profile id.
+them names a person by profile id. ``ix_profile_merged_into`` finds the profiles merged into a
+person without scanning every profile (``person_of``, erasure and export of a person).
 """
 
 from __future__ import annotations
@@ -64,7 +65,18 @@ def upgrade() -> None:
     )
 
 
+    op.create_index(
+        "ix_profile_merged_into",
+        "profile",
+        ["merged_into"],
+        unique=False,
+        sqlite_where=sa.text("merged_into IS NOT NULL"),
+        postgresql_where=sa.text("merged_into IS NOT NULL"),
+    )
+
+
 def downgrade() -> None:
+    op.drop_index("ix_profile_merged_into", table_name="profile")
     op.drop_table("dsr_certificate")
     op.drop_index(op.f("ix_dsr_package_expires_at"), table_name="dsr_package")
     op.drop_index(op.f("ix_dsr_package_request_id"), table_name="dsr_package")
