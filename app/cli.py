@@ -310,6 +310,7 @@ def _policy(args: argparse.Namespace) -> int:
     from app.consent.check import check_policies
     from app.consent.rules import policy_version
     from app.dsr.policy import check_dsr_policy
+    from app.traits.catalog import check_traits_policy
 
     if args.action == "diff":
         if len(args.dirs) != 2:
@@ -325,7 +326,7 @@ def _policy(args: argparse.Namespace) -> int:
     if args.action == "version":
         print(policy_version(policy_dir))
         return 0
-    problems = check_policies(policy_dir) + check_dsr_policy(policy_dir)
+    problems = check_policies(policy_dir) + check_dsr_policy(policy_dir) + check_traits_policy(policy_dir)
     for problem in problems:
         print(problem)
     if problems:

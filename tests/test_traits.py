@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from app.segments.evaluate import Facts, matches
 from app.segments.grammar import Parser
 from app.segments.sql import Compiler, events_table
 from app.settings import get_settings
+from app.traits.catalog import KINDS, check_traits_policy
 from app.traits.holder import HOLDER
 from app.traits.service import refresh_traits, values_of
 from tests.conftest import Env, run
@@ -391,3 +393,13 @@ def test_the_holder_exports_forgets_and_drops_values_on_merge(shop: Env) -> None
     assert dropped == len(EXPECTED["C"])
     assert removed == len(EXPECTED["A"])
     assert run(_values())["A"] == {} and run(_values())["C"] == {}
+
+
+def test_a_broken_definition_is_a_policy_problem(tmp_path: Path) -> None:
+    (tmp_path / "computed_traits.yaml").write_text(
+        "traits:\n  churn:\n    kind: guess\n    profiling: true\n", encoding="utf-8"
+    )
+    (problem,) = check_traits_policy(tmp_path)
+    assert (problem.file, problem.problem) == ("computed_traits.yaml", "churn: kind must be one of " + ", ".join(KINDS))
+    assert check_traits_policy(get_settings().policy_dir) == []
+    assert check_traits_policy(tmp_path / "none") == []  # no file: no traits

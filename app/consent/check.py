@@ -37,6 +37,8 @@ TAXONOMY = "taxonomy.yaml"
 DSR = "dsr.yaml"
 """Checked by ``app.dsr.policy.check_dsr_policy`` (start-up and ``consentry policy check`` run
 both); listed here so its content is part of the checked set's digest."""
+TRAITS = "computed_traits.yaml"
+"""Checked by ``app.traits.catalog.check_traits_policy`` (start-up and ``consentry policy check``)."""
 CHECKED_FILES = (
     TAXONOMY,
     PURPOSES,
@@ -48,6 +50,7 @@ CHECKED_FILES = (
     CONSENT_MAPPING,
     RETENTION,
     DSR,
+    TRAITS,
 )
 
 REVEALS = ("plain", "masked", "none")

@@ -8,6 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from app.consent.check import PolicyProblem
 from app.consent.policy import load_yaml
 from app.settings import get_settings
 
@@ -26,6 +29,7 @@ KINDS = (
     "bought_together",
 )
 PARTS = ("recency", "frequency", "monetary")
+FILE = "computed_traits.yaml"
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 Scalar = str | int | float
 
@@ -88,11 +92,20 @@ def catalog() -> Catalog:
 
 @lru_cache(maxsize=8)
 def load_catalog(policy_dir: Path) -> Catalog:
-    path = policy_dir / "computed_traits.yaml"
+    path = policy_dir / FILE
     if not path.exists():
         return Catalog()
     raw = load_yaml(path) or {}
     return Catalog({name: parse_trait(name, spec) for name, spec in (raw.get("traits") or {}).items()})
+
+
+def check_traits_policy(policy_dir: Path) -> list[PolicyProblem]:
+    """Every problem in ``computed_traits.yaml`` (empty: sound; no file declares no traits)."""
+    try:
+        load_catalog(policy_dir)
+    except (ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        return [PolicyProblem(FILE, None, str(exc).removeprefix(f"{FILE}: "))]
+    return []
 
 
 def parse_trait(name: str, spec: dict[str, Any]) -> TraitDef:
