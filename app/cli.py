@@ -310,6 +310,7 @@ def _policy(args: argparse.Namespace) -> int:
     from app.consent.check import check_policies
     from app.consent.rules import policy_version
     from app.dsr.policy import check_dsr_policy
+    from app.tags.taxonomy import check_tags_policy
     from app.traits.catalog import check_traits_policy
 
     if args.action == "diff":
@@ -327,6 +328,7 @@ def _policy(args: argparse.Namespace) -> int:
         print(policy_version(policy_dir))
         return 0
     problems = check_policies(policy_dir) + check_dsr_policy(policy_dir) + check_traits_policy(policy_dir)
+    problems += check_tags_policy(policy_dir)
     for problem in problems:
         print(problem)
     if problems:

@@ -47,6 +47,7 @@ from app.segments.jobs import apply_outbox_job
 from app.segments.routes import SegmentController
 from app.settings import get_settings
 from app.tags.routes import TagController
+from app.tags.taxonomy import check_tags_policy
 from app.texts.routes import TextController
 from app.traits.catalog import check_traits_policy
 from app.traits.routes import TraitController
@@ -67,6 +68,7 @@ def check_policy_files(policy_dir: Path) -> None:
     """Validate every policy file before anything uses one; on problems log each (file, line,
     problem), print them on stderr and raise ``PolicyError``: the service does not start."""
     problems = check_policies(policy_dir) + check_dsr_policy(policy_dir) + check_traits_policy(policy_dir)
+    problems += check_tags_policy(policy_dir)
     if not problems:
         log.info("policy_checked", policy_dir=str(policy_dir))
         return

@@ -274,3 +274,12 @@ def test_a_saved_segment_on_a_tag_follows_tagging_through_the_outbox(exact: Env)
     with client() as c:
         page = c.get(f"/v1/segments/{seg['id']}/members", headers=auth(keys["admin"])).json()
         assert {p["id"] for p in page["members"]} == {ids[1]}
+
+
+def test_the_policy_check_reads_tags_yaml(tmp_path: Any) -> None:
+    from app.tags.taxonomy import check_tags_policy
+
+    assert check_tags_policy(get_settings().policy_dir) == []
+    (tmp_path / "tags.yaml").write_text("groups:\n  life:\n    en: Life\n    tags: {}\n", encoding="utf-8")
+    (problem,) = check_tags_policy(tmp_path)
+    assert problem.file == "tags.yaml" and "en and zh" in problem.problem

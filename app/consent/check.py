@@ -39,6 +39,8 @@ DSR = "dsr.yaml"
 both); listed here so its content is part of the checked set's digest."""
 TRAITS = "computed_traits.yaml"
 """Checked by ``app.traits.catalog.check_traits_policy`` (start-up and ``consentry policy check``)."""
+TAGS = "tags.yaml"
+"""Checked by ``app.tags.taxonomy.check_tags_policy`` (start-up and ``consentry policy check``)."""
 CHECKED_FILES = (
     TAXONOMY,
     PURPOSES,
@@ -51,6 +53,7 @@ CHECKED_FILES = (
     RETENTION,
     DSR,
     TRAITS,
+    TAGS,
 )
 
 REVEALS = ("plain", "masked", "none")

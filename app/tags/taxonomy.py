@@ -9,6 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from app.consent.check import PolicyProblem
 from app.consent.policy import load_yaml
 from app.settings import get_settings
 
@@ -97,6 +100,21 @@ def load_taxonomy(policy_dir: Path | None = None) -> Taxonomy:
     """The taxonomy in ``policies/tags.yaml`` (read again when the file changes)."""
     path = (policy_dir or get_settings().policy_dir) / "tags.yaml"
     return _load(path, path.stat().st_mtime if path.exists() else 0.0)
+
+
+def check_tags_policy(policy_dir: Path) -> list[PolicyProblem]:
+    """Problems in ``tags.yaml`` (none when it is sound or absent); rule trees are checked
+    against the segments grammar when the tags.apply job runs."""
+    path = policy_dir / "tags.yaml"
+    if not path.exists():
+        return []
+    try:
+        parse_taxonomy(load_yaml(path))
+    except (TaxonomyError, ValueError, yaml.YAMLError) as exc:
+        return [PolicyProblem("tags.yaml", None, str(exc))]
+    except (AttributeError, TypeError):
+        return [PolicyProblem("tags.yaml", None, "groups: expects GROUP: {en, zh, tags: {TAG: {en, zh, ...}}}")]
+    return []
 
 
 def tag_spec(name: str) -> TagSpec | None:
