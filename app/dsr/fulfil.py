@@ -78,7 +78,7 @@ async def _erase(session: AsyncSession, principal: Principal, request: DsrReques
         person = await person_of(session, root)
         idents = await identifier_values(session, await subject_keys(session, ring, list(person.origins)), person)
         report = await erase_subject(session, principal, root, request.id)  # commits
-        for store in report.found:
+        for store in sorted({*report.found, *report.failed}):  # a failed store found nothing yet
             if store in report.failed:
                 context = {"_root": root, "_origins": list(person.origins), "_domain": store}
                 await save_step(
