@@ -693,3 +693,15 @@ def test_concurrent_bulk_consents_for_the_same_people_in_any_order_all_succeed(e
     with sync_db() as conn:
         states = conn.execute(text("SELECT state, count(*) FROM consent_state GROUP BY state")).all()
     assert dict(states) == {"withdrawn": 40}  # a withdrawal always applies
+
+
+def test_a_purpose_that_needs_no_consent_is_decided_for_one_person(env: Env) -> None:
+    """A defect: a purpose needing no consent anywhere compiled to a statement without the
+    time, and binding the time then answered 500."""
+    keys = make_keys()
+    with client() as c:
+        pid = _person(c, keys, 1, "DE")
+        ask = {"person": pid, "purpose": "essential.service"}
+        r = c.post("/v1/decisions", json=ask, headers=auth(keys["compliance"]))
+    assert r.status_code == 200, r.text
+    assert (r.json()["decision"], r.json()["reason"]) == ("allow", "allowed")

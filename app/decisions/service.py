@@ -89,9 +89,13 @@ def _frozen(q: Any, dialect: str) -> Any:
         dialect=(postgresql if dialect == "postgresql" else sqlite).dialect(),
         compile_kwargs={"literal_binds": True},
     )
+    sql = str(compiled)
+    binds = [bindparam("person", type_=String())]
+    if ":now" in sql:  # a purpose that needs no consent anywhere is decided without the time
+        binds.append(bindparam("now", type_=UtcDateTime()))
     return (
-        text(str(compiled))
-        .bindparams(bindparam("now", type_=UtcDateTime()), bindparam("person", type_=String()))
+        text(sql)
+        .bindparams(*binds)
         .columns(column("reason", String), column("jurisdiction", String), column("merged_into", String))
     )
 
