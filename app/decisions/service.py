@@ -90,7 +90,7 @@ def _frozen(q: Any, dialect: str) -> Any:
         compile_kwargs={"literal_binds": True},
     )
     sql = str(compiled)
-    binds = [bindparam("person", type_=String())]
+    binds: list[Any] = [bindparam("person", type_=String())]
     if ":now" in sql:  # a purpose that needs no consent anywhere is decided without the time
         binds.append(bindparam("now", type_=UtcDateTime()))
     return (
