@@ -1,0 +1,181 @@
+"""The marketer's console: the segment builder (form <-> tree, live count, masked sample,
+overlap, saving), the size-over-time chart, activation and journeys pages, role refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.access.service import authenticate
+from app.console import marketer_builder as builder
+from app.console.marketer_chart import points_of, size_chart
+from app.console.marketer_segments import draft_overlap
+from app.db import unit_of_work
+from app.errors import InvalidField
+from app.settings import get_settings
+from tests.conftest import Env, run
+from tests.helpers import MARKETING, auth, client, make_keys
+from tests.test_segments import SHOES, _born, _person, _shop
+
+HOOPS = {"all": [SHOES, {"age": {"between": [18, 30]}}]}
+
+
+@pytest.fixture
+def exact(monkeypatch: pytest.MonkeyPatch, env: Env) -> Env:
+    """Counts shown exactly (threshold 0) to every role."""
+    monkeypatch.setenv("CONSENTRY_SEGMENT_MIN_COUNT", "0")
+    get_settings.cache_clear()
+    return env
+
+
+def hoops_form() -> dict[str, str]:
+    """The basketball-shoes 18-30 segment as the builder's form holds it."""
+    return {
+        "t.kind": "all",
+        "t.0.kind": "event",
+        "t.0.name": "Order Completed",
+        "t.0.wprop": "category",
+        "t.0.wop": "eq",
+        "t.0.wvalue": "basketball shoes",
+        "t.0.count_op": "gte",
+        "t.0.count": "1",
+        "t.0.within": "90",
+        "t.1.kind": "age",
+        "t.1.low": "18",
+        "t.1.high": "30",
+    }
+
+
+# --- the builder's form ----------------------------------------------------------------------
+
+
+def test_the_form_describes_the_basketball_shoes_segment() -> None:
+    assert builder.to_tree(builder.read_form(hoops_form())) == HOOPS
+
+
+def test_a_saved_tree_loads_into_the_form_and_back() -> None:
+    trees: list[dict[str, Any]] = [
+        HOOPS,
+        {"any": [{"trait": "plan", "in": ["pro", "plus"]}, {"not": {"consent": MARKETING, "state": "withdrawn"}}]},
+        {"all": [{"computed": "churn_risk", "gte": 70}, {"not": {"all": [{"tag": "lifecycle.active"}]}}]},
+        {"all": [{"event": "Order Completed", "count": {"gte": 3}, "within": {"days": 30}}, {"age": {"gte": 21}}]},
+        {"trait": "zip", "eq": "10115"},  # a number-like string stays a string
+    ]
+    for tree in trees:
+        fields = builder.fields_of(builder.from_tree(tree))
+        assert builder.to_tree(builder.read_form(fields)) == tree
+
+
+def test_what_the_form_cannot_show_is_kept_as_json() -> None:
+    funnel = {"funnel": [{"event": "Product Added"}, {"event": "Order Completed"}], "within": {"days": 7}}
+    box = builder.from_tree({"all": [funnel, {"trait": "plan", "eq": "pro"}]})
+    assert [c.kind for c in box.children] == ["json", "trait"]
+    assert builder.to_tree(builder.read_form(builder.fields_of(box))) == {
+        "all": [funnel, {"trait": "plan", "eq": "pro"}]
+    }
+
+
+def test_edits_add_remove_group_and_negate_conditions() -> None:
+    box = builder.read_form(hoops_form())
+    box = builder.edit(box, "add:t:consent")
+    box = builder.edit(box, "group:t.1")
+    box = builder.edit(box, "not:t.1")
+    fields = builder.fields_of(box)
+    assert fields["t.2.kind"] == "consent" and fields["t.1.kind"] == "all" and fields["t.1.not"] == "1"
+    fields["t.2.purpose"] = MARKETING
+    tree = builder.to_tree(builder.read_form(fields))
+    assert tree == {
+        "all": [SHOES, {"not": {"all": [{"age": {"between": [18, 30]}}]}}, {"consent": MARKETING, "state": "granted"}]
+    }
+    box = builder.edit(builder.read_form(fields), "remove:t.1")
+    assert builder.to_tree(box) == {"all": [SHOES, {"consent": MARKETING, "state": "granted"}]}
+
+
+def test_a_half_filled_condition_names_its_form_field_not_its_value() -> None:
+    form = hoops_form() | {"t.1.low": "eighteen-ish"}
+    with pytest.raises(InvalidField) as bad:
+        builder.to_tree(builder.read_form(form))
+    assert bad.value.field == "t.1.low" and "eighteen" not in str(bad.value.detail)
+    with pytest.raises(InvalidField) as empty:
+        builder.to_tree(builder.read_form(hoops_form() | {"t.0.name": " "}))
+    assert empty.value.field == "t.0.name"
+    with pytest.raises(InvalidField) as group:
+        builder.to_tree(builder.read_form({"t.kind": "any"}))
+    assert group.value.field == "t.kind"
+    for act in ("add:t.0:trait", "remove:t.9", "explode:t", "add:t:rocket", "add:x.1:trait"):
+        with pytest.raises(InvalidField) as wrong:
+            builder.edit(builder.read_form(hoops_form()), act)
+        assert wrong.value.field == "act"
+
+
+def test_typed_values_follow_the_operator() -> None:
+    def tree(op: str, value: str) -> dict[str, Any]:
+        return builder.to_tree(builder.read_form({"t.kind": "trait", "t.name": "plan", "t.op": op, "t.value": value}))
+
+    assert tree("eq", "42") == {"trait": "plan", "eq": 42}
+    assert tree("eq", '"42"') == {"trait": "plan", "eq": "42"}
+    assert tree("eq", "true") == {"trait": "plan", "eq": True}
+    assert tree("in", "pro, plus") == {"trait": "plan", "in": ["pro", "plus"]}
+    assert tree("between", "1, 2.5") == {"trait": "plan", "between": [1, 2.5]}
+    assert tree("exists", "false") == {"trait": "plan", "exists": False}
+    with pytest.raises(InvalidField) as bad:
+        tree("gte", "many")
+    assert bad.value.field == "t.value"
+
+
+# --- the size chart -------------------------------------------------------------------------
+
+
+LABELS = {"members": "Members", "usable": "Usable", "empty": "No refresh yet", "masked": "fewer than 10"}
+
+
+def test_the_size_chart_draws_both_series_and_breaks_at_masked_counts() -> None:
+    rows = [
+        {"at": "2026-11-20T10:00:00+00:00", "members": 120, "usable": 80},
+        {"at": "2026-11-01T10:00:00+00:00", "members": 100, "usable": 60},
+        {"at": "2026-11-10T10:00:00+00:00", "members": 110, "usable": "<10"},
+    ]
+    svg = str(size_chart(points_of(rows), LABELS, "Hoops <18-30> over time"))
+    assert svg.count("<polyline") == 1  # members: one line; usable: two single points around the masked one
+    assert "Usable 2026-11-10 10:00: fewer than 10" in svg
+    assert "Members 2026-11-01 10:00: 100" in svg and "Usable 2026-11-20 10:00: 80" in svg
+    assert "Hoops &lt;18-30&gt; over time" in svg and "<script" not in svg and "style=" not in svg
+    assert ">200<" in svg  # the axis rounds 120 up to 200
+    assert "No refresh yet" in str(size_chart([], LABELS, "t"))
+
+
+# --- overlap through the segments service ---------------------------------------------------
+
+
+def test_the_drafts_overlap_with_a_saved_segment_is_counted_by_the_segments_service(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        ids = _shop(c, keys)  # basketball shoes lately: p0, p1, p4, p5
+        for uid, years in {"u0": 25, "u1": 40, "u4": 18}.items():
+            ids[f"p{uid[1:]}"] = _person(c, keys, uid, {"birthday": _born(years)})
+        vip = c.post(
+            "/v1/segments",
+            json={"name": "VIP", "tree": {"trait": "plan", "in": ["vip", "basic"]}, "purpose": MARKETING},
+            headers=auth(keys["marketer"]),
+        )
+        assert vip.status_code == 201, vip.text
+
+    async def overlap() -> Any:
+        async with unit_of_work() as session:
+            principal = await authenticate(session, keys["marketer"])
+            assert principal is not None
+            return await draft_overlap(session, principal, HOOPS, vip.json()["id"], MARKETING)
+
+    got = run(overlap())
+    assert (got.name, got.saved, got.both, got.usable_both) == ("VIP", 6, 2, 1)  # p0 (consented), p4 (not)
+    with pytest.raises(InvalidField) as gone:
+        run(_overlap_with(keys["marketer"], "00000000-0000-4000-8000-000000000000"))
+    assert gone.value.field == "overlap"
+
+
+async def _overlap_with(key: str, segment_id: str) -> Any:
+    async with unit_of_work() as session:
+        principal = await authenticate(session, key)
+        assert principal is not None
+        return await draft_overlap(session, principal, HOOPS, segment_id, MARKETING)
