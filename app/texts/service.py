@@ -20,7 +20,8 @@ from app.db import retry_conflicts, table_of
 from app.errors import InvalidField, NotFound, SubjectErased
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
-from app.ledger.service import record_each
+from app.identity.suppression import refuse_suppressed
+from app.ledger.service import record, record_each
 from app.pii.engine import Finding, pii_engine
 from app.pii.redact import redact, restore
 from app.profiles.service import VaultContext, resolve_merged
@@ -51,6 +52,9 @@ class StoredText:
     language: str
     redacted: str
     entities: dict[str, int]
+    refused: bool = False
+    """The author is on the suppression list (erased): nothing was stored. The sender's
+    answer looks the same (an ingest key learns nobody's erasure)."""
 
 
 def _author_idents(ctx: VaultContext, author: dict[str, str], n: int) -> list[Ident]:
@@ -116,18 +120,24 @@ async def _store(
     now = datetime.now(UTC)
     resolver = Resolver(session, ctx, principal, source)
     await resolver.prepare([x for group in authors for x in group])
-    pids = []
-    for a, item, t in zip(authors, items, trusted, strict=True):
-        pids.append((await resolver.resolve(a, item.occurred_at or now, t)).profile_id)
+    refused = await _refused(session, ctx, principal, source, authors)
+    pids: list[str | None] = []
+    for n, (a, item, t) in enumerate(zip(authors, items, trusted, strict=True)):
+        pids.append(None if n in refused else (await resolver.resolve(a, item.occurred_at or now, t)).profile_id)
     await resolver.flush_rows()
-    out, rows, vault = [], [], []
+    out: list[StoredText] = []
+    rows: list[dict[str, Any]] = []
+    vault: list[dict[str, Any]] = []
     for item, found, pid in zip(items, findings, pids, strict=True):
-        pid = resolver.final(pid)
-        dk = resolver.keys[pid]
         text_id = str(uuid.uuid4())
         redacted, values = redact(item.text, found)
         counts = dict(Counter(f.entity_type for f in found))
         lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in item.text) else "en"
+        if pid is None:
+            out.append(StoredText(text_id, "", lang, redacted, counts, refused=True))
+            continue
+        pid = resolver.final(pid)
+        dk = resolver.keys[pid]
         rows.append(
             {
                 "id": text_id,
@@ -155,7 +165,8 @@ async def _store(
             for v in values
         ]
         out.append(StoredText(text_id, pid, lang, redacted, counts))
-    await session.execute(insert(table_of(TextRecord)), rows)
+    if rows:
+        await session.execute(insert(table_of(TextRecord)), rows)
     if vault:
         await session.execute(insert(table_of(TextVaultEntry)), vault)
     await resolver.finish()
@@ -167,10 +178,25 @@ async def _store(
         [
             (t.profile_id, {"text_id": t.id, "channel": item.channel, "entities": t.entities})
             for t, item in zip(out, items, strict=True)
+            if not t.refused
         ],
         purpose=decision.purpose,
         legal_basis=decision.legal_basis,
     )
+    return out
+
+
+async def _refused(
+    session: AsyncSession, ctx: VaultContext, principal: Principal, source: str, authors: list[list[Ident]]
+) -> set[int]:
+    """Indexes of the texts whose author carries an identifier on the suppression list (an
+    erased person): counted on the entries and recorded; checked under the identity locks."""
+    suppressed = await refuse_suppressed(session, ctx.keys.master, [i for group in authors for i in group])
+    if not suppressed:
+        return set()
+    out = {n for n, group in enumerate(authors) if any(i.key in suppressed for i in group)}
+    details = {"source": source, "refused": len(out), "kinds": sorted({k for k, _d in suppressed}), "what": "texts"}
+    await record(session, principal, "ingest.suppressed", purpose="legal.compliance.dsr", details=details)
     return out
 
 
