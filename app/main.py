@@ -20,6 +20,7 @@ from app.access.routes import ApiKeyController
 from app.activation.routes import ActivationController, DestinationController, ScheduleController
 from app.consent.check import PolicyError, check_policies
 from app.consent.snapshots import remember_policy
+from app.console.app import console_router, template_config
 from app.db import dispose_engines, unit_of_work
 from app.decisions.routes import ConsentController
 from app.deps import provide_principal, provide_session
@@ -148,7 +149,9 @@ def create_app() -> Litestar:
             JourneyController,
             TraitController,
             TagController,
+            console_router(),
         ],
+        template_config=template_config(),
         guards=[require_role],
         dependencies={"db": Provide(provide_session), "principal": Provide(provide_principal, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -88,6 +88,15 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     return Principal(key_id=record.id, role=record.role, name=record.name, source=record.source, trust=record.trust)
 
 
+async def principal_for_key(session: AsyncSession, key_id: str) -> Principal | None:
+    """The principal of a stored key by its id (a console session holds only the id), or None
+    when it is unknown or revoked."""
+    record = await session.get(ApiKey, key_id)
+    if record is None or record.revoked_at is not None:
+        return None
+    return Principal(key_id=record.id, role=record.role, name=record.name, source=record.source, trust=record.trust)
+
+
 async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.execute(select(ApiKey).order_by(col(ApiKey.created_at)))).scalars())
 

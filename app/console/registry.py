@@ -1,0 +1,60 @@
+"""The page registry: every console route with the roles that may use it, and the navigation.
+
+The console's guard admits a request only when its (method, route) is listed here, so a route
+missing from the registry is refused to everyone (and ``tests/test_console_roles.py`` fails).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+STAFF = frozenset({"admin", "compliance", "marketer", "auditor"})
+"""Every role that may sign in to the console (an ``ingest`` write key may not)."""
+COMPLIANCE = frozenset({"admin", "compliance"})
+MARKETER = frozenset({"admin", "marketer"})
+AUDITOR = frozenset({"admin", "auditor"})
+PUBLIC = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One console route: ``path`` is Litestar's route template (``{request_id:str}``);
+    ``roles`` None means public (sign-in, static files); ``nav`` is the label key when the page
+    is a navigation entry."""
+
+    method: str
+    path: str
+    roles: frozenset[str] | None
+    nav: str | None = None
+
+
+PAGES: tuple[Page, ...] = (
+    Page("GET", "/console/static/{file_path:path}", PUBLIC),
+    Page("GET", "/console/sign-in", PUBLIC),
+    Page("POST", "/console/sign-in", PUBLIC),
+    Page("POST", "/console/language", PUBLIC),
+    Page("POST", "/console/sign-out", STAFF),
+    Page("GET", "/console", STAFF, nav="nav.home"),
+    # compliance officer
+    Page("GET", "/console/compliance/requests", COMPLIANCE, nav="nav.requests"),
+)
+"""Add a page here (and its nav label in ``labels/*.json``) when you add a console route."""
+
+
+def _untyped(path: str) -> str:
+    """``{request_id:str}`` -> ``{request_id}``, as the request's ``path_template`` names it."""
+    return re.sub(r"\{(\w+):[^}]+\}", r"{\1}", path)
+
+
+_BY_ROUTE = {(p.method, _untyped(p.path)): p for p in PAGES}
+
+
+def page_for(method: str, path_template: str) -> Page | None:
+    """The registry entry of a route (HEAD counts as GET), or None when it is not registered."""
+    return _BY_ROUTE.get(("GET" if method == "HEAD" else method, _untyped(path_template)))
+
+
+def navigation(role: str) -> list[Page]:
+    """The navigation entries a role may see, in registry order."""
+    return [p for p in PAGES if p.nav and p.roles is not None and role in p.roles]
