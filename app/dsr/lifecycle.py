@@ -187,6 +187,8 @@ class Filter:
     kind: str | None = None
     regulation: str | None = None
     flag: str | None = None
+    verified_only: bool = False
+    """Leave out requests whose requester is not verified yet (the console's default queue)."""
 
 
 def filtered(f: Filter) -> Select[Any]:
@@ -202,6 +204,8 @@ def filtered(f: Filter) -> Select[Any]:
         q = q.where(col(DsrRequest.regulation) == f.regulation)
     if f.flag:
         q = q.where(col(DsrRequest.flag) == f.flag)
+    if f.verified_only:
+        q = q.where(col(DsrRequest.verified_at).is_not(None))
     return q.order_by(col(DsrRequest.due_at), col(DsrRequest.id))
 
 
