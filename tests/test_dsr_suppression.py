@@ -6,16 +6,21 @@ The list keeps matching after the master key is rotated and the old version reti
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
+import pytest
 from litestar.testing import TestClient
 from sqlalchemy import text
 
 from app.access.service import Principal
 from app.db import unit_of_work
 from app.dsr.erasure import erase_subject
+from app.ingest.processor import drain
+from app.settings import get_settings
 from tests.conftest import Env, run
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import MARKETING, auth, client, make_keys, sync_db
 
 OFFICER = Principal(key_id="test-officer", role="compliance", name="officer")
 CAROL = {"email": "carol.danvers@example.com", "user_id": "carol-7", "anonymous_id": "anon-carol"}
@@ -84,7 +89,83 @@ def test_free_texts_of_an_erased_author_are_refused(env: Env) -> None:
         assert len(_lookup(c, keys["admin"], "user_id", "dave-2")) == 1
         _nothing_of_carol(c, keys)
         refused = _refusals(c, keys)
-        assert [(d["source"], d["refused"], d["kinds"]) for d in refused] == [
-            ("test-source", 2, ["email", "user_id"])
-        ]
+        assert [(d["source"], d["refused"], d["kinds"]) for d in refused] == [("test-source", 2, ["email", "user_id"])]
     assert _count("SELECT sum(refused) FROM suppressed_identifier") == 2
+
+
+def test_events_of_an_erased_person_are_refused_by_the_inbox_processor(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = make_keys()
+    with client() as c:
+        _erased_carol(c, keys)
+        monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")  # accepted now, stored later by the processor
+        get_settings.cache_clear()
+        consent = {"consentManagement": {"deniedConsentIds": ["marketing"], "allowedConsentIds": ["analytics"]}}
+        batch = [
+            {"type": "identify", "userId": "someone-new", "traits": {"email": CAROL["email"]}},
+            {"type": "track", "anonymousId": CAROL["anonymous_id"], "event": "Product Viewed", "context": consent},
+            {
+                "type": "page",
+                "userId": CAROL["user_id"],
+                "name": "Home",
+                "context": {"consent": {"categoryPreferences": {}}},
+            },
+            {"type": "identify", "userId": "erin-3", "traits": {"plan": "pro"}, "context": consent},
+        ]
+        signals_before = _count("SELECT count(*) FROM consent_signal")
+        r = c.post("/v1/batch", json={"batch": batch}, auth=(keys["ingest"], ""), headers={"Sec-GPC": "1"})
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] == 4  # the same answer as for anyone
+        assert run(drain()) >= 1
+        assert len(_lookup(c, keys["admin"], "user_id", "erin-3")) == 1
+        _nothing_of_carol(c, keys)
+        assert _lookup(c, keys["admin"], "user_id", "someone-new") == []
+        # Erin's consent signal and record are stored, nothing of Carol's
+        assert _count("SELECT count(*) FROM consent_signal") == signals_before + 2  # Erin's consentManagement, GPC
+        assert _count("SELECT count(DISTINCT profile_id) FROM consent_record") == 1
+        assert _count("SELECT count(*) FROM event") == 1  # Erin's identify (Carol's first one was erased)
+        assert [d["refused"] for d in _refusals(c, keys)] == [3]
+    assert _count("SELECT sum(refused) FROM suppressed_identifier") == 3
+
+
+def test_import_rows_of_an_erased_person_are_refused(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENTRY_IMPORT_DIR", str(env.tmp / "imports"))
+    get_settings.cache_clear()
+    keys = make_keys()
+    with client() as c:
+        _erased_carol(c, keys)
+        lines = [
+            json.dumps({"user_id": "frank-4", "first_name": "Frank"}),
+            json.dumps({"email": CAROL["email"], "first_name": "Carol", "crm_id": "crm-carol-2"}),
+            json.dumps({"user_id": CAROL["user_id"], "plan": "pro"}),
+        ]
+        body = ("\n".join(lines) + "\n").encode()
+        r = c.post(
+            "/v1/imports", files={"file": ("crm.ndjson", body, "application/x-ndjson")}, auth=(keys["ingest"], "")
+        )
+        assert r.status_code == 202, r.text
+        for _ in range(400):
+            job = c.get(f"/v1/imports/{r.json()['id']}", auth=(keys["ingest"], "")).json()
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.05)
+        assert job["status"] == "done", job
+        assert len(_lookup(c, keys["admin"], "user_id", "frank-4")) == 1
+        _nothing_of_carol(c, keys)
+        assert _lookup(c, keys["admin"], "external:crm_id", "crm-carol-2") == []
+        assert sum(d["refused"] for d in _refusals(c, keys)) == 2
+
+
+def test_consents_for_an_erased_persons_profile_are_refused(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        pid = _erased_carol(c, keys)
+        body = {"consents": [{"profile_id": pid, "purpose": MARKETING, "state": "granted", "method": "form"}]}
+        r = c.post("/v1/consents", json=body, headers=auth(keys["compliance"]))
+        assert r.status_code == 404, r.text
+        assert r.json()["invalid-params"][0]["name"] == "consents[0].profile_id" and pid not in r.text
+        r = c.post("/v1/consents", json={"flags": {pid: {"restricted": True}}}, headers=auth(keys["compliance"]))
+        assert r.status_code == 404, r.text
+    assert _count("SELECT count(*) FROM consent_record") == 0
+    assert _count("SELECT count(*) FROM privacy_flag") == 0
