@@ -13,6 +13,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from app.console.auditor import AuditorController
 from app.console.compliance import ComplianceController
 from app.console.core import ConsoleCore
 from app.console.render import page
@@ -23,7 +24,7 @@ from app.logs import scrub_text
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
-CONTROLLERS: list[Any] = [ConsoleCore, ComplianceController]
+CONTROLLERS: list[Any] = [ConsoleCore, ComplianceController, AuditorController]
 """Add your page controller here (and its routes to ``registry.PAGES``)."""
 
 

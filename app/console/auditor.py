@@ -67,7 +67,7 @@ class AuditorController(Controller):
         values = {k: v for k, v in request.query_params.items() if k != "subject"}
         return await self._ledger(request, db, values)
 
-    @post("/ledger", name="console.ledger_filter", status_code=200)
+    @post("/ledger/filter", name="console.ledger_filter", status_code=200)
     async def ledger_filtered(
         self, request: Request[Any, Any, Any], db: Db, data: Annotated[dict[str, str], Form]
     ) -> Template:

@@ -38,6 +38,25 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/console", STAFF, nav="nav.home"),
     # compliance officer
     Page("GET", "/console/compliance/requests", COMPLIANCE, nav="nav.requests"),
+    Page("POST", "/console/compliance/requests/bulk", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/intake", COMPLIANCE),
+    Page("GET", "/console/compliance/requests/{request_id:str}", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/status", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/extend", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/codes", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/outbox", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/verify", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/run", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/steps/{store:str}/retry", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/reveal", COMPLIANCE),
+    Page("GET", "/console/compliance/requests/{request_id:str}/certificate", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/{request_id:str}/package", COMPLIANCE),
+    # auditor
+    Page("GET", "/console/auditor/ledger", AUDITOR, nav="nav.ledger"),
+    Page("POST", "/console/auditor/ledger/filter", AUDITOR),
+    Page("GET", "/console/auditor/ledger/stream", AUDITOR),
+    Page("GET", "/console/auditor/verify", AUDITOR, nav="nav.verify"),
+    Page("GET", "/console/auditor/activity", AUDITOR, nav="nav.activity"),
 )
 """Add a page here (and its nav label in ``labels/*.json``) when you add a console route."""
 
