@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.access.models import ROLES
 from app.access.service import SYSTEM, Principal, authenticate, create_api_key
 from app.db import unit_of_work
+from app.demo_marketing import load_marketing_demo
 from app.ingest.service import ingest_messages
 from app.ledger.heads import make_tree_head
 from app.people.service import write_profile
@@ -127,6 +128,7 @@ async def load_demo(count: int = 40, keys_file: Path | None = None) -> dict[str,
                 written = await write_profile(session, ctx, SYSTEM, traits)
                 await ingest_messages(session, ctx, web, demo_events(i, str(traits["email"]), written.id))
     keys = await _ensure_keys(keys_file)
+    await load_marketing_demo(keys, customers=count)  # segments, destinations, runs, journeys
     async with unit_of_work() as session:  # so the ledger verifies from the first minute
         await make_tree_head(session)
     return keys

@@ -179,3 +179,30 @@ async def _overlap_with(key: str, segment_id: str) -> Any:
         principal = await authenticate(session, key)
         assert principal is not None
         return await draft_overlap(session, principal, HOOPS, segment_id, MARKETING)
+
+
+# --- the marketing demo ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_marketing_demo_fills_segments_history_runs_and_journeys(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.demo_marketing import WEEKS, load_marketing_demo
+
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_DIR", str(env.tmp / "activation"))
+    get_settings.cache_clear()
+    keys = make_keys()
+    run(load_marketing_demo(keys, shoppers=30))
+    run(load_marketing_demo(keys, shoppers=30))  # once only
+    with client() as c:
+        segs = c.get("/v1/segments", headers=auth(keys["marketer"])).json()
+        assert len(segs) == 4
+        sizes = c.get(f"/v1/segments/{segs[0]['id']}/sizes", headers=auth(keys["marketer"])).json()
+        assert len(sizes) == WEEKS + 2  # saved, a refresh a week, today's
+        runs = c.get("/v1/activations", headers=auth(keys["marketer"])).json()
+        by_status = {r["status"] for r in runs if r["trigger"] == "manual"}
+        assert by_status == {"done", "refused", "failed"}  # the export, the small ad audience, the webhook
+        failed = next(r for r in runs if r["status"] == "failed")
+        assert failed["dead_letters"]  # the unreachable webhook: a dead letter, nothing waited for
+        names = {j["name"]: j["id"] for j in c.get("/v1/journeys", headers=auth(keys["marketer"])).json()}
+        sends = c.get(f"/v1/journeys/{names['Welcome']}/sends", headers=auth(keys["marketer"])).json()
+        assert {s["outcome"] for s in sends["sends"]} >= {"sent"}
