@@ -26,6 +26,7 @@ from audit.store import HEAD_ROW
 T = TypeVar("T")
 PG_URL = os.environ.get("CONSENTRY_TEST_DATABASE_URL", "")
 ROLES = ("admin", "ingest", "marketer", "compliance", "auditor")
+pytest_plugins = ["tests.browser.plugin"]  # real-browser fixtures: live server, chromium, axe-core
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
