@@ -40,9 +40,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).resolve()
+sys.path.insert(0, str(ROOT))
+from scripts.bench.population import COLUMNS, A, M, insert, pid, reset_postgres, rows  # noqa: E402  (activation.py imports pid and rows from here)
+
 RESULT = "BENCH-RESULT"
-M = "marketing.advertising.first_party.targeted"
-A = "analytics.reporting"
 OWN_SETTINGS = (
     "DATABASE_URL",
     "KEY_DIR",
@@ -54,86 +55,11 @@ OWN_SETTINGS = (
     "SCHEDULER",
     "RATE_LIMIT",
 )
-# region → share of the population (GDPR, CCPA, PIPL, and unknown → STRICT)
-REGIONS = [
-    ("US-CA", 0.18),
-    ("US-NY", 0.12),
-    ("US-TX", 0.08),
-    ("DE", 0.12),
-    ("FR", 0.08),
-    ("GB", 0.08),
-    ("ES", 0.04),
-    ("CN", 0.10),
-    ("JP", 0.05),
-    ("BR", 0.05),
-    (None, 0.10),
-]
 COUNT_REGION = "DE"
 
 
-def pid(i: int) -> str:
-    return f"00000000-0000-4000-8000-{i:012d}"
-
-
-def _pick(rng: random.Random, table: list[tuple[Any, float]]) -> Any:
-    r, acc = rng.random(), 0.0
-    for value, share in table:
-        acc += share
-        if r < acc:
-            return value
-    return table[-1][0]
-
-
-# --- generating the population ---------------------------------------------------------
-
-
-def rows(n: int, seed: int = 11) -> dict[str, list[tuple[Any, ...]]]:
-    """Profiles, consent states, flags and identifiers (tuples in column order)."""
-    rng = random.Random(seed)
-    t = datetime(2026, 10, 1, tzinfo=UTC)
-    out: dict[str, list[tuple[Any, ...]]] = {"profile": [], "consent_state": [], "privacy_flag": [], "identifier": []}
-    states = [(None, 0.45), ("granted", 0.38), ("denied", 0.09), ("withdrawn", 0.08)]
-    for i in range(n):
-        p = pid(i)
-        out["profile"].append((p, t, t, "{}", "{}", _pick(rng, REGIONS)))
-        for purpose in (M, A):
-            state = _pick(rng, states)
-            if state:
-                at = t + timedelta(days=rng.randrange(-30, 30))
-                method = "guardian" if rng.random() < 0.01 else rng.choice(["form", "banner", "api"])
-                out["consent_state"].append((p, purpose, p, state, method, at, at, p))
-        for flag, share in (
-            ("restricted", 0.005),
-            ("suppressed", 0.01),
-            ("profiling_refused", 0.02),
-            ("minor_under_14", 0.005),
-            ("minor_under_16", 0.01),
-        ):
-            if rng.random() < share:
-                out["privacy_flag"].append((p, flag, p, t, "bench"))
-        gpc = t if rng.random() < 0.08 else None
-        out["identifier"].append((p, "anonymous_id", f"{i:064x}", p, t, "client", gpc))
-    return out
-
-
-COLUMNS = {
-    "profile": ("id", "created_at", "updated_at", "traits", "trait_sources", "region"),
-    "consent_state": (
-        "origin_id",
-        "purpose",
-        "profile_id",
-        "state",
-        "method",
-        "decided_at",
-        "received_at",
-        "record_id",
-    ),
-    "privacy_flag": ("origin_id", "flag", "profile_id", "set_at", "source"),
-    "identifier": ("origin_id", "kind", "digest", "profile_id", "first_seen", "trust", "gpc_at"),
-}
-
-
 def populate(n: int, postgres: bool) -> dict[str, int]:
+    """The shared people (``scripts/bench/population.py``) inserted, then ``ANALYZE``."""
     from sqlalchemy import text
 
     from app.db import create_sync_engine
@@ -143,15 +69,7 @@ def populate(n: int, postgres: bool) -> dict[str, int]:
     try:
         with engine.begin() as conn:
             for table, cols in COLUMNS.items():
-                if postgres:
-                    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
-                        for r in data[table]:
-                            copy.write_row(r)
-                else:
-                    marks = ", ".join(f":{c}" for c in cols)
-                    stmt = text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})")
-                    conn.execute(stmt, [dict(zip(cols, r, strict=True)) for r in data[table]])
+                insert(conn, table, cols, data[table], postgres)
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
     finally:
@@ -378,8 +296,6 @@ def main() -> None:
             parser.error(f"--database-url: the public schema of {u.database!r} is dropped; use a database named bench*")
 
     sys.path.insert(0, str(ROOT))
-    from scripts.bench.ingest import reset_postgres
-
     tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-dec-"))
     environ = {k: v for k, v in os.environ.items() if k.removeprefix("CONSENTRY_") not in OWN_SETTINGS}
     environ.update(

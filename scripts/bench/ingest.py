@@ -49,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from scripts.bench.population import reset_postgres  # noqa: E402  (other benches import it from here)
+
 SCRIPT = Path(__file__).resolve()
 PEOPLE = 50_000
 RESULT = "BENCH-RESULT"
@@ -295,18 +298,6 @@ def check_tree(tree: Path) -> str:
     changes = " + uncommitted changes" if dirty.stdout.strip() else ""
     subprocess.run([sys.executable, "-m", "compileall", "-q", "app", "audit"], cwd=tree, capture_output=True)
     return f"{tree} (commit {commit or '?'}{changes}); imports {found}"
-
-
-def reset_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    u = make_url(url)
-    engine = create_engine(u.set(drivername="postgresql+psycopg"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
 
 
 def free_port() -> int:

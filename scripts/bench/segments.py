@@ -7,7 +7,7 @@ consent engine, a preview's counts by reason, and a full materialisation — in 
 
 A fresh database each run (a new SQLite file, or the ``public`` schema of a PostgreSQL
 database named ``bench*`` dropped and re-created), migrated, then ``--people`` profiles
-(plain traits, regions, consent states, flags: ``scripts/bench/decisions.py``'s
+(plain traits, regions, consent states, flags: ``scripts/bench/population.py``'s
 generator) and about ``--events`` events a person (seeded; 3% of people bought basketball
 shoes in the last 90 days), inserted in bulk, then ``ANALYZE`` (``VACUUM ANALYZE`` on
 PostgreSQL, as autovacuum does after a bulk load: index-only scans need the visibility map).
@@ -46,13 +46,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from scripts.bench.population import Rows, insert, reset_postgres, rows  # noqa: E402
+from scripts.bench.population import populate as generate  # noqa: E402
+
 M = "marketing.advertising.first_party.targeted"
 NOW = datetime.now(UTC)
 TREE = {
@@ -61,18 +64,13 @@ TREE = {
         {"not": {"trait": "plan", "eq": "vip"}},
     ]
 }
-EVENT_COLS = (
-    "id", "profile_id", "origin_id", "source", "message_id", "type", "name",
-    "occurred_at", "received_at", "properties", "traits", "key_version", "sealed",
-)  # fmt: skip
 NAMES = ["Page Viewed"] * 6 + ["Product Viewed"] * 3 + ["Order Completed"]
 CATEGORIES = ["running shoes", "socks", "shirts", "basketballs", "hats", "bags"]
+_insert = insert  # the name activation.py imports
 
 
-def profiles(n: int) -> dict[str, list[tuple[Any, ...]]]:
-    """decisions.py's population, with a plan trait (5% vip)."""
-    from scripts.bench.decisions import rows
-
+def profiles(n: int) -> Rows:
+    """The shared population (``scripts/bench/population.py``), with a plan trait (5% vip)."""
     rng = random.Random(5)
     data = rows(n)
     data["profile"] = [
@@ -81,88 +79,27 @@ def profiles(n: int) -> dict[str, list[tuple[Any, ...]]]:
     return data
 
 
-def events(n: int, per_person: int, seed: int = 7) -> Iterator[list[tuple[Any, ...]]]:
-    """Chunks of event rows: about ``per_person`` events a person over 400 days."""
-    from scripts.bench.decisions import pid
+def shopper(rng: random.Random) -> Callable[[random.Random, int], tuple[str, str, datetime]]:
+    """One person's events over 400 days; 3% of people bought basketball shoes in the last 90 days."""
+    shoes = rng.random() < 0.03
 
-    rng = random.Random(seed)
-    chunk: list[tuple[Any, ...]] = []
-    for i in range(n):
-        p = pid(i)
-        shoes = rng.random() < 0.03
-        for k in range(rng.randrange(per_person * 2 + 1)):
-            name = NAMES[rng.randrange(len(NAMES))]
-            props: dict[str, Any] = {}
-            if name != "Page Viewed":
-                props = {"category": rng.choice(CATEGORIES), "price": rng.randrange(5, 300)}
-            at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
-            if shoes and k == 0:
-                name, props = "Order Completed", {"category": "basketball shoes", "price": 120}
-                at = NOW - timedelta(days=rng.randrange(80))
-            chunk.append(
-                (
-                    str(uuid.UUID(int=rng.getrandbits(128))),
-                    p,
-                    p,
-                    "bench",
-                    f"m{i}-{k}",
-                    "track",
-                    name,
-                    at,
-                    at,
-                    json.dumps(props),
-                    "{}",
-                    1,
-                    b"x",
-                )
-            )
-        if len(chunk) >= 50_000:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def event(rng: random.Random, k: int) -> tuple[str, str, datetime]:
+        name = NAMES[rng.randrange(len(NAMES))]
+        props: dict[str, Any] = {}
+        if name != "Page Viewed":
+            props = {"category": rng.choice(CATEGORIES), "price": rng.randrange(5, 300)}
+        at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
+        if shoes and k == 0:
+            name, props = "Order Completed", {"category": "basketball shoes", "price": 120}
+            at = NOW - timedelta(days=rng.randrange(80))
+        return name, json.dumps(props), at
+
+    return event
 
 
 def populate(n: int, per_person: int, postgres: bool) -> dict[str, int]:
-    from sqlalchemy import text
-
-    from app.db import create_sync_engine
-    from scripts.bench.decisions import COLUMNS
-
-    counts: dict[str, int] = {}
-    engine = create_sync_engine()
-    try:
-        with engine.begin() as conn:
-            data = profiles(n)
-            for table, cols in COLUMNS.items():
-                _insert(conn, table, cols, data[table], postgres)
-                counts[table] = len(data[table])
-            del data
-            counts["event"] = 0
-            for chunk in events(n, per_person):
-                _insert(conn, "event", EVENT_COLS, chunk, postgres)
-                counts["event"] += len(chunk)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))  # as autovacuum would, after a bulk load
-    finally:
-        engine.dispose()
-    return counts
-
-
-def _insert(conn: Any, table: str, cols: tuple[str, ...], data: list[tuple[Any, ...]], postgres: bool) -> None:
-    from sqlalchemy import text
-
-    if postgres:
-        cur = conn.connection.driver_connection.cursor()
-        with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
-            for r in data:
-                copy.write_row(r)
-        return
-    marks = ", ".join(f":{c}" for c in cols)
-    conn.execute(
-        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
-        [dict(zip(cols, r, strict=True)) for r in data],
-    )
+    """The segments population (also generated by dsr.py and journeys.py)."""
+    return generate(n, per_person, postgres, shopper, profiles)
 
 
 async def measure(repeat: int, with_index: bool) -> dict[str, Any]:
@@ -422,8 +359,6 @@ def main() -> None:
 
         if not (make_url(args.database_url).database or "").startswith("bench"):
             parser.error("--database-url: its public schema is dropped; use a database named bench*")
-        from scripts.bench.ingest import reset_postgres
-
         reset_postgres(args.database_url)
     if sqlite_file is not None and not reuse:
         sqlite_file.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ baseline, in the same run.
 
 A fresh database each run (a new SQLite file, or the ``public`` schema of a PostgreSQL
 database named ``bench*`` or ``test_*`` dropped and re-created), migrated, then ``--people``
-profiles (``scripts/bench/decisions.py``'s population: 2% refuse profiling) and about
+profiles (``scripts/bench/population.py``'s people: 2% refuse profiling) and about
 ``--events`` events a person over 400 days (seeded): page and product views, products
 added, sign-ups and orders (revenue, category, 1 to 3 of 500 product ids). ``ANALYZE`` after
 the load (``VACUUM ANALYZE`` on PostgreSQL).
@@ -33,19 +33,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from scripts.bench.population import pid, reset_postgres  # noqa: E402
+from scripts.bench.population import populate as generate  # noqa: E402
+
 NOW = datetime.now(UTC)
-EVENT_COLS = (
-    "id", "profile_id", "origin_id", "source", "message_id", "type", "name",
-    "occurred_at", "received_at", "properties", "traits", "key_version", "sealed",
-)  # fmt: skip
 NAMES = ["Page Viewed"] * 4 + ["Product Viewed"] * 3 + ["Product Added", "Order Completed", "Signed Up"]
 CATEGORIES = ["basketball shoes", "running shoes", "socks", "shirts", "basketballs", "hats", "bags"]
 
@@ -60,67 +58,19 @@ def _properties(rng: random.Random, name: str) -> dict[str, Any]:
     return {"category": category, "revenue": rng.randrange(5, 400), "products": items}
 
 
-def events(n: int, per_person: int, seed: int = 7) -> Iterator[list[tuple[Any, ...]]]:
-    """Chunks of event rows: about ``per_person`` events a person over 400 days."""
-    from scripts.bench.decisions import pid
+def buyer(_rng: random.Random) -> Callable[[random.Random, int], tuple[str, str, datetime]]:
+    """One person's events over 400 days: views, products added, sign-ups, orders."""
 
-    rng = random.Random(seed)
-    chunk: list[tuple[Any, ...]] = []
-    for i in range(n):
-        p = pid(i)
-        for k in range(rng.randrange(per_person * 2 + 1)):
-            name = NAMES[rng.randrange(len(NAMES))]
-            at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
-            props = json.dumps(_properties(rng, name))
-            eid = str(uuid.UUID(int=rng.getrandbits(128)))
-            chunk.append((eid, p, p, "bench", f"m{i}-{k}", "track", name, at, at, props, "{}", 1, b"x"))
-        if len(chunk) >= 50_000:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    def event(rng: random.Random, _k: int) -> tuple[str, str, datetime]:
+        name = NAMES[rng.randrange(len(NAMES))]
+        at = NOW - timedelta(minutes=rng.randrange(400 * 24 * 60))
+        return name, json.dumps(_properties(rng, name)), at
+
+    return event
 
 
 def populate(n: int, per_person: int, postgres: bool) -> dict[str, int]:
-    from sqlalchemy import text
-
-    from app.db import create_sync_engine
-    from scripts.bench.decisions import COLUMNS, rows
-
-    counts: dict[str, int] = {}
-    engine = create_sync_engine()
-    try:
-        with engine.begin() as conn:
-            data = rows(n)
-            for table, cols in COLUMNS.items():
-                _insert(conn, table, cols, data[table], postgres)
-                counts[table] = len(data[table])
-            del data
-            counts["event"] = 0
-            for chunk in events(n, per_person):
-                _insert(conn, "event", EVENT_COLS, chunk, postgres)
-                counts["event"] += len(chunk)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))
-    finally:
-        engine.dispose()
-    return counts
-
-
-def _insert(conn: Any, table: str, cols: tuple[str, ...], data: list[tuple[Any, ...]], postgres: bool) -> None:
-    from sqlalchemy import text
-
-    if postgres:
-        cur = conn.connection.driver_connection.cursor()
-        with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
-            for r in data:
-                copy.write_row(r)
-        return
-    marks = ", ".join(f":{c}" for c in cols)
-    conn.execute(
-        text(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})"),
-        [dict(zip(cols, r, strict=True)) for r in data],
-    )
+    return generate(n, per_person, postgres, buyer)
 
 
 async def _timed(work: Callable[[Any], Awaitable[Any]]) -> tuple[float, Any]:
@@ -139,9 +89,8 @@ async def measure(people: int, repeat: int) -> dict[str, tuple[float, str]]:
     from sqlalchemy import func, select
 
     from app.db import dispose_engines, session_maker
+    from app.ingest.event_reads import events_table
     from app.traits.service import _compute, refresh_traits, usable_traits
-    from app.traits.sql import events_table
-    from scripts.bench.decisions import pid
 
     e = events_table()
     rng = random.Random(3)
@@ -199,8 +148,6 @@ def main() -> None:
         name = make_url(args.database_url).database or ""
         if not name.startswith(("bench", "test_")):
             parser.error("--database-url: its public schema is dropped; use a database named bench* or test_*")
-        from scripts.bench.ingest import reset_postgres
-
         reset_postgres(args.database_url)
     if not postgres and not args.reuse:
         sqlite_file.unlink(missing_ok=True)
