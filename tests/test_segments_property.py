@@ -15,12 +15,13 @@ from sqlalchemy import insert, select, text
 
 from app.consent.models import PrivacyFlag
 from app.db import create_sync_engine, table_of
+from app.ingest.event_reads import events_table
 from app.profiles.models import ProfileField
 from app.profiles.service import birth_indexes, population
 from app.segments.evaluate import ConsentFact, Fact, Facts, matches
 from app.segments.grammar import Parser
 from app.segments.models import SegmentMember
-from app.segments.sql import Compiler, events_table
+from app.segments.sql import Compiler
 from app.settings import get_settings
 from app.traits.models import TraitValue
 from app.vault.keyring import key_material

@@ -13,11 +13,12 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from app.db import unit_of_work
+from app.ingest.event_reads import events_table
 from app.inventory import Person
 from app.profiles.service import population
 from app.segments.evaluate import Facts, matches
 from app.segments.grammar import Parser
-from app.segments.sql import Compiler, events_table
+from app.segments.sql import Compiler
 from app.settings import get_settings
 from app.traits.catalog import KINDS, check_traits_policy
 from app.traits.holder import HOLDER

@@ -16,10 +16,8 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     ColumnElement,
-    Float,
     Integer,
     String,
-    Table,
     and_,
     false,
     func,
@@ -35,6 +33,16 @@ from sqlalchemy.sql.functions import FunctionElement
 from app.consent.records import state_clause
 from app.db import table_of
 from app.entities.service import account_clause, person_product_clause, product_clause
+from app.ingest.event_reads import (
+    CODE_POINT,
+    epoch,
+    events_table,
+    json_bool,
+    json_has,
+    json_number,
+    json_present,
+    json_text,
+)
 from app.profiles.service import age_clause, birthday_clause
 from app.segments.grammar import (
     Age,
@@ -61,60 +69,6 @@ from app.tags.service import tag_clause
 from app.traits.service import refused, value_clause
 
 
-def events_table() -> Table:
-    """The event table, as the ingestion domain declares it in the inventory (read only here)."""
-    from app.ingest.holder import HOLDER
-
-    return next(t for t in HOLDER.tables if t.name == "event")
-
-
-class _JsonValue(FunctionElement[Any]):
-    """A typed read of one top-level key of a JSON column: (column, key, SQLite path)."""
-
-    inherit_cache = True
-
-    def __init__(self, column: Any, key: str) -> None:
-        super().__init__(column, literal(key, String()), literal(f'$."{key}"', String()))
-
-
-class json_text(_JsonValue):
-    type = String()
-    inherit_cache = True
-
-
-class json_number(_JsonValue):
-    type = Float()
-    inherit_cache = True
-
-
-class json_bool(_JsonValue):
-    type = Integer()
-    inherit_cache = True
-
-
-class json_present(_JsonValue):
-    type = Boolean()
-    inherit_cache = True
-
-
-class json_has(FunctionElement[bool]):
-    """A JSON list under the key holds the value (a string, or a number)."""
-
-    type = Boolean()
-    inherit_cache = True
-
-    def __init__(self, column: Any, key: str, value: str | float) -> None:
-        kind = String() if isinstance(value, str) else Float()
-        super().__init__(column, literal(key, String()), literal(f'$."{key}"', String()), literal(value, kind))
-
-
-class epoch(FunctionElement[int]):
-    """Whole seconds since 1970 of a time column."""
-
-    type = Integer()
-    inherit_cache = True
-
-
 class text_pos(FunctionElement[int]):
     """1-based position of a string in another (0: absent), case-sensitive."""
 
@@ -138,94 +92,6 @@ class json_contains(FunctionElement[bool]):
 def _parts(el: Any, compiler: Any, skip: int | None = None, **kw: Any) -> list[str]:
     """The rendered arguments, ``skip`` left out (rendering a bind registers it in the statement)."""
     return [("" if n == skip else compiler.process(c, **kw)) for n, c in enumerate(el.clauses)]
-
-
-@compiles(json_text, "sqlite")
-def _text_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, _k, p = _parts(el, compiler, 1, **kw)
-    return f"(CASE WHEN json_type({c}, {p}) = 'text' THEN json_extract({c}, {p}) END)"
-
-
-@compiles(json_text, "postgresql")
-def _text_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k, _p = _parts(el, compiler, 2, **kw)
-    key = f"CAST({k} AS TEXT)"
-    return f"""(CASE WHEN json_typeof({c} -> {key}) = 'string' THEN {c} ->> {key} END) COLLATE "C\""""
-
-
-@compiles(json_number, "sqlite")
-def _number_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, _k, p = _parts(el, compiler, 1, **kw)
-    return f"(CASE WHEN json_type({c}, {p}) IN ('integer', 'real') THEN json_extract({c}, {p}) END)"
-
-
-@compiles(json_number, "postgresql")
-def _number_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k, _p = _parts(el, compiler, 2, **kw)
-    key = f"CAST({k} AS TEXT)"
-    return f"(CASE WHEN json_typeof({c} -> {key}) = 'number' THEN CAST({c} ->> {key} AS DOUBLE PRECISION) END)"
-
-
-@compiles(json_bool, "sqlite")
-def _bool_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, _k, p = _parts(el, compiler, 1, **kw)
-    return f"(CASE json_type({c}, {p}) WHEN 'true' THEN 1 WHEN 'false' THEN 0 END)"
-
-
-@compiles(json_bool, "postgresql")
-def _bool_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k, _p = _parts(el, compiler, 2, **kw)
-    key = f"CAST({k} AS TEXT)"
-    truth = f"(CASE WHEN {c} ->> {key} = 'true' THEN 1 ELSE 0 END)"
-    return f"(CASE WHEN json_typeof({c} -> {key}) = 'boolean' THEN {truth} END)"
-
-
-@compiles(json_present, "sqlite")
-def _present_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, _k, p = _parts(el, compiler, 1, **kw)
-    return f"(COALESCE(json_type({c}, {p}), 'null') <> 'null')"
-
-
-@compiles(json_present, "postgresql")
-def _present_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k, _p = _parts(el, compiler, 2, **kw)
-    return f"(COALESCE(json_typeof({c} -> CAST({k} AS TEXT)), 'null') <> 'null')"
-
-
-@compiles(json_has, "sqlite")
-def _has_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, _k, p, v = _parts(el, compiler, 1, **kw)
-    kinds = "('text')" if isinstance(list(el.clauses)[3].type, String) else "('integer', 'real')"
-    return (
-        f"(COALESCE(json_type({c}, {p}), '') = 'array' AND EXISTS "
-        f"(SELECT 1 FROM json_each({c}, {p}) AS je WHERE je.type IN {kinds} AND je.value = {v}))"
-    )
-
-
-@compiles(json_has, "postgresql")
-def _has_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k, _p, v = _parts(el, compiler, 2, **kw)
-    key = f"CAST({k} AS TEXT)"
-    if isinstance(list(el.clauses)[3].type, String):
-        item = """(CASE WHEN json_typeof(je.v) = 'string' THEN je.v #>> '{}' END) COLLATE "C\""""
-    else:
-        item = "(CASE WHEN json_typeof(je.v) = 'number' THEN CAST(je.v #>> '{}' AS DOUBLE PRECISION) END)"
-    return (
-        f"(CASE WHEN json_typeof({c} -> {key}) = 'array' THEN EXISTS "
-        f"(SELECT 1 FROM json_array_elements({c} -> {key}) AS je(v) WHERE {item} = {v}) ELSE false END)"
-    )
-
-
-@compiles(epoch, "sqlite")
-def _epoch_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    (c,) = _parts(el, compiler, **kw)
-    return f"CAST(strftime('%s', {c}) AS INTEGER)"
-
-
-@compiles(epoch, "postgresql")
-def _epoch_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    (c,) = _parts(el, compiler, **kw)
-    return f"CAST(floor(extract(epoch from {c})) AS BIGINT)"
 
 
 @compiles(json_contains, "sqlite")
@@ -277,18 +143,18 @@ def cmp_sql(column: Any, key: str, c: Cmp) -> ColumnElement[bool]:
         x: Any = (
             json_bool(column, key)
             if isinstance(v, bool)
-            else json_text(column, key)
+            else json_text(column, key, CODE_POINT)
             if isinstance(v, str)
             else json_number(column, key)
         )
         target = int(v) if isinstance(v, bool) else v
         return _has(x, x == target if c.op == "eq" else x != target)
     if c.op in ("in", "not_in"):
-        x = json_text(column, key) if isinstance(v[0], str) else json_number(column, key)
+        x = json_text(column, key, CODE_POINT) if isinstance(v[0], str) else json_number(column, key)
         return _has(x, x.in_(list(v)) if c.op == "in" else x.not_in(list(v)))
     if c.op in ("gt", "gte", "lt", "lte", "between"):
         return _has(json_number(column, key), _order(json_number(column, key), c))
-    t = json_text(column, key)
+    t = json_text(column, key, CODE_POINT)
     return _has(t, _text_cmp(t, c))
 
 

@@ -1,8 +1,10 @@
 """Each computed trait as one set-based query: rows of (person, ``{"v": value}``).
 
-The same SQLAlchemy Core on SQLite and PostgreSQL; the few dialect differences (typed JSON
-reads, building JSON, ISO times, rounding, list expansion) are small compiled constructs
-here. Strings order by code point on both (``COLLATE "C"`` on PostgreSQL). Lists are built
+The same SQLAlchemy Core on SQLite and PostgreSQL; typed reads of event properties come from
+the ingestion domain (``app.ingest.event_reads``: text in the database's collation, compared
+for equality and grouped), and the other dialect differences (building JSON, ISO times,
+rounding, list expansion) are small compiled constructs here. Strings order by code point on
+both (``code_point``: ``COLLATE "C"`` on PostgreSQL). Lists are built
 from rows sorted by person and position (SQLite aggregates in input order; PostgreSQL is
 told the order).
 """
@@ -20,7 +22,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    Table,
     and_,
     case,
     func,
@@ -33,55 +34,20 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
 from app.db import table_of
+from app.ingest.event_reads import (
+    DATABASE,
+    code_point,
+    element_text,
+    epoch,
+    events_table,
+    json_number,
+    json_scalar,
+    json_text,
+)
 from app.traits.catalog import TraitDef
 from app.traits.models import TraitPair
 
 DAY_S = 86_400
-
-
-def events_table() -> Table:
-    """The event table, as the ingestion domain declares it in the inventory (read only here)."""
-    from app.ingest.holder import HOLDER
-
-    return next(t for t in HOLDER.tables if t.name == "event")
-
-
-class _Read(FunctionElement[Any]):
-    """A typed read of one key of a JSON column: (column, key, SQLite path)."""
-
-    inherit_cache = True
-
-    def __init__(self, column: Any, key: str) -> None:
-        super().__init__(column, literal(key, String()), literal(f'$."{key}"', String()))
-
-
-class prop_text(_Read):
-    """The key's value when it is a string (else NULL)."""
-
-    type = String()
-    inherit_cache = True
-
-
-class prop_number(_Read):
-    """The key's value when it is a number (else NULL)."""
-
-    type = Float()
-    inherit_cache = True
-
-
-class prop_scalar(_Read):
-    """The key's value when it is a string or a number, kept as a JSON value (else NULL)."""
-
-    type = JSON()
-    inherit_cache = True
-
-
-class element_text(_Read):
-    """The key's string value in an element of ``json_each``/``json_array_elements`` (an
-    object); NULL for any other element."""
-
-    type = String()
-    inherit_cache = True
 
 
 class wrapped(FunctionElement[Any]):
@@ -98,24 +64,10 @@ class wrapped_list(FunctionElement[Any]):
     inherit_cache = True
 
 
-class code_point(FunctionElement[str]):
-    """A string compared by code point."""
-
-    type = String()
-    inherit_cache = True
-
-
 class iso_time(FunctionElement[str]):
     """A time as ``YYYY-MM-DDTHH:MM:SSZ`` (UTC)."""
 
     type = String()
-    inherit_cache = True
-
-
-class epoch(FunctionElement[int]):
-    """Whole seconds since 1970 of a time column."""
-
-    type = Integer()
     inherit_cache = True
 
 
@@ -128,62 +80,6 @@ class half_up(FunctionElement[int]):
 
 def _args(el: Any, compiler: Any, **kw: Any) -> list[str]:
     return [compiler.process(c, **kw) for c in el.clauses]
-
-
-def _sqlite_read(el: Any, compiler: Any, kinds: str, then: str, **kw: Any) -> str:
-    c, p = compiler.process(next(iter(el.clauses)), **kw), compiler.process(list(el.clauses)[2], **kw)
-    return f"(CASE WHEN json_type({c}, {p}) IN {kinds} THEN {then.format(c=c, p=p)} END)"
-
-
-def _pg_read(el: Any, compiler: Any, kinds: str, then: str, **kw: Any) -> str:
-    c, k = compiler.process(next(iter(el.clauses)), **kw), compiler.process(list(el.clauses)[1], **kw)
-    k = f"CAST({k} AS TEXT)"
-    return f"(CASE WHEN json_typeof({c} -> {k}) IN {kinds} THEN {then.format(c=c, k=k)} END)"
-
-
-@compiles(prop_text, "sqlite")
-def _text_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    return _sqlite_read(el, compiler, "('text')", "json_extract({c}, {p})", **kw)
-
-
-@compiles(prop_text, "postgresql")
-def _text_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    return _pg_read(el, compiler, "('string')", "{c} ->> {k}", **kw)
-
-
-@compiles(prop_number, "sqlite")
-def _number_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    return _sqlite_read(el, compiler, "('integer', 'real')", "json_extract({c}, {p})", **kw)
-
-
-@compiles(prop_number, "postgresql")
-def _number_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    return _pg_read(el, compiler, "('number')", "CAST({c} ->> {k} AS DOUBLE PRECISION)", **kw)
-
-
-@compiles(prop_scalar, "sqlite")
-def _scalar_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    return _sqlite_read(el, compiler, "('text', 'integer', 'real')", "json_extract({c}, {p})", **kw)
-
-
-@compiles(prop_scalar, "postgresql")
-def _scalar_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    return _pg_read(el, compiler, "('string', 'number')", "{c} -> {k}", **kw)
-
-
-@compiles(element_text, "sqlite")
-def _element_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    c, p = compiler.process(next(iter(el.clauses)), **kw), compiler.process(list(el.clauses)[2], **kw)
-    inner = f"(CASE WHEN json_type({c}, {p}) = 'text' THEN json_extract({c}, {p}) END)"
-    return f"(CASE WHEN json_valid({c}) AND json_type({c}) = 'object' THEN {inner} END)"
-
-
-@compiles(element_text, "postgresql")
-def _element_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    c, k = compiler.process(next(iter(el.clauses)), **kw), compiler.process(list(el.clauses)[1], **kw)
-    k = f"CAST({k} AS TEXT)"
-    inner = f"(CASE WHEN json_typeof({c} -> {k}) = 'string' THEN {c} ->> {k} END)"
-    return f"""(CASE WHEN json_typeof({c}) = 'object' THEN {inner} END) COLLATE "C\""""
 
 
 @compiles(wrapped, "sqlite")
@@ -210,18 +106,6 @@ def _list_pg(el: Any, compiler: Any, **kw: Any) -> str:
     return f"json_build_object('v', json_agg({x} ORDER BY {position}))"
 
 
-@compiles(code_point, "sqlite")
-def _code_point_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    (x,) = _args(el, compiler, **kw)
-    return str(x)
-
-
-@compiles(code_point, "postgresql")
-def _code_point_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    (x,) = _args(el, compiler, **kw)
-    return f'({x} COLLATE "C")'
-
-
 @compiles(iso_time, "sqlite")
 def _iso_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
     (x,) = _args(el, compiler, **kw)
@@ -232,18 +116,6 @@ def _iso_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
 def _iso_pg(el: Any, compiler: Any, **kw: Any) -> str:
     (x,) = _args(el, compiler, **kw)
     return f"""to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
-
-
-@compiles(epoch, "sqlite")
-def _epoch_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    (x,) = _args(el, compiler, **kw)
-    return f"CAST(strftime('%s', {x}) AS INTEGER)"
-
-
-@compiles(epoch, "postgresql")
-def _epoch_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    (x,) = _args(el, compiler, **kw)
-    return f"CAST(floor(extract(epoch from {x})) AS BIGINT)"
 
 
 @compiles(half_up, "sqlite")
@@ -264,7 +136,7 @@ def _number(v: float) -> Any:
 
 def _first_number(e: Any, props: tuple[str, ...]) -> Any:
     """The first of the properties holding a number."""
-    reads = [prop_number(e.c.properties, p) for p in props]
+    reads = [json_number(e.c.properties, p) for p in props]
     return reads[0] if len(reads) == 1 else func.coalesce(*reads)
 
 
@@ -302,9 +174,9 @@ class TraitQuery:
             numbers = [float(v) for v in values if not isinstance(v, str)]
             either = []
             if texts:
-                either.append(prop_text(e.c.properties, prop).in_(texts))
+                either.append(json_text(e.c.properties, prop, DATABASE).in_(texts))
             if numbers:
-                either.append(prop_number(e.c.properties, prop).in_(numbers))
+                either.append(json_number(e.c.properties, prop).in_(numbers))
             out.append(or_(*either))
         if t.within_days:
             out.append(e.c.occurred_at >= self.now - timedelta(days=t.within_days))
@@ -326,7 +198,7 @@ class TraitQuery:
 
     def _most_frequent(self, t: TraitDef) -> Select[Any]:
         e = self.e
-        v = prop_text(e.c.properties, t.properties[0])
+        v = json_text(e.c.properties, t.properties[0], DATABASE)
         counted = (
             select(e.c.profile_id.label("pid"), v.label("v"), func.count().label("n"))
             .where(*self._matching(t), v.isnot(None))
@@ -341,7 +213,7 @@ class TraitQuery:
 
     def _first(self, t: TraitDef, latest: bool = False) -> Select[Any]:
         e = self.e
-        v = prop_scalar(e.c.properties, t.properties[0])
+        v = json_scalar(e.c.properties, t.properties[0])
         when = e.c.occurred_at.desc() if latest else e.c.occurred_at.asc()
         ranked = (
             select(
@@ -372,7 +244,7 @@ class TraitQuery:
 
     def _unique_list(self, t: TraitDef) -> Select[Any]:
         e = self.e
-        v = prop_text(e.c.properties, t.properties[0])
+        v = json_text(e.c.properties, t.properties[0], DATABASE)
         distinct = (
             select(e.c.profile_id.label("pid"), v.label("v")).where(*self._matching(t), v.isnot(None)).distinct()
         ).subquery("distinct_values")
