@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.access.models import ROLES
 from app.access.service import SYSTEM, Principal, authenticate, create_api_key
 from app.db import unit_of_work
+from app.demo_compliance import load_compliance_demo
 from app.demo_marketing import load_marketing_demo
 from app.ingest.service import ingest_messages
 from app.ledger.heads import make_tree_head
@@ -129,6 +130,7 @@ async def load_demo(count: int = 40, keys_file: Path | None = None) -> dict[str,
                 await ingest_messages(session, ctx, web, demo_events(i, str(traits["email"]), written.id))
     keys = await _ensure_keys(keys_file)
     await load_marketing_demo(keys, customers=count)  # segments, destinations, runs, journeys
+    await load_compliance_demo(keys, demo_customers(count))  # requests in every state, consents
     async with unit_of_work() as session:  # so the ledger verifies from the first minute
         await make_tree_head(session)
     return keys

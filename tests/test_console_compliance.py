@@ -229,3 +229,21 @@ def test_an_erasure_ends_with_a_signed_certificate_to_download(dsr_env: Env) -> 
         assert body["request_id"] == rid if "request_id" in body else rid in json.dumps(body)
         # the API says the same
         assert c.get(f"/v1/dsr/{rid}/certificate", headers=auth(keys["compliance"])).json() == json.loads(cert.content)
+
+
+@pytest.mark.slow
+def test_the_demo_fills_the_queue_with_requests_in_every_state(dsr_env: Env) -> None:
+    from app.demo import load_demo
+    from tests.conftest import run
+
+    keys = run(load_demo(17, dsr_env.tmp / "demo-keys.json"))
+    with client() as c:
+        sign_in(c, keys["compliance"])
+        page = c.get(QUEUE, params={"unverified": "1"}).text
+        for status in ("received", "waiting", "verified", "in_progress", "extended", "completed", "denied"):
+            assert c.get(QUEUE, params={"status": status}).text.count('href="/console/compliance/requests/') >= 1, (
+                status
+            )
+        assert 'class="due-overdue"' in page and ('class="due-urgent"' in page or 'class="due-soon"' in page)
+        states = c.get("/v1/dsr", params={"limit": 100}, headers=auth(keys["compliance"])).json()
+        assert {"completed"} <= {s["status"] for s in states}
