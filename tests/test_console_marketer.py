@@ -15,7 +15,8 @@ from app.db import unit_of_work
 from app.errors import InvalidField
 from app.settings import get_settings
 from tests.conftest import Env, run
-from tests.helpers import MARKETING, auth, client, make_keys
+from tests.console_helpers import post_form, sign_in
+from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys
 from tests.test_segments import SHOES, _born, _person, _shop
 
 HOOPS = {"all": [SHOES, {"age": {"between": [18, 30]}}]}
@@ -206,3 +207,180 @@ def test_the_marketing_demo_fills_segments_history_runs_and_journeys(env: Env, m
         names = {j["name"]: j["id"] for j in c.get("/v1/journeys", headers=auth(keys["marketer"])).json()}
         sends = c.get(f"/v1/journeys/{names['Welcome']}/sends", headers=auth(keys["marketer"])).json()
         assert {s["outcome"] for s in sends["sends"]} >= {"sent"}
+
+
+# --- the builder over HTTP ------------------------------------------------------------------
+
+
+def _hoops_people(c: Any, keys: dict[str, str]) -> dict[str, str]:
+    """_shop's people; p0 (25, consented, an email), p4 (18, no consent) are 18-30 and bought
+    basketball shoes lately; p1 is 40."""
+    ids = _shop(c, keys)
+    ids["p0"] = _person(c, keys, "u0", {"birthday": _born(25), "email": "alice.hoops@example.com"})
+    ids["p1"] = _person(c, keys, "u1", {"birthday": _born(40)})
+    ids["p4"] = _person(c, keys, "u4", {"birthday": _born(18)})
+    return ids
+
+
+def _figure(html: str, name: str) -> str:
+    import re
+
+    found = re.search(rf'id="{name}">([^<]*)<', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+def test_a_tree_edit_returns_the_new_count_with_exclusions_and_a_masked_sample(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        _hoops_people(c, keys)
+        token = sign_in(c, keys["marketer"])
+        page = c.get("/console/marketer/builder")
+        assert page.status_code == 200 and 'hx-post="/console/marketer/builder/count"' in page.text
+        form = hoops_form() | {"purpose": MARKETING}
+        r = post_form(c, "/console/marketer/builder/count", token, form, headers={"HX-Request": "true"})
+        assert r.status_code == 200, r.text
+        assert (_figure(r.text, "count-total"), _figure(r.text, "count-usable")) == ("2", "1")
+        assert "no consent" in r.text  # p4, excluded by reason
+        assert "a***@example.com" in r.text and "alice.hoops" not in r.text  # masked as the API masks it
+
+        edited = post_form(c, "/console/marketer/builder/edit", token, form | {"act": "add:t:trait"})
+        assert edited.status_code == 200 and edited.headers["HX-Trigger"] == "tree-changed"
+        assert 'name="t.2.kind" value="trait"' in edited.text
+        narrower = form | {"t.2.kind": "trait", "t.2.name": "plan", "t.2.op": "eq", "t.2.value": "vip"}
+        r = post_form(c, "/console/marketer/builder/count", token, narrower)
+        assert (_figure(r.text, "count-total"), _figure(r.text, "count-usable")) == ("0", "0")
+
+
+def test_the_count_says_which_field_to_complete_and_never_echoes_it(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        token = sign_in(c, keys["marketer"])
+        r = post_form(c, "/console/marketer/builder/count", token, hoops_form() | {"t.1.low": "<b>secret</b>"})
+        assert r.status_code == 200 and "t.1.low" in r.text and "secret" not in r.text
+        bad_tree = hoops_form() | {"t.0.wprop": "email"}  # personal: the segments service refuses it
+        r = post_form(c, "/console/marketer/builder/count", token, bad_tree)
+        assert "personal data" in r.text and "count-total" not in r.text
+
+
+def test_roles_the_builder_refuses(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        for role in ("auditor", "compliance"):
+            c.cookies.clear()
+            token = sign_in(c, keys[role])
+            assert c.get("/console/marketer/builder").status_code == 403
+            assert post_form(c, "/console/marketer/builder/count", token, hoops_form()).status_code == 403
+        c.cookies.clear()
+        token = sign_in(c, keys["marketer"])  # a purpose the marketer may not use: refused, nothing counted
+        r = post_form(c, "/console/marketer/builder/count", token, hoops_form() | {"purpose": "essential.service"})
+        assert "is not a purpose this role may use" in r.text and "count-total" not in r.text
+        nav = c.get("/console").text
+        assert "/console/marketer/builder" in nav and "/console/compliance/requests" not in nav
+
+
+def test_the_draft_is_saved_then_shown_with_its_size_chart_and_overlap(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        _hoops_people(c, keys)
+        token = sign_in(c, keys["marketer"])
+        form = hoops_form() | {"purpose": MARKETING, "name": "Hoops 18-30"}
+        r = post_form(c, "/console/marketer/builder/save", token, form, headers={"HX-Request": "true"})
+        assert r.status_code == 204, r.text
+        target = r.headers["HX-Redirect"]
+        seg = c.get(target)
+        assert seg.status_code == 200 and "Hoops 18-30" in seg.text and "<svg" in seg.text
+        sid = target.rsplit("/", 1)[1]
+        saved = c.get(f"/v1/segments/{sid}", headers=auth(keys["marketer"])).json()
+        assert saved["tree"] == HOOPS and saved["purpose"] == MARKETING
+        edit = c.get(f"/console/marketer/builder/{sid}")
+        assert 'name="t.0.wvalue" value="basketball shoes"' in edit.text
+        again = post_form(c, "/console/marketer/builder/save", token, form | {"segment_id": sid, "t.1.high": "40"})
+        assert again.status_code == 303
+        assert c.get(f"/v1/segments/{sid}", headers=auth(keys["marketer"])).json()["version"] == 2
+        everyone = post_form(
+            c,
+            "/console/marketer/builder/save",
+            token,
+            {
+                "t.kind": "trait",
+                "t.name": "plan",
+                "t.op": "exists",
+                "t.value": "true",
+                "purpose": MARKETING,
+                "name": "Everyone",
+            },
+        )
+        other = everyone.headers["location"].rsplit("/", 1)[1]
+        r = post_form(c, f"/console/marketer/segments/{sid}/overlap", token, {"other": other})
+        assert r.status_code == 200 and "saved-overlap-figures" in r.text
+        o = post_form(
+            c, "/console/marketer/builder/overlap", token, hoops_form() | {"purpose": MARKETING, "overlap": other}
+        )
+        assert "2 of the people matching this draft" in o.text
+
+
+def test_a_run_started_from_the_page_reports_who_was_sent_and_excluded(
+    exact: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_DIR", str(exact.tmp / "activation"))
+    get_settings.cache_clear()
+    keys = make_keys()
+    with client() as c:
+        _hoops_people(c, keys)
+        seg = c.post(
+            "/v1/segments", json={"name": "Hoops", "tree": HOOPS, "purpose": MARKETING}, headers=auth(keys["marketer"])
+        )
+        body = {
+            "name": "Export",
+            "kind": "file",
+            "purpose": MARKETING,
+            "categories": ["user.contact.email"],
+            "config": {"format": "csv"},
+        }
+        dest = c.post("/v1/destinations", json=body, headers=auth(keys["marketer"]))
+        assert dest.status_code == 201, dest.text
+        token = sign_in(c, keys["marketer"])
+        assert "Export" in c.get("/console/marketer/activation").text
+        r = post_form(
+            c,
+            "/console/marketer/activation/runs",
+            token,
+            {"segment_id": seg.json()["id"], "destination_id": dest.json()["id"]},
+        )
+        assert r.status_code == 303, r.text
+        report = c.get(r.headers["location"]).text
+        assert _figure(report, "run-sent") == "1" and "no consent" in report and "run-done" in report
+        refused = post_form(
+            c, "/console/marketer/activation/runs", token, {"segment_id": "", "destination_id": dest.json()["id"]}
+        )
+        assert refused.status_code == 422 and "segment_id" in refused.text
+
+
+def test_journeys_and_their_sends_are_listed(exact: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_DIR", str(exact.tmp / "activation"))
+    get_settings.cache_clear()
+    keys = make_keys()
+    with client() as c:
+        body = {
+            "name": "Out",
+            "kind": "file",
+            "purpose": MARKETING,
+            "categories": ["user.contact.email"],
+            "config": {"format": "csv"},
+        }
+        dest = c.post("/v1/destinations", json=body, headers=auth(keys["marketer"])).json()
+        j = {"name": "Welcome aboard", "kind": "welcome", "destination_id": dest["id"], "purpose": MARKETING}
+        journey = c.post("/v1/journeys", json=j, headers=auth(keys["marketer"]))
+        assert journey.status_code == 201, journey.text
+        pid = _person(c, keys, "w1", {"email": "w1@example.com"})
+        grant_marketing(c, keys["compliance"], pid)
+    from app.journeys.service import run_triggers
+
+    run(run_triggers())
+    with client() as c:
+        sign_in(c, keys["marketer"])
+        listing = c.get("/console/marketer/journeys").text
+        assert "Welcome aboard" in listing
+        sends = c.get(f"/console/marketer/journeys/{journey.json()['id']}").text
+        assert "sent: 1" in sends and pid[:8] in sends

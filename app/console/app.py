@@ -16,6 +16,7 @@ from litestar.template.config import TemplateConfig
 from app.console.auditor import AuditorController
 from app.console.compliance import ComplianceController
 from app.console.core import ConsoleCore
+from app.console.marketer import MarketerController
 from app.console.render import page
 from app.console.security import MIDDLEWARE, SECURITY_HEADERS, console_guard
 from app.errors import DomainError
@@ -24,7 +25,7 @@ from app.logs import scrub_text
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
-CONTROLLERS: list[Any] = [ConsoleCore, ComplianceController, AuditorController]
+CONTROLLERS: list[Any] = [ConsoleCore, ComplianceController, AuditorController, MarketerController]
 """Add your page controller here (and its routes to ``registry.PAGES``)."""
 
 

@@ -57,6 +57,22 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/console/auditor/ledger/stream", AUDITOR),
     Page("GET", "/console/auditor/verify", AUDITOR, nav="nav.verify"),
     Page("GET", "/console/auditor/activity", AUDITOR, nav="nav.activity"),
+    # marketer
+    Page("GET", "/console/marketer/segments", MARKETER, nav="nav.segments"),
+    Page("GET", "/console/marketer/segments/{segment_id:str}", MARKETER),
+    Page("POST", "/console/marketer/segments/{segment_id:str}/overlap", MARKETER),
+    Page("GET", "/console/marketer/builder", MARKETER, nav="nav.builder"),
+    Page("GET", "/console/marketer/builder/{segment_id:str}", MARKETER),
+    Page("POST", "/console/marketer/builder/edit", MARKETER),
+    Page("POST", "/console/marketer/builder/count", MARKETER),
+    Page("POST", "/console/marketer/builder/overlap", MARKETER),
+    Page("POST", "/console/marketer/builder/save", MARKETER),
+    Page("GET", "/console/marketer/activation", MARKETER, nav="nav.activation"),
+    Page("POST", "/console/marketer/activation/runs", MARKETER),
+    Page("GET", "/console/marketer/activation/runs/{run_id:str}", MARKETER),
+    Page("GET", "/console/marketer/activation/runs/{run_id:str}/report", MARKETER),
+    Page("GET", "/console/marketer/journeys", MARKETER, nav="nav.journeys"),
+    Page("GET", "/console/marketer/journeys/{journey_id:str}", MARKETER),
 )
 """Add a page here (and its nav label in ``labels/*.json``) when you add a console route."""
 
