@@ -19,6 +19,7 @@ from app.db import unit_of_work
 from app.dsr.erasure import erase_subject
 from app.ingest.processor import drain
 from app.settings import get_settings
+from app.vault import keyring
 from tests.conftest import Env, run
 from tests.helpers import MARKETING, auth, client, make_keys, sync_db
 
@@ -169,3 +170,55 @@ def test_consents_for_an_erased_persons_profile_are_refused(env: Env) -> None:
         assert r.status_code == 404, r.text
     assert _count("SELECT count(*) FROM consent_record") == 0
     assert _count("SELECT count(*) FROM privacy_flag") == 0
+
+
+def test_the_list_still_matches_after_the_master_key_is_rotated_and_retired(env: Env) -> None:
+    from app.cli import _keys_rotate
+
+    keys = make_keys()
+    with client() as c:
+        _erased_carol(c, keys)
+    assert run(_keys_rotate()) == 0  # a new master version; every wrapped key re-wrapped under it
+    ring_file = env.key_dir / "master-keys.json"
+    ring = json.loads(ring_file.read_text())
+    del ring["keys"]["1"]  # version 1 retired, as the erasure certificate tells the controller to
+    ring_file.write_text(json.dumps(ring))
+    keyring._loaded.clear()
+    with client() as c:
+        s = (keys["ingest"], "")
+        again = {"userId": "carol-returns", "traits": {"email": CAROL["email"]}}
+        assert c.post("/v1/identify", json=again, auth=s).status_code == 200
+        body = {"text": "hello again", "channel": "chat", "author": {"user_id": CAROL["user_id"]}}
+        assert c.post("/v1/texts", json=body, auth=s).status_code == 201
+        _nothing_of_carol(c, keys)
+        assert _lookup(c, keys["admin"], "user_id", "carol-returns") == []
+        assert [d["refused"] for d in _refusals(c, keys)] == [1, 1]
+
+
+def test_entries_of_before_the_suppression_key_still_match(env: Env) -> None:
+    """Entries hashed under the key derived from a master version (erasures of before the
+    suppression key) keep matching while that version is in the ring."""
+    from datetime import UTC, datetime
+
+    from app.identity.service import make_ident
+    from app.identity.suppression import legacy_key, refuse_suppressed, suppression_digest
+    from app.profiles.service import VaultContext
+
+    ctx = VaultContext.from_settings()
+    version, master = ctx.keys.master.current()
+    digest = suppression_digest(legacy_key(master), "email", CAROL["email"])
+    with sync_db() as db:
+        db.execute(
+            text(
+                "INSERT INTO suppressed_identifier (digest, kind, master_version, suppressed_at, refused) "
+                "VALUES (:d, 'email', :v, :t, 0)"
+            ),
+            {"d": digest, "v": version, "t": datetime.now(UTC)},
+        )
+
+    async def check() -> set[Any]:
+        async with unit_of_work() as s:
+            idents = [make_ident(ctx, "email", CAROL["email"]), make_ident(ctx, "email", "someone@example.com")]
+            return await refuse_suppressed(s, ctx.keys.master, idents)
+
+    assert run(check()) == {make_ident(ctx, "email", CAROL["email"]).key}

@@ -90,8 +90,9 @@ def identifier_aad_name(kind: str) -> str:
 class SuppressedIdentifier(SQLModel, table=True):
     """An identifier of an erased person that ingestion refuses from now on.
 
-    ``digest`` is a keyed hash under the suppression key (derived from master key version
-    ``master_version``, never the blind-index key), so an entry cannot be joined to any
+    ``digest`` is a keyed hash under the suppression key (a key of its own, wrapped under the
+    master keyring: ``master_version`` 0; entries of before it have the master version their
+    key was derived from), never the blind-index key, so an entry cannot be joined to any
     identifier, event or profile left in the database and names nobody."""
 
     __tablename__ = "suppressed_identifier"

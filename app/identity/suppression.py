@@ -1,14 +1,15 @@
 """The suppression list: identifiers of erased people that ingestion refuses from now on.
 
-An entry is a keyed hash of (kind, normalised value) under the *suppression key*, derived
-from a master key version and distinct from the blind-index key: it matches the same
-identifier arriving again, and nothing else. It cannot be joined to any blind index,
-event or profile left in the database (the residue scan skips this table by design).
+An entry is a keyed hash of (kind, normalised value) under the *suppression key*: a random
+key of its own, distinct from the blind-index key, kept only wrapped under the master keyring
+(``wrapped_secret``, made at the first erasure) and re-wrapped by ``consentry keys rotate``.
+It matches the same identifier arriving again, and nothing else; it cannot be joined to any
+blind index, event or profile left in the database (the residue scan skips this table by
+design). Rotating and retiring master versions leaves the list matching.
 
 A message is refused if any of its identifiers is suppressed; the refusal is counted on
-the entry. Entries hashed under a master key version that was retired no longer match
-(re-hashing needs the plaintext, which is gone): retire a version only after the
-suppression period the controller promised.
+the entry. Entries of before this key (``master_version`` ≥ 1: hashed under a key derived
+from that master version) still match while their version is in the ring.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from app.db import table_of
 from app.identity.models import SuppressedIdentifier
 from app.identity.service import Ident, Key
 from app.vault.keyring import MasterKeyring
+from app.vault.service import service_secret
 
 CHUNK = 500
+SECRET = "suppression-list"
+OWN_KEY = 0
+"""``master_version`` of the entries hashed under the suppression key (not a master version)."""
 
 
-def suppression_key(master: bytes) -> bytes:
-    """The suppression key of one master key version (HMAC-derived with its own label)."""
+def legacy_key(master: bytes) -> bytes:
+    """The key entries were hashed under before the suppression key: derived from one
+    master key version (they match while that version is in the ring)."""
     return hmac.digest(master, b"consentry:suppression-list:v1", "sha256")
 
 
@@ -39,24 +45,27 @@ def suppression_digest(key: bytes, kind: str, value: str) -> str:
     return hmac.digest(key, kind.encode() + b"\x00" + value.encode("utf-8"), "sha256").hex()
 
 
-def _keys(ring: MasterKeyring) -> dict[int, bytes]:
+async def _keys(session: AsyncSession, ring: MasterKeyring) -> list[bytes]:
+    """Every key an entry may be hashed under: the suppression key (if any erasure made it)
+    and the legacy keys of the master versions in the ring."""
     ring.current()  # picks up a rotation made by another process
-    return {v: suppression_key(k) for v, k in sorted(ring.keys.items())}
+    own = await service_secret(session, ring, SECRET, create=False)
+    return ([own] if own is not None else []) + [legacy_key(k) for _v, k in sorted(ring.keys.items())]
 
 
 async def suppress(
     session: AsyncSession, ring: MasterKeyring, identifiers: Iterable[tuple[str, str]], request_id: str | None
 ) -> dict[str, int]:
-    """Add these (kind, normalised value) pairs to the list under the active master version;
+    """Add these (kind, normalised value) pairs to the list under the suppression key;
     returns the entries added by kind (an identifier already listed counts once)."""
-    version, master = ring.current()
-    key = suppression_key(master)
+    key = await service_secret(session, ring, SECRET, create=True)
+    assert key is not None
     now = datetime.now(UTC)
     rows: dict[str, dict[str, Any]] = {
         suppression_digest(key, kind, value): {
             "digest": suppression_digest(key, kind, value),
             "kind": kind,
-            "master_version": version,
+            "master_version": OWN_KEY,
             "suppressed_at": now,
             "request_id": request_id,
             "refused": 0,
@@ -82,10 +91,10 @@ async def suppress(
 async def refuse_suppressed(session: AsyncSession, ring: MasterKeyring, idents: Iterable[Ident]) -> set[Key]:
     """The (kind, blind index) keys of the identifiers among ``idents`` that are suppressed,
     each matching entry's refusal counted. One indexed query per 500 identifiers."""
-    keys = _keys(ring)
+    keys = await _keys(session, ring)
     by_digest: dict[str, Key] = {}
     for ident in idents:
-        for key in keys.values():
+        for key in keys:
             by_digest[suppression_digest(key, ident.kind, ident.value)] = ident.key
     t = table_of(SuppressedIdentifier)
     hits: list[str] = []

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import table_of
 from app.errors import SubjectErased
 from app.vault.cipher import new_data_key, unwrap_key, wrap_key
 from app.vault.keyring import MasterKeyring
-from app.vault.models import SubjectKey
+from app.vault.models import SubjectKey, WrappedSecret
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,11 @@ async def rewrap_batch(session: AsyncSession, ring: MasterKeyring, batch: int = 
     """Re-wrap up to ``batch`` data keys still under an older master key; returns how many.
 
     Data is not re-encrypted: only the wrapped key changes, in place, so readers see
-    either the old wrapping (old master still in the ring) or the new one.
+    either the old wrapping (old master still in the ring) or the new one. The service's
+    own secrets (``service_secret``) are re-wrapped too, and not counted.
     """
     active, master = ring.current()
+    await _rewrap_secrets(session, ring, active, master)
     q = select(SubjectKey).where(SubjectKey.master_version != active).limit(batch)  # type: ignore[arg-type]
     rows = list((await session.execute(q)).scalars())
     for row in rows:
@@ -87,3 +90,41 @@ async def rewrap_batch(session: AsyncSession, ring: MasterKeyring, batch: int = 
         row.master_version = active
     await session.flush()
     return len(rows)
+
+
+def _secret_owner(name: str) -> str:
+    """What a service secret's wrapping is bound to (never a profile id)."""
+    return f"secret:{name}"
+
+
+async def service_secret(session: AsyncSession, ring: MasterKeyring, name: str, *, create: bool) -> bytes | None:
+    """The service's own key ``name``, unwrapped; when missing, made (once, whichever
+    transaction comes first) if ``create``, else None."""
+    t = table_of(WrappedSecret)
+    q = select(t).where(t.c.name == name)
+    row = (await session.execute(q)).first()
+    if row is None and create:
+        mv, master = ring.current()
+        key = new_data_key()
+        values = {
+            "name": name,
+            "master_version": mv,
+            "wrapped_key": wrap_key(master, mv, _secret_owner(name), 1, key),
+            "created_at": datetime.now(UTC),
+        }
+        dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+        make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        await session.execute(make(t).values(values).on_conflict_do_nothing(index_elements=["name"]))
+        row = (await session.execute(q)).first()
+    if row is None:
+        return None
+    return unwrap_key(ring.get(row.master_version), row.master_version, _secret_owner(name), 1, row.wrapped_key)
+
+
+async def _rewrap_secrets(session: AsyncSession, ring: MasterKeyring, active: int, master: bytes) -> None:
+    t = table_of(WrappedSecret)
+    for row in (await session.execute(select(t).where(t.c.master_version != active))).all():
+        key = unwrap_key(ring.get(row.master_version), row.master_version, _secret_owner(row.name), 1, row.wrapped_key)
+        wrapped = wrap_key(master, active, _secret_owner(row.name), 1, key)
+        stmt = update(t).where(t.c.name == row.name).values(master_version=active, wrapped_key=wrapped)
+        await session.execute(stmt)

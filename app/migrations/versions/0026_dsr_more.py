@@ -1,11 +1,22 @@
-"""dsr more (reserved: filled in by the change that needs it)
+"""dsr more: the service's own wrapped secrets (the suppression list's key)
 
 Revision ID: 0026
 Revises: 0025
 Create Date: 2026-11-26
+
+``wrapped_secret`` holds keys of the service itself, each only wrapped under a master key
+version and re-wrapped by ``consentry keys rotate`` like the data keys. The suppression list
+hashes under one of them, so its entries keep matching after the master version that was
+active at the erasure is retired. It names nobody.
 """
 
 from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlmodel
+from alembic import op
+
+import app.db
 
 revision = "0026"
 down_revision = "0025"
@@ -14,8 +25,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Nothing yet."""
+    op.create_table(
+        "wrapped_secret",
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("master_version", sa.Integer(), nullable=False),
+        sa.Column("wrapped_key", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", app.db.UtcDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name"),
+    )
 
 
 def downgrade() -> None:
-    """Nothing yet."""
+    op.drop_table("wrapped_secret")
