@@ -28,6 +28,7 @@ from app.dsr.policy import check_dsr_policy
 from app.dsr.routes import DsrController
 from app.imports.routes import ImportController
 from app.ingest import jetstream
+from app.ingest.browser import BrowserCollectionController
 from app.ingest.processor import Processor, service_processor
 from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
@@ -133,6 +134,7 @@ def create_app() -> Litestar:
             ProfileController,
             EventController,
             IngestController,
+            BrowserCollectionController,
             ImportController,
             ApiKeyController,
             AuditController,
