@@ -136,3 +136,40 @@ def test_a_package_names_nobody_else_in_the_ledger(dsr_env: Env) -> None:
     other = "22222222-2222-4222-8222-222222222222"
     details: Any = {"merged": [mine[0], other], "note": f"from {other}"}
     assert redact_others(details, mine) == {"merged": [mine[0], OTHER], "note": f"from {OTHER}"}
+
+
+def test_each_event_says_which_identifier_linked_it_and_flags_a_shared_device(dsr_env: Env) -> None:
+    keys = make_keys()
+    s = (keys["ingest"], "")
+    tablet = {"device": {"id": "family-tablet-1"}}
+    with client() as c:
+        alice = {"userId": "alice-1", "traits": {"email": ALICE["email"]}, "context": tablet}
+        assert c.post("/v1/identify", json=alice, auth=s).status_code == 200
+        assert c.post("/v1/identify", json={"userId": "bob-1", "traits": {"plan": "pro"}}, auth=s).status_code == 200
+        # Bob on Alice's tablet: the tablet is not linked to him (a shared device), the event is his
+        shared = {"userId": "bob-1", "event": "Product Viewed", "context": tablet}
+        assert c.post("/v1/track", json=shared, auth=s).status_code == 200
+        assert c.post("/v1/track", json={"userId": "bob-1", "event": "Order Completed"}, auth=s).status_code == 200
+        r = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": "bob-1"}, headers=auth(keys["admin"]))
+        bob = r.json()["profiles"][0]["id"]
+        r = c.post("/v1/profiles/lookup", json={"kind": "user_id", "value": "alice-1"}, headers=auth(keys["admin"]))
+        alice_id = r.json()["profiles"][0]["id"]
+
+    body = json.loads(_files(_build(bob, "req-bob").path)["package.json"])
+    import jsonschema_rs
+
+    jsonschema_rs.validator_for(json.loads(SCHEMA.read_text())).validate(body)
+    links = {
+        e.get("name") or e["type"]: (e["identified_by"], e["shared_device"]) for e in body["data"]["ingest"]["events"]
+    }
+    assert links == {
+        "identify": (["user_id"], False),
+        "Product Viewed": (["user_id"], True),
+        "Order Completed": (["user_id"], False),
+    }
+    body = json.loads(_files(_build(alice_id, "req-alice").path)["package.json"])
+    [event] = body["data"]["ingest"]["events"]
+    assert (event["identified_by"], event["shared_device"]) == (["device_id", "email", "user_id"], False)
+    files = _files(_build(bob, "req-bob-2").path)
+    rows = list(csv.DictReader(io.StringIO(files["csv/ingest.events.csv"])))
+    assert sorted(r["shared_device"] for r in rows) == ["false", "false", "true"]

@@ -34,12 +34,13 @@ from app.consent.policy import load_yaml
 from app.consent.records import consent_receipt
 from app.consent.rules import load_rules
 from app.db import private_path, table_of, unit_of_work
+from app.dsr.linking import annotate_events
 from app.dsr.models import DsrPackage
 from app.errors import NotFound
 from app.imports.upload import private_dir
 from app.inventory import Person, holders
 from app.ledger.service import record
-from app.profiles.service import person_of, resolve_merged
+from app.profiles.service import VaultContext, person_of, resolve_merged
 from app.settings import get_settings
 from app.vault.keyring import key_material
 from app.vault.service import subject_keys
@@ -100,12 +101,16 @@ def redact_others(value: Any, mine: Collection[str]) -> Any:
 
 async def collect(session: AsyncSession, person: Person) -> dict[str, Any]:
     """Every holder's export for the person, decrypted with their keys, JSON-safe; the
-    ledger's entries with other people's ids redacted."""
+    ledger's entries with other people's ids redacted; each event says which of their
+    identifiers linked it and whether it came from a shared device."""
     keys = await subject_keys(session, key_material(get_settings()).master, list(person.origins))
     data: dict[str, Any] = {}
     for h in holders():
         exported = await h.export(session, keys, person)
         data[h.domain] = redact_others(exported, person.origins) if h.domain == "ledger" else exported
+    events, identifiers = data.get("ingest", {}).get("events"), data.get("identity", {}).get("identifiers", [])
+    if events:
+        await annotate_events(session, VaultContext.from_settings(), person, events, identifiers)
     return data
 
 
