@@ -85,6 +85,7 @@ def test_a_form_without_its_csrf_token_is_refused(env: Env) -> None:
         c.get("/console/sign-in")
         r = c.post("/console/sign-in", data={"api_key": keys["compliance"]}, follow_redirects=False)
         assert r.status_code == 403 and "consentry_console=" not in r.headers.get("set-cookie", "")
+        assert "x-request-id" in r.headers and '"status": 403' in env.log_file.read_text()  # logged as what it is
         token = sign_in(c, keys["compliance"])
         rid = _api_intake(
             c, keys, kind="erasure", regulation="GDPR", identifiers={"email": "x@example.com"}, verify=False,

@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Request, Response, Router
-from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
+from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
 from litestar.plugins.htmx import HTMXRequest
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.console.auditor import AuditorController
 from app.console.compliance import ComplianceController
@@ -75,6 +76,21 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Te
     return _error(request, 400, "invalid value for: " + (", ".join(names) or "form"))
 
 
+def _answered_here(app: ASGIApp) -> ASGIApp:
+    """A refusal raised by the CSRF middleware (outside any handler) answered as a console page
+    here, so the access log and headers see the 403 it is rather than an escaped error."""
+
+    async def call(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except PermissionDeniedException as exc:
+            request: HTMXRequest = HTMXRequest(scope, receive)
+            response = _error(request, 403, scrub_text(str(exc.detail)))
+            await response.to_asgi_response(None, request)(scope, receive, send)  # type: ignore[arg-type]
+
+    return call
+
+
 def console_router() -> Router:
     """Every console page and the vendored static files, behind the console's guard."""
     static = create_static_files_router(path="/static", directories=[STATIC], include_in_schema=False)
@@ -82,7 +98,7 @@ def console_router() -> Router:
         path="/console",
         route_handlers=[*CONTROLLERS, static],
         guards=[console_guard],
-        middleware=MIDDLEWARE,
+        middleware=[*MIDDLEWARE[:-1], _answered_here, MIDDLEWARE[-1]],  # (the last is CSRF)
         request_class=HTMXRequest,
         exception_handlers={
             NotAuthorizedException: _unauthorised,
