@@ -202,9 +202,9 @@ def test_the_stream_holds_the_whole_ledger_as_the_standalone_verifier_reads_it(e
         cm.__exit__(None, None, None)
     meta = lines[0]
     assert meta["kind"] == "meta"
-    rows = [x for x in lines if isinstance(x, list)]
+    rows = [row for x in lines if isinstance(x, list) for row in x]  # pages of entries
     heads = [TreeHead.from_json(x) for x in lines if isinstance(x, dict) and x["kind"] == "head"]
-    subjects = [(x["seq"], x["subject_ids"]) for x in lines if isinstance(x, dict) and x["kind"] == "subjects"]
+    subjects = [tuple(i) for x in lines if isinstance(x, dict) and x["kind"] == "subjects" for i in x["items"]]
     assert [r[0] for r in rows] == list(range(1, meta["size"] + 1))
     assert rows[-1][4] == "audit.export"  # fetching the ledger is itself recorded
     assert subjects and sorted(subjects[0][1]) == ["person-a", "person-d"]
@@ -256,7 +256,8 @@ def _row(e: Entry) -> list[Any]:
     return [*(getattr(e, c) for c in _COLUMNS[:9]), canonical_json(e.details), e.prev_hash, e.entry_hash]
 
 
-def _ledger(n: int) -> tuple[list[Entry], list[TreeHead], list[tuple[int, list[str]]]]:
+def _ledger(n: int, head_at: set[int] | None = None) -> tuple[list[Entry], list[TreeHead], list[tuple[int, list[str]]]]:
+    """n entries (every 7th a group entry), a signed head every 10 entries (or at ``head_at``)."""
     entries: list[Entry] = []
     heads: list[TreeHead] = []
     subjects: list[tuple[int, list[str]]] = []
@@ -274,7 +275,7 @@ def _ledger(n: int) -> tuple[list[Entry], list[TreeHead], list[tuple[int, list[s
         entries.append(e)
         prev = e.entry_hash
         merkle.push(frontier, seq - 1, bytes.fromhex(e.entry_hash))
-        if seq % 10 == 0:
+        if (seq in head_at) if head_at is not None else seq % 10 == 0:
             root = merkle.root_of_frontier(frontier).hex()
             heads.append(TreeHead.sign("consentry", seq, e.entry_hash, "2026-11-26T10:01:00.000000Z", KEY, root))
     return entries, heads, subjects
@@ -321,6 +322,9 @@ def _cases() -> list[dict[str, Any]]:
     fork = seal(Entry(**{**e2[29].to_json(), "action": "forked", "entry_hash": ""}))
     case("history rewritten after a trusted head", [*e2[:29], fork], [], s2[:4], trusted=[h2[2]])
     case("no head at all", e, [], s)
+    # past two 8,192-entry chunks (the browser hashes the tree chunk by chunk): heads at their edges
+    e3, h3, s3 = _ledger(16390, {1, 2, 3, 8191, 8192, 8193, 16383, 16384, 16385, 16390})
+    case("a long ledger", e3, h3, s3)
     rows = [_row(x) for x in e]
     rows[8][9] = '{"n": 9, "ratio": 0.50, "reason": "no consent", "policy_version": "v1", "名": "中文"}'
     case("details stored in another spelling", e, h, s, rows=rows)
@@ -456,20 +460,30 @@ def test_the_auditor_verifies_the_ledger_in_the_page_and_sees_a_tampered_entry(
     screenshot(page, "auditor-verify-ok")
 
     with sync_db() as conn:  # tamper with a stored entry directly, as someone with database access could
-        seq = int(conn.execute(text("SELECT MIN(seq) FROM audit_entry WHERE action = 'console.sign_in'")).scalar())
+        seq, original = conn.execute(
+            text("SELECT seq, details FROM audit_entry WHERE action = 'console.sign_in' ORDER BY seq DESC LIMIT 1")
+        ).one()
         conn.execute(
             text("UPDATE audit_entry SET details = :d WHERE seq = :s"), {"d": '{"key_id":"someone-else"}', "s": seq}
         )
+    try:
+        ok, summary = _verify_in_page(page, head)
+        assert not ok
+        assert summary == f"FAILED at entry {seq}: content does not match its hash (edited)"
+        assert summary == _python_verdict(live_server, head_file, key)
+        assert page.get_attribute("#verify-bad-entry", "href") == f"{LEDGER}?before={seq + 1}"
+        screenshot(page, "auditor-verify-tampered")
+        page.click("#verify-bad-entry")
+        page.wait_for_selector(f'tr[data-seq="{seq}"]')
+        assert "someone-else" in page.inner_text(f'tr[data-seq="{seq}"]')
+        screenshot(page, "auditor-ledger-tampered-entry")
+    finally:  # the live server's ledger is shared by the session's browser tests
+        with sync_db() as conn:
+            conn.execute(text("UPDATE audit_entry SET details = :d WHERE seq = :s"), {"d": original, "s": seq})
+    page.goto(api + "/console/auditor/verify")
+    page.wait_for_selector("#ledger-verify[data-ready]")
     ok, summary = _verify_in_page(page, head)
-    assert not ok
-    assert summary == f"FAILED at entry {seq}: content does not match its hash (edited)"
-    assert summary == _python_verdict(live_server, head_file, key)
-    assert page.get_attribute("#verify-bad-entry", "href") == f"{LEDGER}?before={seq + 1}"
-    screenshot(page, "auditor-verify-tampered")
-    page.click("#verify-bad-entry")
-    page.wait_for_selector(f'tr[data-seq="{seq}"]')
-    assert "someone-else" in page.inner_text(f'tr[data-seq="{seq}"]')
-    screenshot(page, "auditor-ledger-tampered-entry")
+    assert ok, summary
 
 
 @pytest.mark.slow

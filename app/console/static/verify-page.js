@@ -1,6 +1,6 @@
 // The auditor's verification page: read the pasted tree head, stream the ledger from the
 // console's auditor route, and recompute it with verify.js (what `python -m audit` does).
-import { LedgerError, parseHead, parseHeadsText, verifyLedger } from "./verify.js";
+import { LedgerError, Prepared, parseHead, parseHeadsText, verifyLedger } from "./verify.js";
 
 const root = document.getElementById("ledger-verify");
 const form = document.getElementById("verify-form");
@@ -22,34 +22,44 @@ function finish(text, ok, extra = "") {
   show((ok ? label("labelOk") : label("labelFailed")) + extra, "done");
 }
 
-/** Every line of the stream, parsed, as it arrives. */
+/** Every line of the stream, parsed, as it arrives (a line may span many network reads). */
 async function* lines(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
+  let pending = [];
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffer += value;
-    const parts = buffer.split("\n");
-    buffer = parts.pop();
-    for (const part of parts) if (part) yield JSON.parse(part);
+    let from = 0;
+    let newline;
+    while ((newline = value.indexOf("\n", from)) >= 0) {
+      pending.push(value.slice(from, newline));
+      const line = pending.join("");
+      pending = [];
+      if (line) yield JSON.parse(line);
+      from = newline + 1;
+    }
+    if (from < value.length) pending.push(value.slice(from));
   }
-  if (buffer.trim()) yield JSON.parse(buffer);
+  const rest = pending.join("");
+  if (rest.trim()) yield JSON.parse(rest);
 }
 
+/** The ledger from the auditor route; its entries are hashed chunk by chunk as they arrive. */
 async function load() {
   const response = await fetch(root.dataset.stream, { credentials: "same-origin", headers: { accept: "application/x-ndjson" } });
   if (!response.ok) throw new LedgerError(`${label("labelLoadFailed")} (HTTP ${response.status})`);
-  const ledger = { meta: null, heads: [], witness: [], subjects: [], rows: [] };
+  const ledger = { meta: null, heads: [], witness: [], subjects: [], prepared: new Prepared() };
   for await (const item of lines(response)) {
     if (Array.isArray(item)) {
-      ledger.rows.push(item);
-      if (ledger.rows.length % 10000 === 0) show(`${label("labelLoading")} ${ledger.rows.length} / ${ledger.meta.size}`, "loading");
+      ledger.prepared.add(item); // a page of entries
+      show(`${label("labelLoading")} ${ledger.prepared.rows.length} / ${ledger.meta.size}`, "loading");
     } else if (item.kind === "meta") ledger.meta = item;
     else if (item.kind === "witness") ledger.witness.push(parseHead(item));
     else if (item.kind === "head") ledger.heads.push(parseHead(item));
-    else if (item.kind === "subjects") ledger.subjects.push([item.seq, item.subject_ids]);
+    else if (item.kind === "subjects") for (const pair of item.items) ledger.subjects.push(pair);
   }
+  if (ledger.meta === null) throw new LedgerError(label("labelLoadFailed"));
+  ledger.prepared.close();
   return ledger;
 }
 
@@ -79,8 +89,9 @@ async function run(event) {
       finish("FAILED: the witness file is unreadable", false);
       return;
     }
-    show(`${label("labelChecking")} ${ledger.rows.length}`, "checking");
-    const report = await verifyLedger(ledger.rows, {
+    show(`${label("labelChecking")} ${ledger.prepared.rows.length}`, "checking");
+    const report = await verifyLedger(ledger.prepared.rows, {
+      prepared: ledger.prepared,
       heads: ledger.heads,
       witness: ledger.meta.witness === "read" ? ledger.witness : null,
       trusted,

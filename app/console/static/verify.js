@@ -101,7 +101,7 @@ class PyJson {
   }
 
   object() {
-    const out = new Map();
+    const out = Object.create(null); // "__proto__" is a key like any other, as in Python
     this.at++;
     this.space();
     if (this.text[this.at] === "}") {
@@ -115,7 +115,7 @@ class PyJson {
       if (this.text[this.at] !== ":") this.fail("expecting ':'");
       this.at++;
       this.space();
-      out.set(key, this.value()); // a repeated key keeps its last value, as in Python
+      out[key] = this.value(); // a repeated key keeps its last value, as in Python
       this.space();
       const c = this.text[this.at++];
       if (c === "}") return out;
@@ -178,7 +178,7 @@ const LITERALS = [
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 
 function pyString(s) {
-  if (LONE_SURROGATE.test(s)) throw new LedgerError("a string holds a lone surrogate (not UTF-8)");
+  if (SURROGATE.test(s) && LONE_SURROGATE.test(s)) throw new LedgerError("a string holds a lone surrogate (not UTF-8)");
   return JSON.stringify(s); // the same escapes as Python's with ensure_ascii=False
 }
 
@@ -194,6 +194,10 @@ function byCodePoint(a, b) {
   return a.length - b.length;
 }
 
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value) && !(value instanceof PyNumber);
+}
+
 function pyDumps(value) {
   if (value === null) return "null";
   if (value === true) return "true";
@@ -202,12 +206,64 @@ function pyDumps(value) {
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : pyFloatRepr(value);
   if (value instanceof PyNumber) return value.text;
   if (Array.isArray(value)) return "[" + value.map(pyDumps).join(",") + "]";
-  const keys = [...value.keys()].sort(byCodePoint);
-  return "{" + keys.map((k) => pyString(k) + ":" + pyDumps(value.get(k))).join(",") + "}";
+  const keys = Object.keys(value).sort();
+  if (keys.some((k) => SURROGATE.test(k))) keys.sort(byCodePoint); // Python orders by code point
+  let out = "{";
+  for (let i = 0; i < keys.length; i++) {
+    out += (i ? "," : "") + pyString(keys[i]) + ":" + pyDumps(value[keys[i]]);
+  }
+  return out + "}";
 }
 
-/** What Python's ``json.loads`` makes of ``text`` (objects as Maps, numbers as PyNumbers). */
+/** JSON.parse keeping what Python keeps: the source of each number says int or float, and
+ * integers beyond 2**53 stay exact (Chromium gives revivers the source text). */
+function pyReviver(key, value, context) {
+  if (typeof value !== "number") return value;
+  const source = context.source;
+  if (/[.eE]/.test(source)) return new PyNumber(pyFloatRepr(value), true, value);
+  if (Number.isSafeInteger(value)) return value;
+  const n = BigInt(source);
+  return new PyNumber(n.toString(), false, n);
+}
+
+const SOURCE_TEXT = (() => {
+  try {
+    return JSON.parse("[1.0]", (k, v, c) => (k === "0" ? c && c.source : v))[0] === "1.0";
+  } catch {
+    return false;
+  }
+})();
+const STRINGS = /"(?:[^"\\]|\\.)*"/g;
+const NUMBERS = /-?(\d+)(?:\.(\d+))?([eE][-+]?\d+)?/g;
+const SURROGATE = /[\ud800-\udfff]/;
+
+/** Does JSON.parse read some number of ``text`` otherwise than Python (an integral float such
+ * as 1.0 or 1e2 becomes an int; an integer past 2**53 loses digits)? A number of at most 15
+ * digits with a non-zero fraction stays a non-integral double, so it reads the same. */
+function needsSource(text) {
+  const bare = text.replace(STRINGS, '""');
+  for (const [, whole, fraction, exponent] of bare.matchAll(NUMBERS)) {
+    if (exponent !== undefined || whole.length >= 16) return true;
+    if (fraction !== undefined && (whole.length + fraction.length >= 16 || /^0+$/.test(fraction))) return true;
+  }
+  return false;
+}
+
+/** What Python's ``json.loads`` makes of ``text``: objects (a repeated key keeps its last
+ * value), PyNumbers for integral floats and large integers. JSON.parse reads it (with the
+ * numbers' source text when that matters); NaN, Infinity and surrogates go through a reader
+ * written after Python's. */
 export function pyLoads(text) {
+  if (!SURROGATE.test(text)) {
+    const reviver = needsSource(text) ? (SOURCE_TEXT ? pyReviver : null) : undefined;
+    if (reviver !== null) {
+      try {
+        return JSON.parse(text, reviver);
+      } catch {
+        // NaN, Infinity or not JSON: Python's reading decides
+      }
+    }
+  }
   return new PyJson(text).document();
 }
 
@@ -222,10 +278,10 @@ function pyEquals(a, b) {
   if ((typeof x === "number" || typeof x === "bigint") && (typeof y === "number" || typeof y === "bigint")) {
     return x == y; // eslint-disable-line eqeqeq -- Python's 3 == 3.0 == True... on purpose
   }
-  if (a instanceof Map && b instanceof Map) {
-    if (a.size !== b.size) return false;
-    for (const [k, v] of a) if (!b.has(k) || !pyEquals(v, b.get(k))) return false;
-    return true;
+  if (isObject(a) && isObject(b)) {
+    const keys = Object.keys(a);
+    if (keys.length !== Object.keys(b).length) return false;
+    return keys.every((k) => Object.hasOwn(b, k) && pyEquals(a[k], b[k]));
   }
   if (Array.isArray(a) && Array.isArray(b)) return a.length === b.length && a.every((v, i) => pyEquals(v, b[i]));
   return a === b;
@@ -324,10 +380,9 @@ function field(value) {
   return value === null ? "null" : pyString(value);
 }
 
-/** The bytes an entry's hash covers: 0x00 || canonical JSON of its hashed fields. */
-export function leafInput(row) {
+function leafText(row) {
   const [seq, recordedAt, actorId, actorRole, action, subjectId, purpose, legalBasis, requestId, details, prev] = row;
-  const text =
+  return (
     '\u0000{"action":' + field(action) +
     ',"actor_id":' + field(actorId) +
     ',"actor_role":' + field(actorRole) +
@@ -339,18 +394,46 @@ export function leafInput(row) {
     ',"request_id":' + field(requestId) +
     ',"seq":' + String(seq) +
     ',"subject_id":' + field(subjectId) +
-    "}";
-  return ENCODER.encode(text);
+    "}"
+  );
+}
+
+/** The bytes an entry's hash covers: 0x00 || canonical JSON of its hashed fields. */
+export function leafInput(row) {
+  return ENCODER.encode(leafText(row));
+}
+
+/** The leaf inputs of rows[start:end] as views into one buffer (one allocation, not one per
+ * entry), up to the first entry whose details cannot be read (``bad``). */
+function leafInputs(rows, start, end) {
+  const texts = [];
+  let bad = null;
+  let room = 0;
+  for (let i = start; i < end; i++) {
+    try {
+      texts.push(leafText(rows[i]));
+    } catch (exc) {
+      bad = { index: i, message: exc.message };
+      break;
+    }
+    room += texts[texts.length - 1].length * 3;
+  }
+  const buffer = new Uint8Array(room);
+  const views = new Array(texts.length);
+  let at = 0;
+  for (let i = 0; i < texts.length; i++) {
+    const { written } = ENCODER.encodeInto(texts[i], buffer.subarray(at));
+    views[i] = buffer.subarray(at, at + written);
+    at += written;
+  }
+  return { views, bad };
 }
 
 /** ``subjects_digest``: count and SHA-256 of the sorted distinct ids joined by newlines. */
 export async function subjectsDigest(ids) {
   const distinct = [...new Set(ids)].sort(byCodePoint);
   const hash = await SUBTLE().digest("SHA-256", ENCODER.encode(distinct.join("\n")));
-  return new Map([
-    ["count", distinct.length],
-    ["sha256", toHex(hash)],
-  ]);
+  return { count: distinct.length, sha256: toHex(hash) };
 }
 
 // ---- tree heads
@@ -490,8 +573,71 @@ export class Report {
   }
 }
 
+// ---- hashing while the entries stream in
+
+const CHUNK_LEVELS = 13;
+const CHUNK = 2 ** CHUNK_LEVELS; // a chunk's subtree is a perfect subtree of the ledger's tree
+
+async function hashChunk(rows, start, end) {
+  const { views, bad } = leafInputs(rows, start, end);
+  const hashes = await sha256All(views);
+  let levels = null;
+  try {
+    const stored = [];
+    for (let i = start; i < end; i++) stored.push(fromHex(rows[i][11]));
+    levels = await merkleLevels(stored);
+  } catch {
+    // a stored hash that is not hex fails its entry's hash check first
+  }
+  return { start, end, hashes, bad, levels };
+}
+
+/** Entries as they arrive, hashed chunk by chunk while the rest streams in: each chunk's
+ * leaf hashes (of its content) and the Merkle subtree over its stored hashes. */
+export class Prepared {
+  constructor() {
+    this.rows = [];
+    this.jobs = [];
+    this.started = 0;
+  }
+
+  add(rows) {
+    for (const row of rows) this.rows.push(row);
+    while (this.rows.length - this.started >= CHUNK) this.launch(CHUNK);
+    return this;
+  }
+
+  close() {
+    if (this.rows.length > this.started) this.launch(this.rows.length - this.started);
+    return this;
+  }
+
+  launch(n) {
+    const start = this.started;
+    this.started += n;
+    this.jobs.push(hashChunk(this.rows, start, start + n));
+  }
+
+  /** Every level of the Merkle tree over the stored hashes (chunks' subtrees, then above). */
+  async levels() {
+    const chunks = await Promise.all(this.jobs);
+    if (chunks.some((c) => c.levels === null)) throw new LedgerError("a stored hash is not hex");
+    const levels = [];
+    for (let k = 0; k <= CHUNK_LEVELS; k++) {
+      const level = [];
+      for (const c of chunks) if (k < c.levels.length) for (const node of c.levels[k]) level.push(node);
+      if (!level.length) break;
+      levels.push(level);
+    }
+    const top = levels[levels.length - 1];
+    if (levels.length === CHUNK_LEVELS + 1 && top.length > 1) levels.push(...(await merkleLevels(top)).slice(1));
+    return levels;
+  }
+}
+
 /** The first entry that fails in order, as audit/verify.py finds it (sequence, link, hash). */
-async function checkEntries(rows, report, progress) {
+async function checkEntries(prepared, report, progress) {
+  const rows = prepared.rows;
   let expected = 1;
   let prev = GENESIS_HASH;
   let structural = null;
@@ -514,25 +660,20 @@ async function checkEntries(rows, report, progress) {
     prev = rows[i][11];
     expected++;
   }
-  for (let start = 0; start < limit; start += BATCH) {
-    const end = Math.min(limit, start + BATCH);
-    const inputs = [];
-    for (let i = start; i < end; i++) {
-      try {
-        inputs.push(leafInput(rows[i]));
-      } catch (exc) {
+  for (const job of prepared.jobs) {
+    const { start, end, hashes, bad } = await job;
+    if (start >= limit) break;
+    for (let i = start; i < Math.min(end, limit); i++) {
+      if (bad && bad.index === i) {
         report.entries = i + 1;
-        return failure(`its details are not what json.loads reads (${exc.message}): edited`, rows[i][0]);
+        return failure(`its details are not what json.loads reads (${bad.message}): edited`, rows[i][0]);
       }
-    }
-    const hashes = await sha256All(inputs);
-    for (let i = start; i < end; i++) {
       if (toHex(hashes[i - start]) !== rows[i][11]) {
         report.entries = i + 1;
         return failure("content does not match its hash (edited)", rows[i][0]);
       }
     }
-    if (progress) progress(end, rows.length);
+    if (progress) progress(Math.min(end, limit), rows.length);
   }
   report.entries = structural ? limit + 1 : rows.length;
   return structural;
@@ -541,9 +682,9 @@ async function checkEntries(rows, report, progress) {
 async function subjectFailures(rows, subjects) {
   const digests = new Map();
   for (const row of rows) {
-    if (row[9].includes('"subjects"')) {
+    if (row[9].includes("subjects") || row[9].includes("\\u")) {
       const details = pyLoads(row[9]);
-      if (details instanceof Map && details.has("subjects")) digests.set(row[0], details.get("subjects"));
+      if (isObject(details) && Object.hasOwn(details, "subjects")) digests.set(row[0], details.subjects);
     }
   }
   const failures = [];
@@ -559,8 +700,9 @@ async function subjectFailures(rows, subjects) {
   const unseen = [...digests.keys()].filter((s) => !seen.has(s)).sort((a, b) => a - b);
   for (const seq of unseen) {
     const digest = digests.get(seq);
-    const count = digest instanceof Map ? digest.get("count") : null;
-    const truthy = count instanceof PyNumber ? count.value != 0 : Boolean(count && count.size !== 0); // eslint-disable-line eqeqeq
+    const count = isObject(digest) && Object.hasOwn(digest, "count") ? digest.count : null;
+    const truthy =
+      count instanceof PyNumber ? count.value != 0 : isObject(count) ? Object.keys(count).length > 0 : Boolean(count && count.length !== 0); // eslint-disable-line eqeqeq
     if (truthy) failures.push(failure("its subjects are missing from the index (removed)", seq));
   }
   return failures.sort((a, b) => a.seq - b.seq);
@@ -571,7 +713,8 @@ async function subjectFailures(rows, subjects) {
  *
  * options: heads (the ledger's), witness (null: not read), trusted, publicKey (base64),
  * subjects ([seq, ids] pairs or null), source ("database" or "export"), snapshot,
- * requireSignedTail, progress(done, total).
+ * requireSignedTail, progress(done, total), prepared (a Prepared fed with ``rows`` as they
+ * arrived, closed).
  */
 export async function verifyLedger(rows, options = {}) {
   const {
@@ -585,12 +728,13 @@ export async function verifyLedger(rows, options = {}) {
     requireSignedTail = false,
     progress = null,
   } = options;
+  const prepared = options.prepared || new Prepared().add(rows).close();
   const report = new Report();
   if (!publicKey) {
     return report.fail(failure("no public key given: signed tree heads cannot be checked (pass --public-key)"));
   }
   const key = await loadPublicKey(publicKey);
-  const entryFailure = await checkEntries(rows, report, progress);
+  const entryFailure = await checkEntries(prepared, report, progress);
   if (entryFailure) return report.fail(entryFailure);
   const count = rows.length;
 
@@ -602,9 +746,7 @@ export async function verifyLedger(rows, options = {}) {
     ...trusted.map((h) => [TRUSTED, h]),
   ];
   labelled.sort((a, b) => a[1].size - b[1].size || (a[0] !== TRUSTED) - (b[0] !== TRUSTED));
-  const levels = labelled.some(([, h]) => h.size > 0 && h.size <= count)
-    ? await merkleLevels(rows.map((r) => fromHex(r[11])))
-    : [];
+  const levels = labelled.some(([, h]) => h.size > 0 && h.size <= count) ? await prepared.levels() : [];
   const roots = new Map();
   const verified = new Set();
   let newerThanSnapshot = 0;
