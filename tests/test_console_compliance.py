@@ -248,3 +248,32 @@ def test_the_demo_fills_the_queue_with_requests_in_every_state(dsr_env: Env) -> 
         assert 'class="due-overdue"' in page and ('class="due-urgent"' in page or 'class="due-soon"' in page)
         states = c.get("/v1/dsr", params={"limit": 100}, headers=auth(keys["compliance"])).json()
         assert {"completed"} <= {s["status"] for s in states}
+
+
+def test_labels_follow_the_language_toggle_and_accept_language(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        assert "API 密钥" in c.get("/console/sign-in", headers={"Accept-Language": "zh-CN,zh;q=0.9"}).text
+        token = sign_in(c, keys["compliance"])
+        assert "Requests" in c.get(QUEUE).text
+        r = post_form(c, "/console/language", token, {"lang": "zh", "next": QUEUE})
+        assert r.status_code == 303 and r.headers["location"] == QUEUE
+        page = c.get(QUEUE).text
+        assert "数据主体请求" in page and 'lang="zh-CN"' in page
+        # the way back goes only to a console page (no open redirect)
+        r = post_form(c, "/console/language", token, {"lang": "en", "next": "//evil.example/console"})
+        assert r.headers["location"] == "/console"
+
+
+def test_no_console_form_sends_personal_data_in_a_url(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        _ada(c, keys)
+        token = sign_in(c, keys["compliance"])
+        rid = _intake(c, token, kind="access", regulation="gdpr", email=ADA["email"])
+        for html in (c.get(QUEUE).text, c.get(f"{QUEUE}/{rid}").text, _read_outbox(c, token, rid)):
+            for form in re.findall(r"<form\b.*?</form>", html, flags=re.S):
+                method = re.search(r'method="(\w+)"', form)
+                fields = set(re.findall(r'name="(\w+)"', form))
+                if method is None or method.group(1).lower() == "get":
+                    assert not fields & {"email", "phone", "name", "code", "token", "reason", "api_key"}, form
