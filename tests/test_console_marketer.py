@@ -3,8 +3,16 @@ overlap, saving), the size-over-time chart, activation and journeys pages, role 
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 
 from app.access.service import authenticate
@@ -17,7 +25,7 @@ from app.settings import get_settings
 from tests.conftest import Env, run
 from tests.console_helpers import post_form, sign_in
 from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys
-from tests.test_segments import SHOES, _born, _person, _shop
+from tests.test_segments import SHOES, _ago, _born, _person, _shop
 
 HOOPS = {"all": [SHOES, {"age": {"between": [18, 30]}}]}
 
@@ -245,7 +253,7 @@ def test_a_tree_edit_returns_the_new_count_with_exclusions_and_a_masked_sample(e
         assert "a***@example.com" in r.text and "alice.hoops" not in r.text  # masked as the API masks it
 
         edited = post_form(c, "/console/marketer/builder/edit", token, form | {"act": "add:t:trait"})
-        assert edited.status_code == 200 and edited.headers["HX-Trigger"] == "tree-changed"
+        assert edited.status_code == 200 and edited.headers["HX-Trigger-After-Settle"] == "tree-changed"
         assert 'name="t.2.kind" value="trait"' in edited.text
         narrower = form | {"t.2.kind": "trait", "t.2.name": "plan", "t.2.op": "eq", "t.2.value": "vip"}
         r = post_form(c, "/console/marketer/builder/count", token, narrower)
@@ -384,3 +392,125 @@ def test_journeys_and_their_sends_are_listed(exact: Env, monkeypatch: pytest.Mon
         assert "Welcome aboard" in listing
         sends = c.get(f"/console/marketer/journeys/{journey.json()['id']}").text
         assert "sent: 1" in sends and pid[:8] in sends
+
+
+# --- in a real browser ----------------------------------------------------------------------
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[list[dict[str, Any]]]:
+    """A local webhook receiver (answers 200); yields the people of every batch it received."""
+    people: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            people.extend(json.loads(body).get("people", []))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        people.append({"url": f"http://127.0.0.1:{server.server_address[1]}/hook"})
+        yield people
+    finally:
+        server.shutdown()
+
+
+def _shoppers(api: httpx.Client, keys: dict[str, str], tag: str) -> dict[int, tuple[str, str]]:
+    """Fourteen people of this test (plan ``tag``): 0-11 bought basketball shoes ten days ago
+    and are 18 to 30, 0-10 and the two others consented to marketing; 12 is 40; 13 bought
+    running shoes. Returns n -> (profile id, email)."""
+    out = {}
+    for n in range(14):
+        uid, email = f"mkb-{tag}-{n}", f"hoops{n}.{tag}@example.com"
+        traits = {"country": "DE", "plan": tag, "email": email, "birthday": _born(40 if n == 12 else 18 + n)}
+        assert (
+            api.post("/v1/identify", json={"userId": uid, "traits": traits}, auth=(keys["ingest"], "")).status_code
+            == 200
+        )
+        category = "running shoes" if n == 13 else "basketball shoes"
+        order = {"userId": uid, "event": "Order Completed", "properties": {"category": category}, "timestamp": _ago(10)}
+        assert api.post("/v1/track", json=order, auth=(keys["ingest"], "")).status_code == 200
+        found = api.post("/v1/profiles/lookup", json={"kind": "user_id", "value": uid}, headers=auth(keys["admin"]))
+        out[n] = (str(found.json()["profiles"][0]["id"]), email)
+        if n != 11:
+            grant_marketing(api, keys["compliance"], out[n][0])
+    return out
+
+
+def test_the_marketer_builds_the_hoops_segment_sees_a_withdrawal_and_activates_it(
+    signed_in: Any, live_server: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.browser.plugin import assert_accessible, screenshot
+
+    tag = f"hoops-{secrets.token_hex(3)}"
+    keys = live_server.keys
+    with httpx.Client(base_url=live_server.url, timeout=60) as api, webhook_receiver() as received:
+        people = _shoppers(api, keys, tag)
+        hook = {
+            "name": f"CRM webhook {tag}",
+            "kind": "webhook",
+            "purpose": MARKETING,
+            "categories": ["user.contact.email"],
+            "config": {"url": received.pop(0)["url"], "max_attempts": 2, "backoff_s": 0},
+            "secret": "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        }
+        assert api.post("/v1/destinations", json=hook, headers=auth(keys["marketer"])).status_code == 201
+
+        page = signed_in("marketer")
+        page.goto(f"{live_server.url}/console/marketer/builder")
+        page.fill('input[name="t.0.name"]', "Order Completed")
+        page.fill('input[name="t.0.wprop"]', "category")
+        page.fill('input[name="t.0.wvalue"]', "basketball shoes")
+        for kind, first in (("Age", "t.1.low"), ("Trait", "t.2.name")):
+            page.click("#n-t > details.cond-add > summary")
+            page.click(f"#n-t > details.cond-add button:text-is('{kind}')")
+            page.wait_for_selector(f'input[name="{first}"]')
+        page.fill('input[name="t.2.name"]', "plan")
+        page.fill('input[name="t.2.value"]', tag)
+        expect(page.locator("#count-total")).to_have_text("12", timeout=60_000)
+        expect(page.locator("#count-usable")).to_have_text("11")
+        expect(page.locator("#count-excluded")).to_contain_text("no consent")
+        expect(page.locator("#count-sample")).to_contain_text("h***@example.com")
+        screenshot(page, "marketer-builder")
+        assert_accessible(page, "segment builder")
+
+        withdraw = {"consents": [{"profile_id": people[0][0], "purpose": MARKETING, "state": "withdrawn"}]}
+        assert api.post("/v1/consents", json=withdraw, headers=auth(keys["compliance"])).status_code == 201
+        page.fill('input[name="t.2.value"]', tag)  # any edit counts again
+        expect(page.locator("#count-usable")).to_have_text("10", timeout=60_000)
+        expect(page.locator("#count-excluded")).to_contain_text("withdrawn")
+        screenshot(page, "marketer-builder-after-withdrawal")
+
+        page.fill("#segment-name", f"Hoops 18-30 {tag}")
+        page.click("#save-segment")
+        page.get_by_role("heading", name=f"Segment “Hoops 18-30 {tag}”").wait_for(timeout=60_000)
+        assert page.locator("figure.chart-box svg").count() == 1
+        screenshot(page, "marketer-segment")
+        assert_accessible(page, "segment page")
+
+        page.select_option('select[name="destination_id"]', label=f"CRM webhook {tag} (webhook)")
+        page.get_by_role("button", name="Send now").click()
+        expect(page.locator("#run-status")).to_have_text("done", timeout=60_000)
+        expect(page.locator("#run-excluded")).to_contain_text("withdrawn")
+        screenshot(page, "marketer-run")
+        assert_accessible(page, "run report")
+
+        consented = {email for n, (_pid, email) in people.items() if n not in (0, 11, 12, 13)}
+        assert sorted(p["fields"]["email"] for p in received) == sorted(consented)
+
+        for path, name in (
+            ("activation", "marketer-activation"),
+            ("journeys", "marketer-journeys"),
+            ("segments", "marketer-segments"),
+        ):
+            page.goto(f"{live_server.url}/console/marketer/{path}")
+            screenshot(page, name)
+            assert_accessible(page, name)

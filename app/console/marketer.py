@@ -141,7 +141,7 @@ class MarketerController(Controller):
             saved=await segs.saved_list(db, principal),
             **_choices(principal),
         )
-        out.headers["HX-Trigger"] = "tree-changed"
+        out.headers["HX-Trigger-After-Settle"] = "tree-changed"  # once the new fields are in place
         return out
 
     @post("/builder/count")
