@@ -277,3 +277,41 @@ def test_no_console_form_sends_personal_data_in_a_url(env: Env) -> None:
                 fields = set(re.findall(r'name="(\w+)"', form))
                 if method is None or method.group(1).lower() == "get":
                     assert not fields & {"email", "phone", "name", "code", "token", "reason", "api_key"}, form
+
+
+def test_a_failed_store_shows_on_the_checklist_and_is_retried_from_the_page(
+    dsr_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.consent.holder import ConsentHolder
+
+    real = ConsentHolder.forget
+    failures = [True]
+
+    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
+        if failures.pop() if failures else False:
+            raise ConnectionError("store unreachable")
+        return await real(self, session, person)
+
+    monkeypatch.setattr(ConsentHolder, "forget", flaky)
+    keys = make_keys()
+    with client() as c:
+        _ada(c, keys)
+        token = sign_in(c, keys["compliance"])
+        rid = _intake(
+            c, token, kind="erasure", regulation="gdpr", email=ADA["email"], phone=ADA["phone"], skip_verification="1",
+            verification_note="identity card checked at the desk",
+        )  # fmt: skip
+        post_form(c, f"{QUEUE}/{rid}/status", token, {"status": "in_progress"})
+        post_form(c, f"{QUEUE}/{rid}/run", token)
+        page = c.get(f"{QUEUE}/{rid}").text
+        assert 'data-store="consent" data-step="failed"' in page and "ConnectionError" in page
+        assert 'data-status="in_progress"' in page and 'id="download-certificate"' not in page
+        assert f'action="{QUEUE}/{rid}/steps/consent/retry"' in page
+        assert f'action="{QUEUE}/{rid}/steps/identity/retry"' not in page  # done: nothing to retry
+        assert c.get(f"{QUEUE}/{rid}/certificate").status_code == 404  # no certificate while a store failed
+        assert post_form(c, f"{QUEUE}/{rid}/steps/consent/retry", token).status_code == 303
+        page = c.get(f"{QUEUE}/{rid}").text
+        assert 'data-status="completed"' in page and 'data-step="failed"' not in page
+        assert 'id="download-certificate"' in page
+        again = post_form(c, f"{QUEUE}/{rid}/steps/consent/retry", token)  # done now: refused on the page
+        assert again.status_code == 409 and "text/html" in again.headers["content-type"]

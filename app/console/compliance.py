@@ -211,8 +211,9 @@ class ComplianceController(Controller):
 
     @get("/{request_id:str}/certificate")
     async def certificate(self, request_id: FromPath[str], db: Db) -> Response[bytes]:
-        """The signed completion certificate, as a JSON file."""
-        found = await certificate_of(db, request_id)
+        """The signed completion certificate, as a JSON file (once the request is completed)."""
+        r = await lifecycle.load_request(db, request_id)
+        found = await certificate_of(db, request_id) if r.status == "completed" else None
         if found is None:
             raise NotFound("this request has no certificate (yet)", field="request_id")
         body = json.dumps(found, indent=2, sort_keys=True).encode()

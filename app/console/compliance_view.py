@@ -170,7 +170,8 @@ async def request_view(session: AsyncSession, principal: Principal, request_id: 
         view.identifiers.append({"name": name, "masked": mask_value(MASK_CATEGORY.get(name, ""), str(value))})
     view.steps = [_step(step_view(s)) for s in await steps_of(session, r.id)]
     view.history = await views.history_of(session, r.id)
-    view.certificate = await certificate_of(session, r.id) is not None
+    # (an erasure whose store failed already has a certificate stored: offered once completed)
+    view.certificate = r.status == "completed" and await certificate_of(session, r.id) is not None
     await lifecycle.audit(session, principal, "dsr.viewed", r, subjects)
     return view
 
