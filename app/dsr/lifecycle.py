@@ -16,12 +16,13 @@ from sqlmodel import col
 
 from app.access.service import Principal
 from app.dsr.channel import channel
-from app.dsr.deadlines import extended_due
+from app.dsr.deadlines import Paused, deadlines_at_receipt, extended_due, paused_between
 from app.dsr.models import DsrRequest, DsrTransition
-from app.dsr.policy import DsrPolicy
+from app.dsr.policy import DsrPolicy, load_policy
 from app.dsr.sealing import request_key
 from app.errors import Conflict, InvalidField, NotFound
 from app.ledger.service import record_many
+from app.settings import get_settings
 
 PURPOSE = "legal.compliance.dsr"
 LEGAL_BASIS = "legal_obligation"
@@ -153,16 +154,21 @@ async def wait(session: AsyncSession, principal: Principal, request: DsrRequest,
 
 async def resume(session: AsyncSession, principal: Principal, request: DsrRequest, reason: str | None) -> None:
     """The requester answered: the request goes back to where it was, every deadline moved by
-    the time spent waiting."""
+    the days the clock stood still, counted as the regulation counts them (``policies/dsr.yaml``)."""
     if request.status != "waiting" or request.waiting_since is None or request.held_status is None:
         raise Conflict(f"a request that is {request.status} is not waiting", field="status")
     now = datetime.now(UTC)
     waited = now - request.waiting_since
-    request.due_at += waited
-    if request.ack_due_at is not None:
-        request.ack_due_at += waited
-    if request.extension_latest_at is not None:
-        request.extension_latest_at += waited
+    rules = load_policy(get_settings().policy_dir).regulations[request.regulation]
+    paused = Paused(request.paused_days, request.paused_working_days)
+    paused += paused_between(rules, request.waiting_since, now)
+    moved = deadlines_at_receipt(rules, request.kind, request.received_at, paused, request.extended_at is not None)
+    request.due_at, request.ack_due_at, request.extension_latest_at = (
+        moved.due_at,
+        moved.ack_due_at,
+        moved.extension_latest_at,
+    )
+    request.paused_days, request.paused_working_days = paused.days, paused.working_days
     request.waited_seconds += int(waited.total_seconds())
     session.add(
         DsrTransition(
@@ -189,6 +195,8 @@ class Filter:
     flag: str | None = None
     verified_only: bool = False
     """Leave out requests whose requester is not verified yet (the console's default queue)."""
+    open_only: bool = False
+    """Leave out completed and denied requests (the console's default queue)."""
 
 
 def filtered(f: Filter) -> Select[Any]:
@@ -206,6 +214,8 @@ def filtered(f: Filter) -> Select[Any]:
         q = q.where(col(DsrRequest.flag) == f.flag)
     if f.verified_only:
         q = q.where(col(DsrRequest.verified_at).is_not(None))
+    if f.open_only:
+        q = q.where(col(DsrRequest.status).in_(OPEN))
     return q.order_by(col(DsrRequest.due_at), col(DsrRequest.id))
 
 
