@@ -92,6 +92,8 @@ class Settings:
     """Seconds between scheduled refreshes of every saved segment's members."""
     activation_dir: Path = field(default_factory=lambda: Path(_env("ACTIVATION_DIR", "./data/activation")))
     """Where file and ad-audience destinations write (one folder per destination's ``directory``)."""
+    activation_private_networks: bool = field(default_factory=lambda: _env_bool("ACTIVATION_PRIVATE_NETWORKS", False))
+    """Let destinations reach private, loopback and link-local addresses (off: only public ones, no SSRF)."""
 
     dsr_export_dir: Path = field(default_factory=lambda: Path(_env("DSR_EXPORT_DIR", "./data/dsr-exports")))
     """Where access packages wait (zipped, 0600) until downloaded; deleted when they expire."""

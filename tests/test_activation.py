@@ -10,6 +10,8 @@ import asyncio
 import base64
 import csv
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,12 +27,14 @@ from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
 from app.access.service import Principal
+from app.activation import unseal
 from app.activation.jobs import run_schedules
 from app.activation.recipients import notify_erasure, recipients_of
-from app.activation.service import send_to_destination
+from app.activation.service import send_to_destination, start_run
 from app.db import unit_of_work
 from app.jobs.scheduler import claim
 from app.profiles.service import person_of
+from app.retention.service import run_retention
 from app.settings import get_settings
 from audit.merkle import leaf_hash, verify_inclusion
 from tests.conftest import Env, run
@@ -47,6 +51,9 @@ class Receiver:
     url: str = ""
     fail_first: int = 0
     always: int | None = None
+    hold_after: int | None = None
+    """Requests after this many wait for ``release``, then are refused (503); later ones are answered."""
+    release: threading.Event = field(default_factory=threading.Event)
     seen: int = 0
     accepted: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     ids_tried: list[str] = field(default_factory=list)
@@ -67,6 +74,11 @@ def receiver(**kw: Any) -> Iterator[Receiver]:
                 state.seen += 1
                 state.ids_tried.append(self.headers.get("webhook-id", ""))
                 fail = state.always or (500 if state.seen <= state.fail_first else None)
+                held = state.hold_after is not None and state.seen > state.hold_after and not state.release.is_set()
+            if held:
+                state.release.wait(60)
+                fail = 503
+            with state.lock:
                 if not fail:
                     state.accepted.append(({k.lower(): v for k, v in self.headers.items()}, body))
             self.send_response(fail or 200)
@@ -83,6 +95,7 @@ def receiver(**kw: Any) -> Iterator[Receiver]:
     try:
         yield state
     finally:
+        state.release.set()
         server.shutdown()
         server.server_close()
 
@@ -91,6 +104,7 @@ def receiver(**kw: Any) -> Iterator[Receiver]:
 def exact(monkeypatch: pytest.MonkeyPatch, env: Env) -> Env:
     monkeypatch.setenv("CONSENTRY_SEGMENT_MIN_COUNT", "0")
     monkeypatch.setenv("CONSENTRY_ACTIVATION_DIR", str(env.tmp / "activation"))
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_PRIVATE_NETWORKS", "1")  # the receivers are on 127.0.0.1
     get_settings.cache_clear()
     return env
 
@@ -301,7 +315,10 @@ def test_an_ad_audience_of_99_is_refused_and_of_100_exported_with_the_platforms_
             assert path.stat().st_mode & 0o777 == 0o600
 
 
-def test_a_file_export_is_registered_and_erasure_removes_the_persons_line(exact: Env) -> None:
+def test_a_file_export_is_registered_and_erasure_removes_the_persons_line(
+    exact: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(unseal, "POOL_FROM", 0)  # fields opened in worker processes, as for a large run
     keys = make_keys()
     with client() as c:
         ids = _people(c, keys, SHOP[:3])
@@ -436,3 +453,108 @@ def test_data_leaving_the_country_needs_separate_consent_under_pipl(exact: Env) 
     out = run(send(abroad["id"], "a"))
     assert out.sent == [ids[1]] and out.excluded == {ids[0]: "cross-border transfer not consented"}
     assert sorted(run(send(home["id"], "b")).sent) == sorted(ids)
+
+
+def test_a_destination_on_a_private_address_is_refused_unless_an_admin_allows_it(
+    exact: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = make_keys()
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_PRIVATE_NETWORKS", "0")
+    get_settings.cache_clear()
+    with client() as c, receiver() as hook:
+        for url in (hook.url, "http://10.1.2.3/hook", "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/"):
+            body = {"name": "x", "purpose": MARKETING, "categories": ["user.name"], "kind": "webhook"}
+            r = c.post(
+                "/v1/destinations",
+                json={**body, "config": {"url": url}, "secret": SECRET},
+                headers=auth(keys["marketer"]),
+            )
+            assert r.status_code == 422 and r.json()["invalid-params"][0]["name"] == "config.url", (url, r.text)
+            assert url not in r.text
+        # allowed when declared, refused at send time once the admin setting is off again
+        ids = _people(c, keys, SHOP[:2])
+        _consent(c, keys, ids)
+        seg = _segment(c, keys)
+        monkeypatch.setenv("CONSENTRY_ACTIVATION_PRIVATE_NETWORKS", "1")
+        get_settings.cache_clear()
+        dest = _destination(c, keys, kind="webhook", config={"url": hook.url, "backoff_s": 0.01}, secret=SECRET)
+        monkeypatch.setenv("CONSENTRY_ACTIVATION_PRIVATE_NETWORKS", "0")
+        get_settings.cache_clear()
+        out = _activate(c, keys, seg, dest["id"])
+        assert out["status"] == "failed" and out["report"]["sent"] == 0 and hook.seen == 0, out
+        assert [d["last_error"] for d in out["dead_letters"]] == ["refused: not a public internet address"]
+
+
+@pytest.mark.slow
+def test_a_run_whose_process_died_is_taken_over_and_sends_nobody_twice(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c, receiver(hold_after=1) as hook:
+        ids = _people(c, keys, SHOP[:4])
+        _consent(c, keys, ids)
+        seg = _segment(c, keys)
+        config = {"url": hook.url, "batch_size": 2, "max_attempts": 1}
+        dest = _destination(c, keys, kind="webhook", config=config, secret=SECRET)
+
+        async def queue() -> str:
+            async with unit_of_work() as s:
+                return (await start_run(s, Principal("k", "marketer", "m"), seg, dest["id"])).id
+
+        run_id = run(queue())
+        code = f"import asyncio; from app.activation.service import execute_run; asyncio.run(execute_run({run_id!r}))"
+        worker = subprocess.Popen([sys.executable, "-c", code], env=exact.environ(), stdout=subprocess.DEVNULL)
+        try:
+            for _ in range(600):  # the first batch answered and recorded, the second held
+                with sync_db() as db:
+                    q = "SELECT count(*) FROM activation_recipient WHERE run_id = :r"
+                    if db.execute(text(q), {"r": run_id}).scalar():
+                        break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the first batch was never recorded")
+        finally:
+            worker.kill()  # the process dies mid-run
+            worker.wait()
+        hook.release.set()
+        assert len(hook.people()) == 2
+
+        later = datetime.now(UTC) + timedelta(minutes=5)  # the activation job, once the run fell silent
+        run(run_schedules(claim, later))
+        out = c.get(f"/v1/activations/{run_id}", headers=auth(keys["marketer"])).json()
+        assert out["status"] == "done" and out["report"]["sent"] == 4 and out["attempts"] == 2, json.dumps(out)
+        emails = [p["fields"]["email"] for p in hook.people()]
+        assert sorted(emails) == sorted(t["email"] for t in SHOP[:4])  # each person once
+        assert len({p["delivery_id"] for p in hook.people()}) == 4
+        for pid in ids:  # one root over both attempts' recipients
+            (sent,) = run(_recipients(pid))
+            proof = sent["proof"]
+            assert proof["root"] == out["merkle_root"] and proof["tree_size"] == 4
+            assert verify_inclusion(
+                proof["leaf_index"],
+                proof["tree_size"],
+                bytes.fromhex(proof["leaf_hash"]),
+                [bytes.fromhex(h) for h in proof["path"]],
+                bytes.fromhex(proof["root"]),
+            )
+
+
+def test_recipient_rows_expire_with_their_purposes_retention_period(exact: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        ids = _people(c, keys, SHOP[:2])
+        _consent(c, keys, ids)
+        seg = _segment(c, keys)
+        dest = _destination(c, keys, kind="file", config={"format": "ndjson", "directory": "crm"})
+        old, new = _activate(c, keys, seg, dest["id"]), _activate(c, keys, seg, dest["id"])
+    now = datetime.now(UTC)
+    with sync_db() as db:  # the first run was 731 days ago; marketing keeps data 730 days (retention.yaml)
+        q = text("UPDATE activation_recipient SET sent_at = :t WHERE run_id = :r")
+        db.execute(q, {"t": now - timedelta(days=731), "r": old["id"]})
+
+    async def apply(dry_run: bool) -> Any:
+        async with unit_of_work() as s:
+            return await run_retention(s, now, dry_run)
+
+    assert run(apply(True)).removed.get("activation_recipient") == 2
+    assert run(apply(False)).removed.get("activation_recipient") == 2
+    for pid in ids:
+        assert [r["run_id"] for r in run(_recipients(pid))] == [new["id"]]

@@ -14,8 +14,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from litestar.testing import TestClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -25,6 +26,9 @@ from app.errors import NotFound
 from app.inventory import Person, holders
 from app.journeys.delivery import Delivered, use_sender
 from app.journeys.service import run_triggers
+from app.journeys.triggers import event_page
+from app.segments.sql import events_table
+from app.settings import get_settings
 from tests.conftest import Env, run
 from tests.helpers import MARKETING, auth, client, grant_marketing, make_keys, sync_db
 
@@ -40,6 +44,13 @@ class Hook:
 
     def emails(self) -> list[str]:
         return sorted(p["fields"].get("email", "") for b in self.bodies for p in b.get("people", []))
+
+
+@pytest.fixture(autouse=True)
+def local_destinations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destinations here are on 127.0.0.1: an admin setting lets activation reach them."""
+    monkeypatch.setenv("CONSENTRY_ACTIVATION_PRIVATE_NETWORKS", "1")
+    get_settings.cache_clear()
 
 
 @contextmanager
@@ -66,7 +77,7 @@ def hook() -> Iterator[Hook]:
         server.server_close()
 
 
-def _destination(c: TestClient[Any], keys: dict[str, str], url: str = "http://127.0.0.1:9/none") -> str:
+def _destination(c: TestClient[Any], keys: dict[str, str], url: str = "http://journeys.invalid/none") -> str:
     """A webhook destination for marketing (emails only)."""
     body = {
         "name": "CRM",
@@ -389,3 +400,19 @@ def test_welcome_greets_a_person_an_identify_creates_once_and_not_a_returning_on
         _tick(outbox, now + timedelta(minutes=11))
         _tick(outbox, now + timedelta(minutes=30))
         assert outbox.to(jid) == [new]
+
+
+def test_the_event_scan_reads_events_by_time_of_receipt_through_an_index(env: Env) -> None:
+    ev = events_table()
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    q = select(ev.c.id, ev.c.name).where(ev.c.received_at > since, ev.c.received_at <= since + timedelta(hours=1))
+    with sync_db() as db:
+        compiled = event_page(q, (since, "")).compile(dialect=db.dialect)
+        if db.dialect.name == "postgresql":
+            db.execute(text("SET LOCAL enable_seqscan = off"))  # an empty table: ask whether an index can serve it
+            plan = " ".join(r[0] for r in db.exec_driver_sql("EXPLAIN " + str(compiled), compiled.params))
+        else:
+            values = tuple(str(compiled.params[k]) for k in compiled.positiontup or ())
+            plan = " ".join(str(r[-1]) for r in db.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), values))
+    assert "ix_event_received" in plan, plan  # a range of the index, in its order: no scan,
+    assert "TEMP B-TREE" not in plan.upper() and "SORT  (" not in plan.upper(), plan  # and no sort

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from app.activation import audiences
+from app.activation import audiences, egress
 from app.activation.destinations import dumps, export_dir, secret_of
 from app.activation.models import Destination
 from app.db import private_path
@@ -96,6 +96,8 @@ async def post(client: httpx.AsyncClient, dest: Destination, body: str, msg_id: 
             error = f"HTTP {status}" if dest.kind != "wecom" or status >= 300 else "WeCom errcode not 0"
             if 400 <= status < 500 and status not in (408, 425, 429):
                 return Attempted(False, n, status, error)
+        except egress.EgressRefused:
+            return Attempted(False, n, None, "refused: not a public internet address")
         except httpx.HTTPError as exc:
             status, error = None, type(exc).__name__
         if n < attempts:
@@ -131,7 +133,7 @@ def wecom_batches(people: Sequence[Outbound], msgtype: str, size: int) -> list[l
     return [*out, current] if current else out
 
 
-def _body(dest: Destination, run_id: str, n: int, batch: Sequence[Outbound]) -> str:
+def body_of(dest: Destination, run_id: str, n: int, batch: Sequence[Outbound]) -> str:
     if dest.kind == "wecom":
         kind = str(dest.config.get("msgtype", "markdown"))
         content = "\n".join(_wecom_line(p) for p in batch)
@@ -154,6 +156,24 @@ def _body(dest: Destination, run_id: str, n: int, batch: Sequence[Outbound]) -> 
     )
 
 
+def batches_of(dest: Destination, people: Sequence[Outbound], size: int) -> list[list[Outbound]]:
+    """People in the destination's batches (WeCom: also within its message size)."""
+    if dest.kind == "wecom":
+        return wecom_batches(people, str(dest.config.get("msgtype", "markdown")), size)
+    return [list(people[i : i + size]) for i in range(0, len(people), size)]
+
+
+def dead_letter(n: int, people: int, result: Attempted) -> dict[str, Any]:
+    """A dead letter's fields for a batch that failed every attempt."""
+    return {
+        "batch": n,
+        "people": people,
+        "attempts": result.attempts,
+        "last_status": result.status,
+        "last_error": result.error,
+    }
+
+
 Progress = Callable[[int, int], Awaitable[None]]
 """Told (people sent, people failed) after each batch."""
 
@@ -162,40 +182,29 @@ async def send_batches(
     dest: Destination, run_id: str, people: Sequence[Outbound], progress: Progress | None = None
 ) -> Delivered:
     """Webhook, WeCom and SMS: batches in parallel (a few at a time), each retried on its own."""
-    size = int(dest.config.get("batch_size", 500))
-    if dest.kind == "wecom":
-        batches = wecom_batches(people, str(dest.config.get("msgtype", "markdown")), size)
-    else:
-        batches = [list(people[i : i + size]) for i in range(0, len(people), size)]
+    batches = batches_of(dest, people, int(dest.config.get("batch_size", 500)))
     secret = secret_of(dest)
     out = Delivered()
     gate = asyncio.Semaphore(CONCURRENT_BATCHES)
-    async with httpx.AsyncClient() as client:
+    async with egress.client(CONCURRENT_BATCHES) as client:
 
         async def one(n: int, batch: list[Outbound]) -> None:
             async with gate:
-                result = await post(client, dest, _body(dest, run_id, n, batch), message_id(run_id, str(n)), secret)
+                result = await post(client, dest, body_of(dest, run_id, n, batch), message_id(run_id, str(n)), secret)
             ids = {p.profile_id for p in batch}
             (out.sent if result.ok else out.failed).update(ids)
             out.batch_of.update({pid: n for pid in ids})
             if progress is not None:
                 await progress(len(out.sent), len(out.failed))
             if not result.ok:
-                out.dead.append(
-                    {
-                        "batch": n,
-                        "people": len(batch),
-                        "attempts": result.attempts,
-                        "last_status": result.status,
-                        "last_error": result.error,
-                    }
-                )
+                out.dead.append(dead_letter(n, len(batch), result))
 
         await asyncio.gather(*(one(n, b) for n, b in enumerate(batches)))
     return out
 
 
-def _write(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600, its folder private)."""
     private_path(path.parent, directory=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -220,20 +229,20 @@ def write_file(dest: Destination, run_id: str, people: Sequence[Outbound], regio
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["id", *names])
         for p in people:
-            w.writerow([p.ref, *[_cell(p.fields.get(k)) for k in names]])
+            w.writerow([p.ref, *[cell(p.fields.get(k)) for k in names]])
     else:
         for p in people:
             buf.write(dumps({"id": p.ref, **p.fields}) + "\n")
     file_id = str(uuid.uuid4())
     path = export_dir(dest) / f"{run_id}.{fmt}"
-    _write(path, buf.getvalue())
+    write_private(path, buf.getvalue())
     out = Delivered(sent={p.profile_id for p in people})
     out.files.append({"id": file_id, "path": str(path), "format": fmt, "rows": len(people)})
     out.line_of = {p.profile_id: (file_id, n) for n, p in enumerate(people, start=1)}
     return out
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     """A CSV cell on one line (a person is one line: erasure removes it by number)."""
     if value is None:
         return ""
@@ -249,5 +258,5 @@ def drop_lines(path: Path, fmt: str, lines: set[int]) -> int:
     text = path.read_text(encoding="utf-8").splitlines(keepends=True)
     head, body = (text[:1], text[1:]) if fmt == "csv" else ([], text)
     kept = [line for n, line in enumerate(body, start=1) if n not in lines]
-    _write(path, "".join(head + kept))
+    write_private(path, "".join(head + kept))
     return len(body) - len(kept)

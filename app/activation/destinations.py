@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from standardwebhooks.webhooks import Webhook
 
 from app.access.service import Principal
+from app.activation import egress
 from app.activation.audiences import MIN_AUDIENCE, PLATFORMS
 from app.activation.models import Destination
 from app.consent.gate import authorize
@@ -197,10 +198,20 @@ def _details(dest: Destination) -> dict[str, Any]:
     }
 
 
+async def check_reachable(kind: str, config: dict[str, Any], secret: str | None) -> None:
+    """The URLs delivery will connect to are public internet addresses (``egress``; 422 otherwise)."""
+    if kind in ("webhook", "sms"):
+        await egress.check_url(str(config["url"]), "config.url")
+    elif kind == "wecom" and secret is not None:
+        await egress.check_url(secret, "secret")
+
+
 async def create_destination(session: AsyncSession, principal: Principal, data: DestinationIn) -> Destination:
     """Store a destination (the caller's role must be allowed its purpose); recorded."""
     check_declaration(data)
     await authorize(session, principal, "destination.create", [], data.purpose)
+    config = clean_config(data.kind, data.config, data.secret, False)
+    await check_reachable(data.kind, config, data.secret)
     now = datetime.now(UTC)
     dest = Destination(
         id=str(uuid.uuid4()),
@@ -209,7 +220,7 @@ async def create_destination(session: AsyncSession, principal: Principal, data: 
         purpose=data.purpose,
         categories=list(data.categories),
         cross_border=data.cross_border,
-        config=clean_config(data.kind, data.config, data.secret, False),
+        config=config,
         owner_key_id=principal.key_id,
         created_at=now,
         updated_at=now,
@@ -233,6 +244,7 @@ async def update_destination(
     check_declaration(data)
     await authorize(session, principal, "destination.update", [], data.purpose)
     dest.config = clean_config(dest.kind, data.config, data.secret, dest.secret is not None)
+    await check_reachable(dest.kind, dest.config, data.secret)
     dest.name, dest.purpose, dest.categories = data.name.strip(), data.purpose, list(data.categories)
     dest.cross_border, dest.updated_at = data.cross_border, datetime.now(UTC)
     if data.secret is not None:

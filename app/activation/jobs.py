@@ -22,7 +22,8 @@ from sqlmodel import col, select
 from app.access.service import Principal
 from app.activation.destinations import get_destination
 from app.activation.models import ActivationSchedule
-from app.activation.service import execute_run, fail_stale, start_run
+from app.activation.runs import execute_run, resume_stale
+from app.activation.service import start_run
 from app.consent.gate import authorize
 from app.db import unit_of_work
 from app.errors import DomainError, InvalidField, NotFound, PolicyDenied
@@ -128,4 +129,4 @@ async def run_schedules(lease: Lease, now: datetime | None = None) -> dict[str, 
             continue
         await execute_run(run_id)
         started += 1
-    return {"started": started, "skipped": skipped, "interrupted": await fail_stale(at)}
+    return {"started": started, "skipped": skipped, **await resume_stale(at)}

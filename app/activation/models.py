@@ -43,6 +43,7 @@ class ActivationRun(SQLModel, table=True):
     """One send of people to a destination: a segment run (manual or scheduled) or a journey's send."""
 
     __tablename__ = "activation_run"
+    __table_args__ = (Index("ix_activation_run_status", "status", "heartbeat_at"),)
 
     id: str = Field(primary_key=True, max_length=36)
     destination_id: str = Field(max_length=36, index=True)
@@ -70,6 +71,12 @@ class ActivationRun(SQLModel, table=True):
     merkle_root: str | None = Field(default=None, max_length=64)
     """RFC 9162 root over the recipients' leaves (``activation_leaves``)."""
     ledger_seq: int | None = None
+    owner: str | None = Field(default=None, max_length=32)
+    """The process carrying the run out (a random token): only it writes the run's recipients."""
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
+    """When that process last showed it was alive: a run silent for long is taken over."""
+    attempts: int = 0
+    """How many times the run was taken (1 when it ran at once; more when it was resumed)."""
 
 
 class ActivationLeaves(SQLModel, table=True):

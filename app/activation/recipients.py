@@ -16,12 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
-from app.activation import delivery
+from app.activation import delivery, egress
 from app.activation.destinations import dumps, get_destination
 from app.activation.models import ActivationFile, ActivationLeaves, ActivationRecipient, ActivationRun, ErasureNotice
 from app.db import table_of
@@ -135,7 +134,7 @@ async def _send_notice(dest: Any, rows: list[Any], request_id: str) -> tuple[str
             "runs": sorted({r.run_id for r in rows}),
         }
     )
-    async with httpx.AsyncClient() as client:
+    async with egress.client(1) as client:
         result = await delivery.post(
             client, dest, body, delivery.message_id("erasure", request_id, dest.id), secret_of(dest)
         )

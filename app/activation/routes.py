@@ -11,7 +11,7 @@ from litestar.background_tasks import BackgroundTask
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app.activation import destinations as dests
-from app.activation import jobs, service
+from app.activation import jobs, runs, service
 from app.deps import Caller, Db
 
 READERS = ("admin", "compliance", "marketer")
@@ -96,7 +96,7 @@ class ActivationController(Controller):
         run = await service.start_run(db, principal, data.segment_id, data.destination_id)
         body = await service.report(db, principal, run)
         await db.commit()
-        return Response(body, status_code=202, background=BackgroundTask(service.execute_run, run.id))
+        return Response(body, status_code=202, background=BackgroundTask(runs.execute_run, run.id))
 
     @get("/", opt={"roles": READERS}, operation_id="listActivations")
     async def index(

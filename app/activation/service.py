@@ -14,45 +14,44 @@ data went and an erasure tell every destination that received it.
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from app.access.service import Principal
-from app.activation import delivery
+from app.activation import delivery, proof
 from app.activation.audiences import MIN_AUDIENCE
 from app.activation.delivery import Delivered, Outbound
 from app.activation.destinations import get_destination
 from app.activation.models import (
     ActivationFile,
-    ActivationLeaves,
     ActivationRecipient,
     ActivationRun,
     DeadLetter,
     Destination,
 )
 from app.consent.gate import authorize, decide
+from app.consent.policy import load_policies
 from app.db import table_of, unit_of_work
 from app.decisions.engine import Ask, ExistsFacts, JoinedFacts, allowed_categories, reason_expr
 from app.decisions.service import current_rules
-from app.errors import DomainError, InvalidField, NotFound
+from app.errors import InvalidField, NotFound
 from app.ledger.service import record_group
-from app.logs import scrub_text
 from app.profiles.service import VaultContext, open_fields, population, resolve_many
-from app.segments.service import get_segment, member_of
+from app.segments.service import get_segment
 from app.settings import get_settings
 from app.vault.blind_index import blind_index
 from app.vault.keyring import key_material
-from audit.merkle import leaf_hash, root
+from audit.merkle import root
 
 log = structlog.get_logger("consentry.activation")
 NEEDS = {"sms": ("phone",), "ad_audience": ("email", "phone")}
@@ -84,32 +83,35 @@ def person_ref(dest_id: str, profile_id: str, index_key: bytes | None = None) ->
     return blind_index(key, f"activation:{dest_id}", profile_id)
 
 
-def _leaf(run_id: str, profile_id: str, salt: str) -> bytes:
-    """RFC 9162 leaf hash of ``{"person","run","salt"}`` as sorted compact JSON (written out:
-    ids and salts are plain ASCII, so this is what ``json.dumps`` would give, at a tenth of the cost)."""
-    return leaf_hash(f'{{"person":"{profile_id}","run":"{run_id}","salt":"{salt}"}}'.encode())
+_leaf = proof.leaf
 
 
 # --- who may be sent ---------------------------------------------------------------------
 
 
 async def screen(
-    session: AsyncSession, ask: Ask, profiling: bool, now: datetime, where: Any
+    session: AsyncSession, ask: Ask, profiling: bool, now: datetime, where: Any, among: Any = None
 ) -> tuple[list[str], dict[str, str]]:
     """(allowed ids in id order, excluded id → reason) over the surviving people ``where``
-    selects: the decision engine's reason, with restriction, suppression and (``profiling``)
-    a refusal of profiling checked whatever the purpose's regime."""
+    selects (and, given ``among``, a query of candidate ids such as a segment's members, only
+    those: the population is joined to them, and their facts alone are read): the decision
+    engine's reason, with restriction, suppression and (``profiling``) a refusal of profiling
+    checked whatever the purpose's regime."""
     rules = current_rules()
     table, person, region, live = population()
-    facts: JoinedFacts | ExistsFacts = (
-        JoinedFacts(now) if session.get_bind().dialect.name == "postgresql" else ExistsFacts(person, now)
-    )
+    joined = session.get_bind().dialect.name == "postgresql" or among is not None
+    facts: JoinedFacts | ExistsFacts = JoinedFacts(now) if joined else ExistsFacts(person, now)
     reason = reason_expr(rules, ask, person, region, now, facts)
     checks = [(facts.flag("restricted"), "restricted"), (facts.flag("suppressed"), "suppressed")]
     if profiling:
         checks.append((facts.flag("profiling_refused"), "profiling refused"))
     verdict = case(*checks, else_=reason).label("reason")
-    source = facts.joined(table, person) if isinstance(facts, JoinedFacts) else table
+    source = table
+    if among is not None:
+        candidates = among.subquery("candidates")
+        source = source.join(candidates, candidates.c.profile_id == person)
+    if isinstance(facts, JoinedFacts):
+        source = facts.joined(source, person, among)
     q = select(person, verdict).select_from(source).where(live, where).order_by(person)
     allowed: list[str] = []
     excluded: dict[str, str] = {}
@@ -119,6 +121,16 @@ async def screen(
         else:
             excluded[pid] = str(why)
     return allowed, excluded
+
+
+def counts(excluded: dict[str, str]) -> dict[str, int]:
+    """Excluded people counted by reason."""
+    return dict(Counter(excluded.values()))
+
+
+def trait_authority() -> Mapping[str, frozenset[str]]:
+    """Sources whose values win for a trait (policies/identity.yaml), for field precedence."""
+    return load_policies(get_settings().policy_dir).identity.trait_authority
 
 
 def _profiling(*purposes: str | None) -> bool:
@@ -213,49 +225,29 @@ async def conclude(
     """Write what happened: recipients, leaves, files, dead letters, the run's report and one
     ledger entry (in ``session``'s transaction)."""
     run, dest, now = p.run, p.dest, datetime.now(UTC)
-    rows: list[dict[str, Any]] = []
-    leaves: list[bytes] = []
+    got = proof.Recipients(run.id, dest.id)
+    rows: list[tuple[Any, ...]] = []
     for person in p.people:
         status = "sent" if person.profile_id in done.sent else "failed" if person.profile_id in done.failed else ""
-        if not status:
-            continue
-        salt = secrets.token_hex(16)
-        file_id, line = done.line_of.get(person.profile_id, (None, None))
-        rows.append(
-            {
-                "run_id": run.id,
-                "origin_id": person.profile_id,
-                "profile_id": person.profile_id,
-                "destination_id": dest.id,
-                "leaf_index": len(leaves) if status == "sent" else -1,
-                "salt": salt,
-                "fields": sorted(person.fields),
-                "status": status,
-                "batch": done.batch_of.get(person.profile_id, 0),
-                "file_id": file_id,
-                "line": line,
-                "sent_at": now,
-            }
-        )
-        if status == "sent":
-            leaves.append(_leaf(run.id, person.profile_id, salt))
+        if status:
+            file_id, line = done.line_of.get(person.profile_id, (None, None))
+            batch = done.batch_of.get(person.profile_id, 0)
+            rows += got.rows([person], status, batch, now, file_id, line)
     for f in done.files:
         session.add(ActivationFile(run_id=run.id, destination_id=dest.id, created_at=now, **f))
     for d in done.dead:
         session.add(DeadLetter(id=str(uuid.uuid4()), run_id=run.id, destination_id=dest.id, created_at=now, **d))
     await session.flush()
-    if rows:
-        await session.execute(insert(table_of(ActivationRecipient)), rows)
-    sent = [r["profile_id"] for r in rows if r["status"] == "sent"]
-    failed = [r["profile_id"] for r in rows if r["status"] == "failed"]
+    await proof.insert_recipients(session, rows)
+    sent, failed, leaves = got.sent, got.failed_ids, got.leaves
     run.status = "refused" if refusal else "done" if not failed else "failed" if not sent else "done"
     run.refusal, run.finished_at, run.policy_version = refusal, now, p.policy_version
     run.total = len(p.people) + len(p.excluded)
     run.sent, run.failed = len(sent), len(failed)
-    run.excluded = dict(Counter(p.excluded.values()))
+    run.excluded = counts(p.excluded)
     run.merkle_root = root(leaves).hex() if leaves else None
     if leaves:
-        session.add(ActivationLeaves(run_id=run.id, leaves=b"".join(leaves)))
+        await proof.store_leaves(session, run.id, b"".join(leaves))
     entry = await record_group(
         session,
         principal,
@@ -263,7 +255,7 @@ async def conclude(
         sent,
         purpose=run.purpose,
         legal_basis=decide(principal, run.purpose).legal_basis,
-        details=_ledger_details(run, dest, sorted({f for r in rows for f in r["fields"]})),
+        details=_ledger_details(run, dest, sorted(got.fields)),
     )
     run.ledger_seq = entry.seq
     await session.flush()
@@ -400,45 +392,10 @@ async def start_run(
 
 
 async def execute_run(run_id: str) -> SendResult | None:
-    """Carry out a queued run in its own transactions: marked running; decided (reads
-    only); delivered outside any transaction; written. A failure marks the run failed with
-    the error's type (or a domain error's text)."""
-    if not await _set(run_id, _from="queued", status="running", started_at=datetime.now(UTC)):
-        return None  # another process took it, or it is not queued
-    try:
-        async with unit_of_work() as session:  # reads only: decide who and what
-            run = await get_run(session, run_id)
-            principal = Principal(key_id=run.actor_key_id, role=run.actor_role, name=f"activation {run.trigger}")
-            seg = await get_segment(session, str(run.segment_id))
-            dest = await get_destination(session, run.destination_id)
-            p = await plan(session, run, dest, member_of(seg.id), _profiling(seg.purpose, run.purpose))
-        refusal = _refusal(p)
-        await _set(run_id, total=len(p.people) + len(p.excluded))
-        done = Delivered() if refusal else await deliver(p, _progress(run_id))
-        async with unit_of_work() as session:  # then write what happened
-            p.run = await get_run(session, run_id)
-            return await conclude(session, principal, p, done, refusal)
-    except Exception as exc:  # the run must end in a state the API shows
-        message = scrub_text(exc.detail if isinstance(exc, DomainError) else type(exc).__name__)[:300]
-        log.error("activation_failed", run=run_id, error=message)
-        await _set(run_id, status="failed", refusal=message, finished_at=datetime.now(UTC))
-        return None
+    """Carry out a queued run: ``app.activation.runs`` streams it and resumes it after a crash."""
+    from app.activation.runs import execute_run as stream  # runs builds on this module
 
-
-STALE = timedelta(hours=6)
-"""A run queued or running this long was interrupted (its process died): marked failed."""
-
-
-async def fail_stale(now: datetime) -> int:
-    """Mark runs whose process died (queued or running for longer than ``STALE``) failed."""
-    t = table_of(ActivationRun)
-    async with unit_of_work() as session:
-        result = await session.execute(
-            update(t)
-            .where(t.c.status.in_(["queued", "running"]), t.c.created_at < now - STALE)
-            .values(status="failed", refusal="interrupted: the run's process stopped", finished_at=now)
-        )
-    return int(getattr(result, "rowcount", 0) or 0)
+    return await stream(run_id)
 
 
 async def get_run(session: AsyncSession, run_id: str) -> ActivationRun:
@@ -499,6 +456,7 @@ async def report(session: AsyncSession, principal: Principal, run: ActivationRun
         "policy_version": run.policy_version,
         "merkle_root": run.merkle_root,
         "ledger_seq": run.ledger_seq,
+        "attempts": run.attempts,
         "dead_letters": await dead_letters(session, run_id=run.id),
     }
 

@@ -1,7 +1,7 @@
 """Turning events and dates into timers, and due timers into sends.
 
-Events reach journeys by a scan of the event table by ``received_at`` (the time its request
-was accepted) with our own cursor, not a hook in ingestion: a batch is stored a little
+Events reach journeys by a range read of the event table by ``received_at`` (the time its
+request was accepted; indexed with the id) with our own cursor, not a hook in ingestion: a batch is stored a little
 after it is accepted (the inbox), so each scan reads again the last ``OVERLAP`` before the
 cursor, and timers are keyed by occasion (``uq_journey_timer_occasion``) so reading an
 event twice changes nothing. While the database inbox has a backlog, the cursor stays at
@@ -191,8 +191,7 @@ async def scan_events(session: AsyncSession, now: datetime) -> int:
         q = q.where(or_(ev.c.name.in_(sorted(names)), ev.c.type == "identify") if welcome else ev.c.name.in_(names))
     made, after = 0, (since, "")
     while True:
-        page = q.where(or_(ev.c.received_at > after[0], and_(ev.c.received_at == after[0], ev.c.id > after[1])))
-        rows = (await session.execute(page.order_by(ev.c.received_at, ev.c.id).limit(EVENT_PAGE))).all()
+        rows = (await session.execute(event_page(q, after))).all()
         if not rows:
             return made
         first: list[Due] = []
@@ -205,6 +204,14 @@ async def scan_events(session: AsyncSession, now: datetime) -> int:
                     (first if j.kind == "welcome" else grow).append(due)
         made += await put_timers(session, first, now, later=False) + await put_timers(session, grow, now, later=True)
         after = (rows[-1].received_at, rows[-1].id)
+
+
+def event_page(q: Any, after: tuple[datetime, str]) -> Any:
+    """The next page of ``q`` (events) after ``after`` (received at, id), in that order: a
+    range read of the index on ``(received_at, id)`` (migration 0024), not a scan of every event."""
+    ev = events_table()
+    page = q.where(or_(ev.c.received_at > after[0], and_(ev.c.received_at == after[0], ev.c.id > after[1])))
+    return page.order_by(ev.c.received_at, ev.c.id).limit(EVENT_PAGE)
 
 
 # --- birthdays ---------------------------------------------------------------------------

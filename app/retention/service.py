@@ -19,8 +19,10 @@ A dry run does steps 1 and 3 counting only, and changes nothing. Either way one 
 entry (``retention.run``) records the counts by table and by category, the number queued,
 the cutoffs, the policy version and the dry-run flag.
 
-Purpose retention periods (``purposes:``) are not applied row by row: rows do not carry the
-purpose they were collected for, so the category periods are the ones enforced.
+Purpose retention periods (``purposes:``) apply to the rows that carry their purpose (who an
+activation run sent, by the run's purpose): holders get them among the cutoffs, under the
+purpose's name. Other rows do not carry the purpose they were collected for, so the category
+periods are the ones enforced for them.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def cutoffs_of(retention: Mapping[str, Any], now: datetime) -> dict[str, datetim
     return {str(c): now - timedelta(days=int(days)) for c, days in (retention.get("categories") or {}).items()}
 
 
+def purpose_cutoffs(retention: Mapping[str, Any], now: datetime) -> dict[str, datetime]:
+    """Purpose → the oldest time kept, from the ``purposes`` days of retention.yaml."""
+    return {str(p): now - timedelta(days=int(days)) for p, days in (retention.get("purposes") or {}).items()}
+
+
 async def run_retention(
     session: AsyncSession, now: datetime, dry_run: bool, policy_dir: Path | None = None
 ) -> RetentionReport:
@@ -114,8 +121,9 @@ async def run_retention(
         report.queued = await _queue_inactive(session, report.inactive_cutoff, now, dry_run)
     if not dry_run:
         await _remember(session, report.cutoffs)
+    limits = {**purpose_cutoffs(rules.retention, now), **report.cutoffs}
     for h in every:
-        for table, n in (await h.expire(session, report.cutoffs, dry_run)).items():
+        for table, n in (await h.expire(session, limits, dry_run)).items():
             report.removed[table] = report.removed.get(table, 0) + n
             category = h.expiry_category(table) or "?"
             report.by_category[category] = report.by_category.get(category, 0) + n

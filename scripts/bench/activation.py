@@ -108,6 +108,20 @@ def populate(people: int, members: int, postgres: bool) -> dict[str, int]:
     return counts
 
 
+def populated() -> bool:
+    """The database already holds the benchmark's segment."""
+    from sqlalchemy import text
+
+    from app.db import create_sync_engine
+
+    engine = create_sync_engine()
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(text("SELECT count(*) FROM segment WHERE id = 'bench-seg'")).scalar())
+    finally:
+        engine.dispose()
+
+
 def sealed(ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A data key per person and their sealed email, name and phone (as ingestion writes them)."""
     from app.settings import get_settings
@@ -194,20 +208,23 @@ async def raw(kind: str, dest_id: str, members: int) -> tuple[float, dict[str, A
     return time.perf_counter() - t0, {"sent": len(done.sent)}
 
 
-async def measure(url: str, members: int, repeat: int) -> dict[str, Any]:
+async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[str, Any]:
     import app.activation.service as svc
     from app.db import dispose_engines
     from app.decisions.engine import Ask
 
     real = svc.screen
 
-    async def no_consent(session: Any, ask: Ask, profiling: bool, now: datetime, where: Any) -> Any:
+    async def no_consent(session: Any, ask: Ask, profiling: bool, now: datetime, where: Any, among: Any = None) -> Any:
         from sqlalchemy import select
 
         from app.profiles.service import population
 
         _t, person, _r, live = population()
-        ids = (await session.execute(select(person).where(live, where).order_by(person))).scalars().all()
+        q = select(person).where(live, where)
+        if among is not None:
+            q = q.where(person.in_(among))
+        ids = (await session.execute(q.order_by(person))).scalars().all()
         return list(ids), {}
 
     dests = {kind: await destination(kind, url) for kind in ("file", "webhook")}
@@ -216,11 +233,15 @@ async def measure(url: str, members: int, repeat: int) -> dict[str, Any]:
     for _ in range(repeat):
         for kind in ("file", "webhook"):
             for label, filtered in ((kind, True), (f"{kind}, no consent", False)):
+                if only and label not in only:
+                    continue
                 svc.screen = real if filtered else no_consent  # type: ignore[assignment]
                 took, values[label] = await one_run(dests[kind])
                 times.setdefault(label, []).append(took)
             svc.screen = real
             label = "raw file write" if kind == "file" else "raw POSTs"
+            if only and label not in only:
+                continue
             took, values[label] = await raw(kind, dests[kind], members)
             times.setdefault(label, []).append(took)
     await dispose_engines()
@@ -234,13 +255,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--database-url", default="", help="PostgreSQL (default: a temporary SQLite file)")
     parser.add_argument("--allow-drop", action="store_true", help="drop the schema of a database not named bench*")
+    parser.add_argument(
+        "--data", type=Path, help="keep the SQLite file, keys and files here (default: a temporary folder)"
+    )
+    parser.add_argument("--reuse", action="store_true", help="keep a population --data (or the database) already holds")
+    parser.add_argument("--only", default="", help="comma-separated measurements to run (default: all)")
     parser.add_argument("--receive", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.receive:
         receive(args.receive)
         return
     postgres = bool(args.database_url)
-    tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-act-"))
+    tmp = args.data or Path(tempfile.mkdtemp(prefix="consentry-bench-act-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     os.environ.update(
         {
             "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp / 'bench.db'}",
@@ -248,6 +275,7 @@ def main() -> None:
             "CONSENTRY_ACTIVATION_DIR": str(tmp / "out"),
             "CONSENTRY_LOG_LEVEL": "WARNING",
             "CONSENTRY_SCHEDULER": "0",
+            "CONSENTRY_ACTIVATION_PRIVATE_NETWORKS": "1",  # the receiver is on 127.0.0.1
         }
     )
     if postgres:
@@ -257,8 +285,10 @@ def main() -> None:
             parser.error("--database-url: its public schema is dropped; use a database named bench* or --allow-drop")
         from scripts.bench.ingest import reset_postgres
 
-        reset_postgres(args.database_url)
+        if not args.reuse:
+            reset_postgres(args.database_url)
     port_file = tmp / "port"
+    port_file.unlink(missing_ok=True)
     receiver = subprocess.Popen(
         [sys.executable, __file__, "--receive", str(port_file)], stdout=subprocess.PIPE, text=True
     )
@@ -266,13 +296,19 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
         print(f"activation benchmark on {'PostgreSQL' if postgres else 'SQLite'}, {os.cpu_count()} cores (shared), "
               f"{args.people:,} people, segment of {args.segment:,}")  # fmt: skip
-        t0 = time.perf_counter()
-        counts = populate(args.people, args.segment, postgres)
-        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+        if args.reuse and populated():
+            print("population kept from an earlier run")
+        else:
+            t0 = time.perf_counter()
+            counts = populate(args.people, args.segment, postgres)
+            print(
+                f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            )
         while not port_file.exists():
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port_file.read_text()}/hook"
-        result = asyncio.run(measure(url, args.segment, args.repeat))
+        only = {x.strip() for x in args.only.split(",") if x.strip()}
+        result = asyncio.run(measure(url, args.segment, args.repeat, only))
         for name, seconds in result["times"].items():
             sent = result["values"][name]["sent"]
             print(f"  {name:<22} {seconds:8.2f} s  {sent / seconds:10,.0f} people/s   {result['values'][name]}")
