@@ -103,6 +103,9 @@ def test_restriction_and_objection_make_decisions_deny(env: Env) -> None:
     with client() as c:
         assert _decide(c, keys, pid, MARKETING) == ("deny", "restricted")
         assert _decide(c, keys, pid, "analytics.reporting") == ("deny", "restricted")
+        # a purpose needing no consent is still use: only legal duties remain (Art. 18(2))
+        assert _decide(c, keys, pid, "essential.service") == ("deny", "restricted")
+        assert _decide(c, keys, pid, "legal.compliance.dsr")[0] == "allow"
     run(act("lift"))
     done = run(act("object"))
     assert set(done["denied"]) >= {MARKETING, "analytics.reporting"}

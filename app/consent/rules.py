@@ -55,6 +55,12 @@ class PurposeUse:
 
     categories: tuple[str, ...]
     profiling: bool
+    legal_basis: str = ""
+
+    @property
+    def legal_duty(self) -> bool:
+        """A legal obligation: what a restriction of processing still allows (GDPR Art. 18(2))."""
+        return self.legal_basis == "legal_obligation"
 
     def may_receive(self, category: str) -> bool:
         return any(category == c or category.startswith(c + ".") for c in self.categories)
@@ -117,7 +123,9 @@ def load_rules(policy_dir: Path) -> Rules:
     }
     p = load_yaml(policy_dir / "purposes.yaml")
     purposes = {
-        pid: PurposeUse(tuple(spec.get("categories") or []), bool(spec.get("profiling", False)))
+        pid: PurposeUse(
+            tuple(spec.get("categories") or []), bool(spec.get("profiling", False)), str(spec.get("legal_basis", ""))
+        )
         for pid, spec in p["purposes"].items()
     }
     n = load_yaml(policy_dir / "notices.yaml")

@@ -10,7 +10,8 @@ Reasons (a fixed vocabulary, ``REASONS``) are checked in this order: restricted,
 suppressed, profiling refused, minor without guardian consent, GPC, sensitive category
 without explicit consent, cross-border transfer without consent, withdrawn, denied, no
 consent (opt-in regimes) or opted out (opt-out regimes). Role and purpose are checked
-before any person is looked at.
+before any person is looked at. Restricted and suppressed bind every purpose, those needing
+no consent too, except the ones serving a legal obligation (GDPR Art. 18(2)).
 """
 
 from __future__ import annotations
@@ -196,14 +197,15 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, facts: Facts) -> ColumnE
     mode = j.mode(ask.purpose)
     purpose = rules.purposes[ask.purpose]
     sensitive = [c for c in ask.categories if j.is_sensitive(c)]
-    if mode == "none" and not sensitive and not (ask.cross_border and j.cross_border_consent):
+    bound = mode != "none" or not purpose.legal_duty  # a restriction binds every use but legal duties
+    if not bound and not sensitive and not (ask.cross_border and j.cross_border_consent):
         return literal("allowed")
     whens: list[tuple[ColumnElement[bool], str]] = []
     flagged: list[str] = []  # the flags the first ``flag_whens`` conditions look at
-    flag_whens = 0
-    if mode != "none":
+    if bound:
         whens += [(facts.flag(f), f) for f in ("restricted", "suppressed")]
         flagged += ["restricted", "suppressed"]
+    if mode != "none":
         if purpose.profiling and j.profiling_refusal:
             whens.append((facts.flag("profiling_refused"), "profiling refused"))
             flagged.append("profiling_refused")
@@ -213,9 +215,9 @@ def _reason_in(j: Jurisdiction, rules: Rules, ask: Ask, facts: Facts) -> ColumnE
             minor = or_(minor, facts.flag("minor_under_16"))
             flagged.append("minor_under_16")
         whens.append((and_(minor, ~facts.guardian(ask.purpose)), "minor without guardian consent"))
-        flag_whens = len(whens)
-        if ask.purpose in j.gpc:
-            whens.append((facts.gpc(ask.purpose if j.gpc_overridable else None), "GPC"))
+    flag_whens = len(whens)
+    if mode != "none" and ask.purpose in j.gpc:
+        whens.append((facts.gpc(ask.purpose if j.gpc_overridable else None), "GPC"))
     for category in sensitive:
         whens.append(
             (~facts.state(f"sensitive:{category}", ["granted"]), "sensitive category without explicit consent")
