@@ -13,7 +13,7 @@ previews' ledger entries are added to it).
 
 In process, through Litestar's test client, signed in to the console as a marketer, the
 basketball-shoes tree (``segments.py``'s ``TREE``) is counted ``--repeat`` times each,
-alternating:
+alternating (and alternating which of the two goes first):
   console   ``POST /console/marketer/builder/count`` with the builder's form of the tree (what
             htmx sends after an edit): the preview, rendered as the count panel's HTML;
   baseline  ``POST /v1/segments/preview`` with the same tree, purpose and sample size (JSON).
@@ -151,9 +151,9 @@ def main() -> None:
         total = re.search(r'id="count-total">([^<]*)<', shown.text)
         print(f"counts: console total {total.group(1) if total else '?'}; API {api.json()['total']} total, "
               f"{api.json()['usable']} usable, denied {api.json()['denied']}")  # fmt: skip
-        for _ in range(args.repeat):
-            for name, call in calls.items():
-                times[name].append(_timed(call)[0])
+        for n in range(args.repeat):  # alternating, and which goes first too
+            for name in sorted(calls, reverse=n % 2 == 1):
+                times[name].append(_timed(calls[name])[0])
     db = "PostgreSQL" if url.startswith("postgresql") else "SQLite"
     load = os.getloadavg()
     print(f"Segment count refresh on {db}, {args.people:,} people, {args.repeat} calls each, alternating")
