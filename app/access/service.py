@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -75,8 +76,28 @@ async def create_api_key(
     return record, f"{PREFIX}_{key_id}_{secret}"
 
 
+AUTH_CACHE_SECONDS = 2.0
+"""A key that authenticated is believed this long without reading it again (every request of a
+busy source otherwise reads its key); a revocation applies at once in the revoking process
+and within this many seconds in the service's other processes."""
+_recent: dict[str, tuple[float, Principal]] = {}
+
+
 async def authenticate(session: AsyncSession, token: str) -> Principal | None:
     """The principal for a token, or None if it is unknown, malformed or revoked."""
+    digest = _hash(token.strip())
+    hit = _recent.get(digest)
+    if hit is not None and time.monotonic() < hit[0]:
+        return hit[1]
+    principal = await _read_key(session, token)
+    if principal is not None:
+        if len(_recent) >= 10_000:
+            _recent.clear()
+        _recent[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
+    return principal
+
+
+async def _read_key(session: AsyncSession, token: str) -> Principal | None:
     parts = token.strip().split("_", 2)
     if len(parts) != 3 or parts[0] != PREFIX:
         return None
@@ -107,4 +128,5 @@ async def revoke_api_key(session: AsyncSession, key_id: str) -> ApiKey:
         raise NotFound("no such API key", field="key_id")
     record.revoked_at = record.revoked_at or datetime.now(UTC)
     await session.flush()
+    _recent.clear()
     return record

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from app.access.service import Principal
-from app.db import table_of
+from app.db import insert_rows, table_of
 from app.identity.merges import merge_profiles
 from app.identity.models import Identifier, IdentityClaim, identifier_aad_name
 from app.identity.service import Ident, Key, holders_of
@@ -299,7 +299,7 @@ class Resolver:
         await store_subject_keys(self.session, self.pending_keys)
         for model, rows in ((Identifier, self.pending_links), (IdentityClaim, self.pending_claims)):
             if rows:
-                await self.session.execute(insert(table_of(model)), rows)
+                await insert_rows(self.session, table_of(model), rows)
         self.pending_profiles, self.pending_keys, self.pending_links, self.pending_claims = [], [], [], []
 
     async def finish(self) -> None:

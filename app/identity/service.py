@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,10 +44,11 @@ class Ident:
     kind: str
     value: str
     digest: str
+    key: Key = field(init=False, repr=False, compare=False)
+    """``(kind, digest)``, made once (the resolver asks for it many times per event)."""
 
-    @property
-    def key(self) -> Key:
-        return (self.kind, self.digest)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.kind, self.digest))
 
 
 def make_ident(ctx: VaultContext, kind: str, value: str) -> Ident:

@@ -25,7 +25,8 @@ from app.consent.gate import authorize, decide
 from app.db import table_of
 from app.errors import NotFound
 from app.ingest.models import InboxBatch
-from app.ingest.service import BatchResult, Prepared, _new_message_ids, _validated
+from app.ingest.service import BatchResult, _new_message_ids, checked_messages
+from app.ingest.spec import Message
 from app.pii.review import current_field_policy
 from app.profiles.service import VaultContext
 from app.vault.blobs import open_blob, seal_blob
@@ -75,17 +76,17 @@ async def accept_messages(
         await authorize(session, principal, "ingest.events", [], None)
     result = BatchResult()
     fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
-    prepared = _validated(ctx, principal, raw_messages, result, defaults, expected_type, require_ids, now, fp)
-    unique: dict[str, Prepared] = {}
-    for p in prepared:
-        unique.setdefault(p.msg.message_id, p)
+    valid = checked_messages(ctx, raw_messages, result, defaults, expected_type, require_ids, now, fp)
+    unique: dict[str, Message] = {}
+    for m in valid:
+        unique.setdefault(m.message_id, m)
     source = principal.source or principal.name
     fresh = await _new_message_ids(session, source, list(unique), now)
-    keep = [p for mid, p in unique.items() if mid in fresh]
-    result.accepted, result.duplicates = len(keep), len(prepared) - len(keep)
+    keep = [m for mid, m in unique.items() if mid in fresh]
+    result.accepted, result.duplicates = len(keep), len(valid) - len(keep)
     if not keep:
         return Accepted(result, None)
-    messages = [{**raw_messages[p.msg.index], "messageId": p.msg.message_id} for p in keep]
+    messages = [{**raw_messages[m.index], "messageId": m.message_id} for m in keep]
     body = {"m": messages, "d": defaults or {}, "r": require_ids}
     batch_id = await append(session, ctx, principal, now, body, len(messages), expected_type, gpc)
     return Accepted(result, batch_id)

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, ColumnElement, String, cast, delete, func, insert, select
+from sqlalchemy import BigInteger, ColumnElement, String, cast, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import table_of
+from app.db import insert_rows, table_of
 from app.ingest.models import OutboxEntry
 
 KEEP = timedelta(days=1)
@@ -45,7 +45,7 @@ async def publish(session: AsyncSession, profile_ids: Iterable[str], reason: str
         xid = (await session.execute(select(_xid8("pg_current_xact_id")))).scalar()
     now = datetime.now(UTC)
     rows = [{"profile_id": p, "xid": xid, "reason": reason, "at": now} for p in ids]
-    await session.execute(insert(table_of(OutboxEntry)), rows)
+    await insert_rows(session, table_of(OutboxEntry), rows)
     return len(ids)
 
 

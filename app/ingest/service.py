@@ -10,22 +10,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Table, insert
-from sqlalchemy.dialects import postgresql, sqlite
+import msgspec
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
 from app.consent.policy import TraitRule
 from app.consent.rules import load_rules
-from app.db import retry_conflicts, table_of
+from app.db import UtcDateTime, insert_rows, retry_conflicts, table_of
 from app.entities.service import observe, seen_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
 from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
 from app.identity.suppression import refuse_suppressed
 from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
-from app.ingest.models import ConsentSignal, Event, IngestedMessage
+from app.ingest.models import ConsentSignal, Event
 from app.ingest.outbox import publish
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record, record_group
@@ -162,20 +163,30 @@ def _check_event_name(fp: FieldPolicy, msg: Message) -> None:
         raise InvalidField("looks like personal data (an email, phone number or id): not stored", field=where)
 
 
-def _insert(session: AsyncSession, table: Table) -> Any:
-    dialect = session.bind.dialect.name if session.bind else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+_REGISTER = {
+    "sqlite": "INSERT INTO ingested_message (source, message_id, received_at) SELECT :source, value, :at "
+    "FROM json_each(:ids) WHERE true ON CONFLICT DO NOTHING RETURNING message_id",
+    "postgresql": "INSERT INTO ingested_message (source, message_id, received_at) SELECT :source, m, :at "
+    "FROM unnest(CAST(:ids AS text[])) AS m ON CONFLICT DO NOTHING RETURNING message_id",
+}
+_registers: dict[str, Any] = {}
 
 
 async def _new_message_ids(session: AsyncSession, source: str, ids: list[str], now: datetime) -> set[str]:
     """Register message ids; returns those not seen before (safe against concurrent replays).
-    One cached statement run over all ids (no statement compiled per batch)."""
+    One statement with the ids as one parameter (``json_each``/``unnest``): no per-row
+    parameter processing, whatever the batch's size."""
     if not ids:
         return set()
-    table: Table = IngestedMessage.__table__  # type: ignore[attr-defined]
-    stmt = _insert(session, table).on_conflict_do_nothing().returning(table.c.message_id)
-    rows = [{"source": source, "message_id": m, "received_at": now} for m in ids]
-    return set((await session.execute(stmt, rows)).scalars())
+    dialect = session.bind.dialect.name if session.bind else "sqlite"
+    stmt = _registers.get(dialect)
+    if stmt is None:
+        listed = String() if dialect == "sqlite" else ARRAY(String)
+        stmt = _registers[dialect] = text(_REGISTER[dialect]).bindparams(
+            bindparam("source", type_=String()), bindparam("at", type_=UtcDateTime()), bindparam("ids", type_=listed)
+        )
+    param = msgspec.json.encode(ids).decode() if dialect == "sqlite" else ids
+    return set((await session.execute(stmt, {"source": source, "at": now, "ids": param})).scalars())
 
 
 async def ingest_messages(
@@ -260,6 +271,54 @@ def _validated(
     return prepared
 
 
+def checked_messages(
+    ctx: VaultContext,
+    raw_messages: list[Any],
+    result: BatchResult,
+    defaults: dict[str, Any] | None,
+    expected_type: str | None,
+    require_ids: bool,
+    now: datetime,
+    fp: FieldPolicy,
+) -> list[Message]:
+    """What an accepting request checks: each message's shape, and everything storing it would
+    refuse it for (the rejects of ``_validated``, by index) — without the work only storing
+    needs (blind indexes, splitting properties for sealing), which the processor does once."""
+    out: list[Message] = []
+    for i, raw in enumerate(raw_messages):
+        checked = validate(raw, i, now, defaults, expected_type, require_ids)
+        if isinstance(checked, Rejection):
+            result.rejected.append(checked)
+            continue
+        refused = _refusal(ctx, checked, fp)
+        if refused is not None:
+            result.rejected.append(Rejection(i, *refused))
+            continue
+        out.append(checked)
+    return out
+
+
+def _refusal(ctx: VaultContext, msg: Message, fp: FieldPolicy) -> tuple[str, str] | None:
+    """(field, reason) if ``_validated`` would refuse this valid-shaped message, else None."""
+    policy = ctx.policies.identity
+    identified = not is_blocked_value(policy, msg.user_id) or not is_blocked_value(policy, msg.anonymous_id)
+    try:
+        if not identified:  # rare over HTTP (imports): the full preparation finds every identifier
+            identified = bool(_prepare(ctx, msg, fp).idents)
+        _check_event_name(fp, msg)
+        if msg.traits:  # declared traits must normalise (an invalid email is refused by index)
+            region = ctx.region
+            split_traits_by_policy(fp, msg.traits, lambda r, v, w: normalize_trait(r, v, region, w), keep_none=False)
+    except InvalidField as exc:
+        return exc.field or "", exc.detail
+    _strings, refused = decode_consent_strings(msg.context)
+    if refused is not None:
+        return refused
+    if not identified:
+        return "userId", "no identifier: give a user id, email, phone or external id"
+    return None
+
+
 def _alias_idents(ctx: VaultContext, p: Prepared) -> list[Ident]:
     if not p.msg.previous_id or is_blocked_value(ctx.policies.identity, p.msg.previous_id):
         return []
@@ -304,11 +363,11 @@ async def store_prepared(
         session, resolver.keys, _observations(source, final), ctx.policies.identity.trait_authority
     )
     events, signals = _event_rows(source, final, resolver.keys, now)
-    await session.execute(insert(table_of(Event)), events)
+    await insert_rows(session, table_of(Event), events)
     seen = [seen_of(e, p.msg.group_id) for (p, _pid), e in zip(final, events, strict=True)]
     await observe(session, ctx.keys.index_key, seen)  # accounts, memberships, products
     if signals:
-        await session.execute(insert(table_of(ConsentSignal)), signals)
+        await insert_rows(session, table_of(ConsentSignal), signals)
     await _consent_signals(session, source, final, now)
     await resolver.finish()
     await publish(session, [*(pid for _p, pid in final), *resolver.redirect], "event")

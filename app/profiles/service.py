@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import phonenumbers
-from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, false, insert, or_, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, false, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -24,7 +24,7 @@ from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies, normal_name
 from app.consent.records import set_minor_flags
-from app.db import table_of
+from app.db import insert_rows, table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
 from app.inventory import Person
 from app.ledger.service import record
@@ -126,7 +126,7 @@ def new_profile_row(profile_id: str, now: datetime) -> dict[str, Any]:
 async def create_profiles(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert new profile rows (from ``new_profile_row``) in one statement."""
     if rows:
-        await session.execute(insert(table_of(Profile)), rows)
+        await insert_rows(session, table_of(Profile), rows)
 
 
 async def lock_profiles(session: AsyncSession, profile_ids: Collection[str]) -> dict[str, Profile]:
@@ -469,7 +469,7 @@ async def _write_fields(
     if rows:
         by_key = delete(table).where(table.c.origin_id == bindparam("o"), table.c.name == bindparam("n"))
         await session.execute(by_key, [{"o": r["origin_id"], "n": r["name"]} for r in rows])  # by primary key
-        await session.execute(insert(table), rows)
+        await insert_rows(session, table, rows)
 
 
 async def _write_plain(

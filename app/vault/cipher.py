@@ -10,6 +10,7 @@ import json
 import secrets
 from typing import Any
 
+import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -22,9 +23,23 @@ def new_data_key() -> bytes:
     return AESGCM.generate_key(bit_length=256)
 
 
+_ciphers: dict[bytes, AESGCM] = {}
+
+
+def _cipher(key: bytes) -> AESGCM:
+    """The AES-GCM object for a key, kept for the next use (a group of events seals several
+    values under each person's key; making the object is half the cost of a short seal)."""
+    cipher = _ciphers.get(key)
+    if cipher is None:
+        if len(_ciphers) >= 4096:
+            _ciphers.clear()
+        cipher = _ciphers[key] = AESGCM(key)
+    return cipher
+
+
 def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     nonce = secrets.token_bytes(NONCE)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return nonce + _cipher(key).encrypt(nonce, plaintext, aad)
 
 
 def _open(key: bytes, blob: bytes, aad: bytes, what: str, field: str | None = None) -> bytes:
@@ -52,7 +67,7 @@ def _field_aad(profile_id: str, field: str, key_version: int) -> bytes:
 
 def seal_field(data_key: bytes, profile_id: str, field: str, key_version: int, value: Any) -> bytes:
     """Encrypt a JSON-serialisable value for (profile, field, key version)."""
-    plaintext = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    plaintext = msgspec.json.encode(value)  # the compact UTF-8 JSON json.dumps wrote, faster
     return _seal(data_key, plaintext, _field_aad(profile_id, field, key_version))
 
 

@@ -169,11 +169,15 @@ class KeyMaterial:
 
 
 _loaded: dict[tuple[str, str, str, str], KeyMaterial] = {}
+_resolved: dict[Path, str] = {}
 
 
 def key_material(settings: Settings) -> KeyMaterial:
     """Key material for these settings (cached per process; the master ring refreshes itself)."""
-    ident = (str(settings.key_dir.resolve()), settings.master_key, settings.index_key, settings.audit_signing_key)
+    key_dir = _resolved.get(settings.key_dir)
+    if key_dir is None:  # resolved once per path: callers ask for every sealed field
+        key_dir = _resolved[settings.key_dir] = str(settings.key_dir.resolve())
+    ident = (key_dir, settings.master_key, settings.index_key, settings.audit_signing_key)
     if ident not in _loaded:
         _loaded[ident] = KeyMaterial(MasterKeyring.load(settings), load_index_key(settings), load_signing_key(settings))
     return _loaded[ident]
