@@ -7,8 +7,14 @@ identity resolution on; optionally against a baseline tree in the same run.
         [--batches 150] [--import-rows 20000] [--database-url …]
 
 HTTP: 100-event batches (20% identify with traits, 55% track, 25% page) over 50,000
-distinct people, sent by a separate client process with 8 concurrent connections to a
-real ``consentry serve``. "accepted" is how fast the answers come back; "processed" how
+distinct people, sent to a real ``consentry serve`` with 8 concurrent connections by wrk
+(``--client wrk``, the default when installed: ``ingest_wrk.lua`` makes each request's
+batch with fresh message ids, for ``--seconds``) or by a Python httpx client process
+(``--client httpx``, ``--batches``). The load generator's own CPU and the service's
+(with its processor child) are reported as % of one core, so a client that saturates
+is seen. The store-only ceiling is measured on the same database in the same run: decode
+each batch and write its events with one ``executemany`` and one commit per batch, nothing
+else. "accepted" is how fast the answers come back; "processed" how
 fast the events are stored in profiles (the inbox drained: first send to last event
 visible; for a tree without an inbox the two are the same). Lag: a client paced at
 ``--lag-rate`` events/s for ``--lag-seconds``; for each batch, the time from its planned
@@ -38,6 +44,7 @@ import csv
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -58,14 +65,18 @@ RESULT = "BENCH-RESULT"
 # settings that name a place on disk or a tree: set per measurement, never inherited
 OWN_SETTINGS = ("DATABASE_URL", "KEY_DIR", "IMPORT_DIR", "NLP_DIR", "POLICY_DIR", "LOG_FILE", "LOG_LEVEL", "SCHEDULER")
 FIGURES = {
+    "ceiling": "store-only ceiling, events/s",
     "inprocess": "pipeline in-process, events/s",
     "http": "HTTP /v1/batch accepted, events/s",
     "processed": "HTTP → stored (end to end), events/s",
     "lag_p50": "lag p50 at --lag-rate, ms",
     "lag_p95": "lag p95 at --lag-rate, ms",
     "import": "consentry import, rows/s",
+    "client_cpu": "load generator CPU, % of a core",
+    "server_cpu": "service process CPU, % of a core",
 }
-LOWER_IS_BETTER = ("lag_p50", "lag_p95")
+LOWER_IS_BETTER = ("lag_p50", "lag_p95", "client_cpu")
+WRK_SCRIPT = Path(__file__).resolve().with_name("ingest_wrk.lua")
 
 
 class BenchError(Exception):
@@ -216,6 +227,40 @@ async def _inprocess(n: int) -> float:
     return n * 100 / elapsed
 
 
+def ceiling_main(url: str, n: int) -> None:
+    """The store-only ceiling: decode each batch and write its events with one ``executemany``
+    and one commit per batch (no checks, no sealing, no identity), into a scratch table."""
+    import msgspec
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    sqlite = u.get_backend_name() == "sqlite"
+    engine = create_engine(u.set(drivername="sqlite+pysqlite" if sqlite else "postgresql+psycopg"))
+    bodies = make_batches(n, seed=13)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_ceiling"))
+        conn.execute(text("CREATE TABLE bench_ceiling (message_id TEXT PRIMARY KEY, type TEXT, body TEXT)"))
+    raw = engine.raw_connection()
+    if sqlite:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("PRAGMA synchronous=NORMAL")
+    mark = "?" if sqlite else "%s"
+    sql = f"INSERT INTO bench_ceiling VALUES ({mark}, {mark}, {mark})"
+    t0 = time.perf_counter()
+    for body in bodies:
+        events = msgspec.json.decode(body)["batch"]
+        cur = raw.cursor()
+        cur.executemany(sql, [(e["messageId"], e["type"], msgspec.json.encode(e).decode()) for e in events])
+        raw.commit()
+    elapsed = time.perf_counter() - t0
+    raw.close()
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE bench_ceiling"))
+    engine.dispose()
+    print(RESULT, n * 100 / elapsed)
+
+
 def inprocess_main(tree: str, n: int) -> None:
     """The pipeline without HTTP, in a process of its own that imports ``tree``'s ``app``."""
     import_tree(Path(tree).resolve())
@@ -354,6 +399,45 @@ def _lag(
     return statistics.median(lags), lags[int(0.95 * (len(lags) - 1))]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and its descendants (the service and its processor)."""
+    kids: dict[int, list[int]] = {}
+    for line in subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+        child, parent = (int(x) for x in line.split())
+        kids.setdefault(parent, []).append(child)
+    todo, total = [pid], 0.0
+    while todo:
+        p = todo.pop()
+        todo += kids.get(p, [])
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wrk_send(base: str, key: str, seconds: float, connections: int, seed: int) -> tuple[int, float, float]:
+    """wrk posting fresh 100-event batches for ``seconds``: (requests answered 200, wall-clock
+    start, elapsed seconds); raises if any answer was not 200."""
+    environ = {**os.environ, "WRK_KEY": key, "WRK_SEED": str(seed)}
+    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "60s", "-s", str(WRK_SCRIPT), base]
+    start = time.time()
+    out = subprocess.run(cmd, env=environ, capture_output=True, text=True)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK-RESULT ")), None)
+    if out.returncode or line is None:
+        raise BenchError(f"wrk failed ({out.returncode}): {_tail(out.stderr or out.stdout, 500)}")
+    requests, failed, elapsed = line.split()[1:4]
+    if int(failed):
+        raise BenchError(f"{failed} of {requests} wrk requests were not answered 200")
+    return int(requests), start, float(elapsed)
+
+
 def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, log: Path) -> dict[str, float]:
     import httpx
 
@@ -394,14 +478,29 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
         before = _event_count(url)  # the in-process figure's events are in the same database
         run("HTTP warm-up", [*cmd, "20", "99", "8"], environ, tree)
         _visible_times(url, [before + 2000], server, 600)  # warm-up stored before measuring
-        proc = subprocess.Popen([*cmd, str(n), "7", "8"], env=environ, cwd=tree, stdout=subprocess.PIPE, text=True)
-        done = _visible_times(url, [before + 2000 + n * 100], proc, 600)[0]
-        out, _ = proc.communicate(timeout=600)
-        if proc.returncode:
-            raise BenchError(f"HTTP client failed ({proc.returncode})")
-        start, elapsed = (float(x) for x in _result(out).split())
-        processed = n * 100 / (done - start)
-        figures = {"http": n * 100 / elapsed, "processed": processed}
+        cpu0, server0 = children_cpu(), tree_cpu(server.pid)
+        if args.client == "wrk":
+            requests, start, elapsed = wrk_send(base, key, args.seconds, args.connections, 7)
+            client_cpu, server_cpu = children_cpu() - cpu0, tree_cpu(server.pid) - server0
+            done = _visible_times(url, [before + 2000 + requests * 100], server, 600)[0]
+            events = requests * 100
+        else:
+            conns = str(args.connections)
+            client = [*cmd, str(n), "7", conns]
+            proc = subprocess.Popen(client, env=environ, cwd=tree, stdout=subprocess.PIPE, text=True)
+            done = _visible_times(url, [before + 2000 + n * 100], proc, 600)[0]
+            out, _ = proc.communicate(timeout=600)
+            if proc.returncode:
+                raise BenchError(f"HTTP client failed ({proc.returncode})")
+            start, elapsed = (float(x) for x in _result(out).split())
+            client_cpu, server_cpu = children_cpu() - cpu0, tree_cpu(server.pid) - server0
+            events = n * 100
+        figures = {
+            "http": events / elapsed,
+            "processed": events / (done - start),
+            "client_cpu": client_cpu / elapsed * 100,
+            "server_cpu": server_cpu / elapsed * 100,
+        }
         if args.lag_rate:
             before = _event_count(url)
             lag_cmd = [sys.executable, str(SCRIPT), "--client", base, key]
@@ -453,6 +552,10 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
         run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, tree)
         figures: dict[str, float] = {}
         n = max(args.batches // 3, 10)
+        url = environ["CONSENTRY_DATABASE_URL"]
+        ceiling = [sys.executable, str(SCRIPT), "--ceiling", url, str(args.batches)]
+        out = run("store-only ceiling", ceiling, environ, tree)
+        figures["ceiling"] = float(_result(out))
         out = run("in-process pipeline", [sys.executable, str(SCRIPT), "--inprocess", str(tree), str(n)], environ, tree)
         figures["inprocess"] = float(_result(out))
         figures.update(http_bench(tree, environ, args, tmp / "serve.log"))
@@ -474,6 +577,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--ceiling":
+        ceiling_main(sys.argv[2], int(sys.argv[3]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--inprocess":
         inprocess_main(sys.argv[2], int(sys.argv[3]))
         return
@@ -487,6 +593,14 @@ def main() -> None:
     )
     parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator for the accepted figure: wrk (default when installed) or the Python httpx client",
+    )
+    parser.add_argument("--seconds", type=float, default=15, help="how long wrk sends (--client wrk)")
+    parser.add_argument("--connections", type=int, default=8, help="concurrent connections of the load generator")
     parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
     parser.add_argument("--rounds", type=int, help="rounds (default 2 with --baseline-tree, else 1)")
     parser.add_argument("--lag-rate", type=float, default=5000, help="events/s of the paced lag client (0: skip)")
