@@ -133,6 +133,10 @@ def test_the_queue_filters_hides_unverified_requests_and_colours_deadlines(env: 
         assert _ids(c.get(QUEUE, params={"kind": "erasure"}).text) == {erasure}
         assert _ids(c.get(QUEUE, params={"regulation": "pipl"}).text) == {access}
         assert _ids(c.get(QUEUE, params={"status": "received"}).text) == {unverified}
+        post_form(c, f"{QUEUE}/{erasure}/status", token, {"status": "denied", "reason": "no such customer"})
+        assert erasure not in _ids(c.get(QUEUE).text)  # closed: left out unless asked for
+        assert erasure in _ids(c.get(QUEUE, params={"status": "all"}).text)
+        assert _ids(c.get(QUEUE, params={"status": "denied"}).text) == {erasure}
         assert _ids(c.get(QUEUE, params={"due": "overdue"}).text) == set()
         within_30 = _ids(c.get(QUEUE, params={"due": "30", "unverified": "1"}).text)
         assert access in within_30 and unverified not in within_30  # PIPL: 15 working days; CCPA: 45 days
@@ -146,7 +150,7 @@ def test_the_queue_filters_hides_unverified_requests_and_colours_deadlines(env: 
         statuses = {
             rid: c.get(f"/v1/dsr/{rid}", headers=auth(keys["compliance"])).json()["status"] for rid in (erasure, access)
         }
-        assert statuses == {erasure: "verified", access: "in_progress"}
+        assert statuses == {erasure: "denied", access: "in_progress"}
         # a refusal is reported on its own (a received request cannot be completed)
         r = post_form(c, f"{QUEUE}/bulk", token, {"status": "received", "action": "completed"})
         assert "0 changed, 1 refused" in r.text and unverified[:8] in r.text

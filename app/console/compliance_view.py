@@ -26,6 +26,8 @@ from app.profiles.masking import mask_value
 DUE_CHOICES = {"overdue": 0, "3": 3, "7": 7, "30": 30}
 """The queue's due filter: overdue, or due within so many days."""
 STATUSES = (*lifecycle.OPEN, *lifecycle.CLOSED)
+ALL = "all"
+"""The state filter's value for every request, closed ones too (by default the queue shows open ones)."""
 PAGE_SIZE = 100
 MASK_CATEGORY = {
     "email": "user.contact.email",
@@ -66,7 +68,7 @@ def parse_filter(params: Mapping[str, Any]) -> QueueFilter:
     return QueueFilter(
         kind=_choice(params, "kind", views.KINDS),
         regulation=_choice(params, "regulation", views.REGULATIONS),
-        status=_choice(params, "status", STATUSES),
+        status=_choice(params, "status", (*STATUSES, ALL)),
         due=_choice(params, "due", tuple(DUE_CHOICES)),
         unverified=params.get("unverified") in {"1", "on", "true"},
     )
@@ -74,8 +76,10 @@ def parse_filter(params: Mapping[str, Any]) -> QueueFilter:
 
 def lifecycle_filter(q: QueueFilter, now: datetime) -> lifecycle.Filter:
     due_before = now + timedelta(days=DUE_CHOICES[q.due]) if q.due else None
+    status = None if q.status == ALL else q.status
+    hide_unverified = not q.unverified and status is None
     return lifecycle.Filter(
-        q.status, due_before, q.kind, q.regulation, None, verified_only=not q.unverified and q.status is None
+        status, due_before, q.kind, q.regulation, None, verified_only=hide_unverified, open_only=q.status is None
     )
 
 
