@@ -12,6 +12,7 @@ import hashlib
 import time
 from typing import Any, Literal, cast
 
+import anyio
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import TooManyRequestsException
 from litestar.middleware.base import DefineMiddleware
@@ -72,6 +73,7 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
                 headers={**headers, "Retry-After": str(wait)},
             )
         if self.config.set_rate_limit_headers:
+
             async def send_wrapper(message: Any) -> None:
                 if message["type"] == "http.response.start":
                     message.setdefault("headers", [])
@@ -85,29 +87,35 @@ class KeyRateLimitMiddleware(RateLimitMiddleware):
         await self.app(scope, receive, send)
 
     async def _hit(self, store: Store, key: str, window: int) -> tuple[int, int]:
-        """Count one request; returns the count in the current window and when it ends (epoch s)."""
-        now = int(time.time())
-        redis = getattr(store, "_redis", None)
-        make_key = getattr(store, "_make_key", None)
-        if redis is not None and make_key is not None:  # RedisStore: atomic across processes
-            name = make_key(key)
-            async with redis.pipeline(transaction=True) as pipe:
-                pipe.incr(name)
-                pipe.expire(name, window, nx=True)
-                pipe.ttl(name)
-                count, _, ttl = await pipe.execute()
-            return int(count), now + (int(ttl) if int(ttl) > 0 else window)
-        async with self._lock:
-            raw = await store.get(key)
-            count, reset = 0, now + window
-            if raw:
-                text = raw.decode() if isinstance(raw, bytes) else str(raw)
-                old_count, _, old_reset = text.partition(":")
-                if int(old_reset) > now:
-                    count, reset = int(old_count), int(old_reset)
-            count += 1
-            await store.set(key, f"{count}:{reset}", expires_in=max(1, reset - now))
-            return count, reset
+        return await count_hit(store, key, window, self._lock)
+
+
+async def count_hit(store: Store, key: str, window: int, lock: anyio.Lock) -> tuple[int, int]:
+    """Count one request in a fixed window of ``window`` seconds; returns the count in the
+    current window and when it ends (epoch s). Atomic: ``INCR`` and ``EXPIRE`` in one Redis
+    transaction, or, in a process's own memory, under ``lock`` (one per app and counter)."""
+    now = int(time.time())
+    redis = getattr(store, "_redis", None)
+    make_key = getattr(store, "_make_key", None)
+    if redis is not None and make_key is not None:  # RedisStore: atomic across processes
+        name = make_key(key)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(name)
+            pipe.expire(name, window, nx=True)
+            pipe.ttl(name)
+            count, _, ttl = await pipe.execute()
+        return int(count), now + (int(ttl) if int(ttl) > 0 else window)
+    async with lock:
+        raw = await store.get(key)
+        count, reset = 0, now + window
+        if raw:
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            old_count, _, old_reset = text.partition(":")
+            if int(old_reset) > now:
+                count, reset = int(old_count), int(old_reset)
+        count += 1
+        await store.set(key, f"{count}:{reset}", expires_in=max(1, reset - now))
+        return count, reset
 
 
 def rate_limit_store(settings: Settings) -> Store:
@@ -134,4 +142,4 @@ def rate_limit_middleware(settings: Settings) -> list[DefineMiddleware]:
     return [config.middleware]
 
 
-__all__ = ["STORE_NAME", "caller_identity", "parse_rate", "rate_limit_middleware", "rate_limit_store"]
+__all__ = ["STORE_NAME", "caller_identity", "count_hit", "parse_rate", "rate_limit_middleware", "rate_limit_store"]

@@ -16,7 +16,7 @@ import pytest
 from litestar.testing import TestClient
 from sqlalchemy import text
 
-from app.dsr.deadlines import deadlines_at_receipt, extended_due, is_working_day, nth_working_day
+from app.dsr.deadlines import deadlines_at_receipt, extended_due, is_working_day, nth_working_day, paused_between
 from app.dsr.policy import load_policy, parse_policy
 from app.settings import get_settings
 from tests.conftest import Env, run
@@ -297,6 +297,27 @@ def test_the_public_form_is_rate_limited_per_address(env: Env, policy_dir: Path)
         assert _intake(c, body, keys["compliance"]).status_code == 202  # staff are not held by the form's limit
 
 
+def test_the_public_forms_count_is_atomic_in_redis(env: Env, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests arriving together are each counted: never more through than the limit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    from tests.test_limits import _redis_up
+
+    if not _redis_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    _set_rate(policy_dir, "3/hour")
+    monkeypatch.setenv("CONSENTRY_REDIS_URL", "redis://127.0.0.1:6379/0")
+    get_settings.cache_clear()
+    with redis.Redis.from_url("redis://127.0.0.1:6379/0") as r:  # this address's count of earlier runs
+        r.delete(*r.keys("consentry:ratelimit:dsr-intake:addr:testclient*") or ["-"])
+    body = {"kind": "opt_out", "regulation": "CCPA", "identifiers": {"email": "hal@example.com"}}
+    with client() as c, ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _n: _intake(c, body).status_code, range(12)))
+    assert sorted(codes) == [202] * 3 + [429] * 9
+
+
 def test_deadlines_written_out() -> None:
     gdpr, ccpa, pipl = RULES["gdpr"], RULES["ccpa"], RULES["pipl"]
 
@@ -355,24 +376,73 @@ def test_waiting_for_the_requester_stops_the_clock(env: Env, policy_dir: Path) -
             "identifiers": {"email": "gil@example.com"},
         }
         r = _intake(c, {**body, "verify": False, "verification_note": "known caller"}, keys["compliance"]).json()
-        rid, due = r["id"], datetime.fromisoformat(r["due_at"])
+        rid = r["id"]
         waiting = c.post(
             f"/v1/dsr/{rid}/wait", json={"reason": "asked which processing"}, headers=auth(keys["compliance"])
         )
         assert waiting.json()["status"] == "waiting"
         assert _status(c, keys, rid, "in_progress").status_code == 409  # waiting leaves only by resume
-        with sync_db() as conn:  # three days pass while we wait
-            conn.execute(
-                text("UPDATE dsr_request SET waiting_since = :t WHERE id = :r"),
-                {"t": datetime.now(UTC) - timedelta(days=3), "r": rid},
-            )
+        berlin = RULES["gdpr"].timezone
+        midnight = datetime.combine(datetime.now(berlin).date(), datetime.min.time(), berlin)
+        since = midnight - timedelta(days=3) + timedelta(minutes=1)  # three days and some hours pass while we wait
+        with sync_db() as conn:
+            conn.execute(text("UPDATE dsr_request SET waiting_since = :t WHERE id = :r"), {"t": since, "r": rid})
         assert run(_flags()) is not None
         listed = c.get("/v1/dsr", params={"status": "waiting"}, headers=auth(keys["compliance"])).json()
         assert [x["id"] for x in listed] == [rid] and listed[0]["flag"] is None
         back = c.post(f"/v1/dsr/{rid}/resume", json={}, headers=auth(keys["compliance"])).json()
-        assert back["status"] == "verified" and abs(back["waited_seconds"] - 3 * 86400) < 60
-        moved = datetime.fromisoformat(back["due_at"]) - due
-        assert abs(moved - timedelta(days=3)) < timedelta(minutes=1)
+        waited = datetime.now(UTC) - since
+        assert back["status"] == "verified" and abs(back["waited_seconds"] - waited.total_seconds()) < 60
+        # the deadline moves by the three days the clock stood still, and stays the end of a day in Berlin
+        moved = datetime.fromisoformat(back["due_at"])
+        assert moved == deadline_of(RULES["gdpr"], "objection", datetime.fromisoformat(r["received_at"]), 3)
+        assert moved.astimezone(berlin).time() == datetime.max.time().replace(microsecond=0)
+
+
+def deadline_of(rules: Any, kind: str, received: datetime, paused_days: int) -> datetime:
+    """The GDPR deadline as if the request had arrived ``paused_days`` later (the clock stood still)."""
+    return deadlines_at_receipt(rules, kind, received + timedelta(days=paused_days)).due_at
+
+
+def test_waiting_moves_deadlines_by_the_regulations_own_days() -> None:
+    gdpr, ccpa, pipl = RULES["gdpr"], RULES["ccpa"], RULES["pipl"]
+
+    def resumed(rules: Any, kind: str, received: datetime, since: datetime, until: datetime) -> Any:
+        return deadlines_at_receipt(rules, kind, received, paused_between(rules, since, until))
+
+    shanghai = pipl.timezone
+    # PIPL, 15 working days: received Mon 2 Nov 2026, due Mon 23 Nov. Waiting from Friday 6 Nov
+    # to Monday 9 Nov stops the clock for one working day (the weekend never counted): Tue 24 Nov.
+    received = datetime(2026, 11, 2, 10, tzinfo=shanghai)
+    assert deadlines_at_receipt(pipl, "access", received).due_at.date() == date(2026, 11, 23)
+    got = resumed(
+        pipl, "access", received, datetime(2026, 11, 6, 10, tzinfo=shanghai), datetime(2026, 11, 9, 9, tzinfo=shanghai)
+    )
+    assert got.due_at == datetime(2026, 11, 24, 23, 59, 59, tzinfo=shanghai)
+    # GDPR, one month: received 10 March 2026 (due 10 April); waiting 12 March 18:00 to 15 March
+    # 08:00 Berlin stops three calendar days: due 13 April, the end of that day in Berlin.
+    berlin = gdpr.timezone
+    received = datetime(2026, 3, 10, 9, tzinfo=berlin)
+    got = resumed(
+        gdpr, "access", received, datetime(2026, 3, 12, 18, tzinfo=berlin), datetime(2026, 3, 15, 8, tzinfo=berlin)
+    )
+    assert got.due_at == datetime(2026, 4, 13, 23, 59, 59, tzinfo=berlin)
+    # ... and a waited-out same day moves nothing
+    same = resumed(
+        gdpr, "access", received, datetime(2026, 3, 12, 9, tzinfo=berlin), datetime(2026, 3, 12, 17, tzinfo=berlin)
+    )
+    assert same == deadlines_at_receipt(gdpr, "access", received)
+    # CCPA: 45 calendar days and the acknowledgement's 10 business days both skip the stopped days;
+    # received Mon 2 Nov 2026 (due 17 Dec, acknowledge by Tue 17 Nov: Veterans Day 11 Nov is a
+    # holiday); waiting Wed 4 Nov to Mon 9 Nov stops 5 days, 3 of them business days.
+    la = ccpa.timezone
+    received = datetime(2026, 11, 2, 9, tzinfo=la)
+    before = deadlines_at_receipt(ccpa, "access", received)
+    assert before.due_at.date() == date(2026, 12, 17) and before.ack_due_at is not None
+    assert before.ack_due_at.date() == date(2026, 11, 17)
+    got = resumed(ccpa, "access", received, datetime(2026, 11, 4, 9, tzinfo=la), datetime(2026, 11, 9, 9, tzinfo=la))
+    assert got.due_at.date() == date(2026, 12, 22) and got.ack_due_at is not None
+    assert got.ack_due_at.date() == date(2026, 11, 20)
 
 
 async def _flags() -> dict[str, Any]:

@@ -83,17 +83,46 @@ def local_day(rules: RegulationRules, moment: datetime) -> date:
     return moment.astimezone(rules.timezone).date()
 
 
-def deadlines_at_receipt(rules: RegulationRules, kind: str, received_at: datetime) -> Deadlines:
-    """The response deadline, the acknowledgement deadline and the last moment to extend."""
+@dataclass(frozen=True)
+class Paused:
+    """How long the clock stood still while waiting for the requester, in the regulation's
+    own days: calendar days, and the working days of its calendar among them."""
+
+    days: int = 0
+    working_days: int = 0
+
+    def __add__(self, other: Paused) -> Paused:
+        return Paused(self.days + other.days, self.working_days + other.working_days)
+
+
+def paused_between(rules: RegulationRules, since: datetime, until: datetime) -> Paused:
+    """The days a wait from ``since`` to ``until`` stops: those after the day it began, up to
+    and including the day the requester answered (counting resumes the next day, as after a
+    receipt), in the regulation's timezone. A wait within one day stops nothing."""
+    first, last = local_day(rules, since), local_day(rules, until)
+    days = max((last - first).days, 0)
+    working = sum(is_working_day(rules, first + timedelta(days=k)) for k in range(1, days + 1))
+    return Paused(days, working)
+
+
+def deadlines_at_receipt(
+    rules: RegulationRules, kind: str, received_at: datetime, paused: Paused = Paused(), extended: bool = False
+) -> Deadlines:
+    """The response deadline, the acknowledgement deadline and the last moment to extend;
+    with ``paused``, as moved by waits: periods of working days skip the working days
+    stopped, calendar periods (days, months) run as if received the stopped days later;
+    ``extended``: the one extension taken."""
     day = local_day(rules, received_at)
     if kind == "opt_out" and rules.opt_out_business_days:
-        due = end_of_day(rules, nth_working_day(rules, day, rules.opt_out_business_days))
+        due = end_of_day(rules, nth_working_day(rules, day, rules.opt_out_business_days + paused.working_days))
+    elif rules.deadline.unit == "working_days":
+        due = end_of_day(rules, nth_working_day(rules, day, rules.deadline.count + paused.working_days))
     else:
-        due = end_of_day(rules, add_period(rules, day, rules.deadline))
+        due = end_of_day(rules, add_period(rules, day + timedelta(days=paused.days), rules.deadline))
     ack = rules.acknowledge_business_days
     return Deadlines(
-        due_at=due,
-        ack_due_at=end_of_day(rules, nth_working_day(rules, day, ack)) if ack else None,
+        due_at=extended_due(rules, due) if extended else due,
+        ack_due_at=end_of_day(rules, nth_working_day(rules, day, ack + paused.working_days)) if ack else None,
         extension_latest_at=due if rules.extension is not None and kind != "opt_out" else None,
     )
 

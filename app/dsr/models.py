@@ -56,7 +56,11 @@ class DsrRequest(SQLModel, table=True):
     waiting_since: datetime | None = Field(default=None, sa_type=UtcDateTime)
     """Set while waiting for the requester: the clock is stopped."""
     waited_seconds: int = 0
-    """Time spent waiting so far (already added to ``due_at``)."""
+    """Time spent waiting so far."""
+    paused_days: int = 0
+    """Calendar days the clock stood still (in the regulation's timezone), already in the deadlines."""
+    paused_working_days: int = 0
+    """The working days of the regulation's calendar among ``paused_days``."""
     held_status: str | None = Field(default=None, max_length=16)
     """The state a waiting request returns to when the requester answers."""
     verified_at: datetime | None = Field(default=None, sa_type=UtcDateTime)

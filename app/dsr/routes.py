@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 from litestar import Controller, Request, get, post
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.middleware.rate_limit import DURATION_VALUES
@@ -42,7 +43,7 @@ from app.dsr.steps import step_view, steps_of
 from app.errors import DomainError, InvalidField, NotFound
 from app.logs import scrub_text
 from app.profiles.service import VaultContext
-from app.ratelimit import STORE_NAME, caller_identity, parse_rate
+from app.ratelimit import STORE_NAME, caller_identity, count_hit, parse_rate
 from app.settings import get_settings
 
 STAFF = ("compliance", "admin")
@@ -80,24 +81,17 @@ async def _staff(request: Request[Any, Any, Any], db: AsyncSession) -> Principal
 
 async def _within_intake_rate(request: Request[Any, Any, Any], rate: str) -> None:
     """The public form's own limit per client address (stricter than the API's), counted in
-    the rate-limit store every process shares."""
+    the rate-limit store every process shares (atomically: requests arriving together are
+    each counted)."""
     parsed = parse_rate(rate)
     if parsed is None:
         return
     unit, allowed = parsed
     store = request.app.stores.get(STORE_NAME)
-    key = "dsr-intake:" + caller_identity(request)
-    now, window = int(time.time()), DURATION_VALUES[unit]
-    raw = await store.get(key)
-    count, reset = 0, now + window
-    if raw:
-        old, _, old_reset = raw.decode().partition(":")
-        if int(old_reset) > now:
-            count, reset = int(old), int(old_reset)
-    count += 1
-    await store.set(key, f"{count}:{reset}", expires_in=max(1, reset - now))
+    lock = request.app.state.setdefault("dsr_intake_lock", anyio.Lock())
+    count, reset = await count_hit(store, "dsr-intake:" + caller_identity(request), DURATION_VALUES[unit], lock)
     if count > allowed:
-        wait = max(1, reset - now)
+        wait = max(1, reset - int(time.time()))
         raise TooManyRequestsException(
             detail=f"more than {allowed} requests a {unit} from this address; retry in {wait} s",
             headers={"Retry-After": str(wait)},

@@ -1,4 +1,4 @@
-"""dsr more: the service's own wrapped secrets (the suppression list's key)
+"""dsr more: the service's own wrapped secrets (the suppression list's key); paused days
 
 Revision ID: 0026
 Revises: 0025
@@ -8,6 +8,10 @@ Create Date: 2026-11-26
 version and re-wrapped by ``consentry keys rotate`` like the data keys. The suppression list
 hashes under one of them, so its entries keep matching after the master version that was
 active at the erasure is retired. It names nobody.
+
+``dsr_request.paused_days`` / ``paused_working_days``: the days a request's clock stood still
+while waiting for the requester, counted as its regulation counts (its deadlines are
+recomputed from the receipt with them, never moved by wall-clock time).
 """
 
 from __future__ import annotations
@@ -33,7 +37,13 @@ def upgrade() -> None:
         sa.Column("created_at", app.db.UtcDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    with op.batch_alter_table("dsr_request") as batch:
+        batch.add_column(sa.Column("paused_days", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("paused_working_days", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("dsr_request") as batch:
+        batch.drop_column("paused_working_days")
+        batch.drop_column("paused_days")
     op.drop_table("wrapped_secret")
