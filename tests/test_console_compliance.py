@@ -319,3 +319,22 @@ def test_a_failed_store_shows_on_the_checklist_and_is_retried_from_the_page(
         assert 'id="download-certificate"' in page
         again = post_form(c, f"{QUEUE}/{rid}/steps/consent/retry", token)  # done now: refused on the page
         assert again.status_code == 409 and "text/html" in again.headers["content-type"]
+
+
+def test_a_search_by_email_goes_by_post_finds_the_persons_requests_and_is_recorded(env: Env) -> None:
+    keys = make_keys()
+    with client() as c:
+        _ada(c, keys)
+        token = sign_in(c, keys["compliance"])
+        mine = _intake(c, token, kind="access", regulation="gdpr", email=ADA["email"])
+        other = _api_intake(c, keys, kind="access", regulation="gdpr", identifiers={"email": "nobody@example.com"})
+        r = post_form(c, f"{QUEUE}/search", token, {"query": ADA["email"].upper()})
+        assert r.status_code == 200 and _ids(r.text) == {mine} and other not in r.text
+        assert str(r.url).endswith("/search") and ADA["email"] not in r.text  # the value is neither echoed nor in a URL
+        [entry] = _ledger(c, keys, "dsr.searched")
+        assert entry["details"] == {"by": "email", "found": 1} and ADA["email"] not in json.dumps(entry)
+        assert entry["subject_id"]  # names the person found
+        assert _ids(post_form(c, f"{QUEUE}/search", token, {"query": "+49 30 0000000"}).text) == set()
+        bad = post_form(c, f"{QUEUE}/search", token, {"query": "not a phone"})
+        assert bad.status_code == 422 and "query" in bad.text and "not a phone" not in bad.text
+        assert c.get(f"{QUEUE}/search").status_code in {404, 405}  # there is no GET form of it

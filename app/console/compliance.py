@@ -103,6 +103,16 @@ class ComplianceController(Controller):
         context = _queue_context(q)
         return page(request, "compliance/queue.html", rows=rows, total=total, results=results, **context)
 
+    @post("/search", status_code=200)
+    async def search(
+        self, request: Request[Any, Any, Any], data: Annotated[dict[str, str], Form], db: Db, principal: Caller
+    ) -> Template:
+        """The requests about the person an email or phone belongs to (posted: no personal data in
+        the URL); audited."""
+        rows = await view.search(db, principal, data.get("query", ""))
+        context = _queue_context(view.QueueFilter())
+        return page(request, "compliance/queue.html", rows=rows, total=len(rows), searched=True, **context)
+
     @post("/intake", status_code=303)
     async def intake(self, data: Annotated[dict[str, str], Form], db: Db, principal: Caller) -> Redirect:
         """A request that arrived by mail or phone, entered by staff (verified by code unless a

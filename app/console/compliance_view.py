@@ -20,8 +20,11 @@ from app.dsr.certificate import certificate_of
 from app.dsr.sealing import opened
 from app.dsr.steps import step_view, steps_of
 from app.errors import InvalidField
+from app.identity.service import lookup_ident, profiles_holding
+from app.ledger.service import record_many
 from app.logs import scrub_text
 from app.profiles.masking import mask_value
+from app.profiles.service import VaultContext
 
 DUE_CHOICES = {"overdue": 0, "3": 3, "7": 7, "30": 30}
 """The queue's due filter: overdue, or due within so many days."""
@@ -215,3 +218,26 @@ def outbox_view(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+async def search(session: AsyncSession, principal: Principal, query: str) -> list[QueueRow]:
+    """The requests about the person an email or phone (posted, never in a URL) belongs to,
+    found by blind index; the search passes the consent gate and is recorded (``dsr.searched``,
+    naming the people found, never the value searched)."""
+    text = query.strip()
+    if not text or len(text) > 254:
+        raise InvalidField("give the requester's email or phone", field="query")
+    kind = "email" if "@" in text else "phone"
+    try:
+        ident = lookup_ident(VaultContext.from_settings(), kind, text)
+    except InvalidField as exc:
+        raise InvalidField(f"not a usable {kind}", field="query") from exc
+    profiles = await profiles_holding(session, ident)
+    await authorize(session, principal, "dsr.read", profiles, lifecycle.PURPOSE, details={"search": kind})
+    ids = await views.requests_naming(session, profiles)
+    await record_many(
+        session, principal, "dsr.searched", list(profiles) or [None],  # type: ignore[list-item]
+        purpose=lifecycle.PURPOSE, legal_basis=lifecycle.LEGAL_BASIS, details={"by": kind, "found": len(ids)},
+    )  # fmt: skip
+    now = datetime.now(UTC)
+    return [_row(r, now) for r in await views.requests_by_id(session, ids)]

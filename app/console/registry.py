@@ -40,6 +40,7 @@ PAGES: tuple[Page, ...] = (
     Page("GET", "/console/compliance/requests", COMPLIANCE, nav="nav.requests"),
     Page("POST", "/console/compliance/requests/bulk", COMPLIANCE),
     Page("POST", "/console/compliance/requests/intake", COMPLIANCE),
+    Page("POST", "/console/compliance/requests/search", COMPLIANCE),
     Page("GET", "/console/compliance/requests/{request_id:str}", COMPLIANCE),
     Page("POST", "/console/compliance/requests/{request_id:str}/status", COMPLIANCE),
     Page("POST", "/console/compliance/requests/{request_id:str}/extend", COMPLIANCE),
