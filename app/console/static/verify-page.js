@@ -48,7 +48,7 @@ async function* lines(response) {
 async function load() {
   const response = await fetch(root.dataset.stream, { credentials: "same-origin", headers: { accept: "application/x-ndjson" } });
   if (!response.ok) throw new LedgerError(`${label("labelLoadFailed")} (HTTP ${response.status})`);
-  const ledger = { meta: null, heads: [], witness: [], subjects: [], prepared: new Prepared() };
+  const ledger = { meta: null, heads: [], witness: [], prepared: new Prepared() };
   for await (const item of lines(response)) {
     if (Array.isArray(item)) {
       ledger.prepared.add(item); // a page of entries
@@ -56,7 +56,7 @@ async function load() {
     } else if (item.kind === "meta") ledger.meta = item;
     else if (item.kind === "witness") ledger.witness.push(parseHead(item));
     else if (item.kind === "head") ledger.heads.push(parseHead(item));
-    else if (item.kind === "subjects") for (const pair of item.items) ledger.subjects.push(pair);
+    else if (item.kind === "subjects") ledger.prepared.addSubjects(item.items);
   }
   if (ledger.meta === null) throw new LedgerError(label("labelLoadFailed"));
   ledger.prepared.close();
@@ -96,7 +96,7 @@ async function run(event) {
       witness: ledger.meta.witness === "read" ? ledger.witness : null,
       trusted,
       publicKey: form.elements["public_key"].value.trim(),
-      subjects: ledger.subjects,
+      subjects: ledger.prepared.subjects,
       source: "database",
       progress: (done, total) => show(`${label("labelChecking")} ${done} / ${total}`, "checking"),
     });

@@ -575,8 +575,7 @@ export class Report {
 
 // ---- hashing while the entries stream in
 
-const CHUNK_LEVELS = 13;
-const CHUNK = 2 ** CHUNK_LEVELS; // a chunk's subtree is a perfect subtree of the ledger's tree
+const CHUNK_LEVELS = 13; // a chunk of 8,192 entries: its subtree is a perfect subtree of the ledger's tree
 
 async function hashChunk(rows, start, end) {
   const { views, bad } = leafInputs(rows, start, end);
@@ -595,20 +594,34 @@ async function hashChunk(rows, start, end) {
 /** Entries as they arrive, hashed chunk by chunk while the rest streams in: each chunk's
  * leaf hashes (of its content) and the Merkle subtree over its stored hashes. */
 export class Prepared {
-  constructor() {
+  /** ``chunkLevels``: chunks of 2**chunkLevels entries (13; tests use small chunks). */
+  constructor(chunkLevels = null) {
+    this.chunkLevels = chunkLevels ?? CHUNK_LEVELS;
+    this.chunk = 2 ** this.chunkLevels;
     this.rows = [];
     this.jobs = [];
     this.started = 0;
+    this.subjects = [];
+    this.subjectDigests = [];
   }
 
   add(rows) {
     for (const row of rows) this.rows.push(row);
-    while (this.rows.length - this.started >= CHUNK) this.launch(CHUNK);
+    while (this.rows.length - this.started >= this.chunk) this.launch(this.chunk);
     return this;
   }
 
   close() {
     if (this.rows.length > this.started) this.launch(this.rows.length - this.started);
+    return this;
+  }
+
+  /** Group entries' subject lists from the index ([seq, ids] pairs), digested as they come. */
+  addSubjects(items) {
+    for (const item of items) {
+      this.subjects.push(item);
+      this.subjectDigests.push(subjectsDigest(item[1]));
+    }
     return this;
   }
 
@@ -623,14 +636,14 @@ export class Prepared {
     const chunks = await Promise.all(this.jobs);
     if (chunks.some((c) => c.levels === null)) throw new LedgerError("a stored hash is not hex");
     const levels = [];
-    for (let k = 0; k <= CHUNK_LEVELS; k++) {
+    for (let k = 0; k <= this.chunkLevels; k++) {
       const level = [];
       for (const c of chunks) if (k < c.levels.length) for (const node of c.levels[k]) level.push(node);
       if (!level.length) break;
       levels.push(level);
     }
     const top = levels[levels.length - 1];
-    if (levels.length === CHUNK_LEVELS + 1 && top.length > 1) levels.push(...(await merkleLevels(top)).slice(1));
+    if (levels.length === this.chunkLevels + 1 && top.length > 1) levels.push(...(await merkleLevels(top)).slice(1));
     return levels;
   }
 }
@@ -679,7 +692,7 @@ async function checkEntries(prepared, report, progress) {
   return structural;
 }
 
-async function subjectFailures(rows, subjects) {
+async function subjectFailures(rows, subjects, computed) {
   const digests = new Map();
   for (const row of rows) {
     if (row[9].includes("subjects") || row[9].includes("\\u")) {
@@ -689,11 +702,12 @@ async function subjectFailures(rows, subjects) {
   }
   const failures = [];
   const seen = new Set();
-  for (const [seq, ids] of subjects) {
+  const indexed = await Promise.all(computed || subjects.map(([, ids]) => subjectsDigest(ids)));
+  for (const [i, [seq]] of subjects.entries()) {
     seen.add(seq);
     if (!digests.has(seq)) {
       failures.push(failure("the subject index names people for an entry that lists none (added)", seq));
-    } else if (!pyEquals(await subjectsDigest(ids), digests.get(seq))) {
+    } else if (!pyEquals(indexed[i], digests.get(seq))) {
       failures.push(failure("its subjects in the index differ from the digest it carries (altered)", seq));
     }
   }
@@ -714,7 +728,7 @@ async function subjectFailures(rows, subjects) {
  * options: heads (the ledger's), witness (null: not read), trusted, publicKey (base64),
  * subjects ([seq, ids] pairs or null), source ("database" or "export"), snapshot,
  * requireSignedTail, progress(done, total), prepared (a Prepared fed with ``rows`` as they
- * arrived, closed).
+ * arrived, closed) or chunkLevels (for the Prepared made here).
  */
 export async function verifyLedger(rows, options = {}) {
   const {
@@ -728,7 +742,7 @@ export async function verifyLedger(rows, options = {}) {
     requireSignedTail = false,
     progress = null,
   } = options;
-  const prepared = options.prepared || new Prepared().add(rows).close();
+  const prepared = options.prepared || new Prepared(options.chunkLevels).add(rows).close();
   const report = new Report();
   if (!publicKey) {
     return report.fail(failure("no public key given: signed tree heads cannot be checked (pass --public-key)"));
@@ -738,7 +752,10 @@ export async function verifyLedger(rows, options = {}) {
   if (entryFailure) return report.fail(entryFailure);
   const count = rows.length;
 
-  if (subjects !== null) for (const f of await subjectFailures(rows, subjects)) report.fail(f);
+  if (subjects !== null) {
+    const computed = subjects === prepared.subjects ? prepared.subjectDigests : null;
+    for (const f of await subjectFailures(rows, subjects, computed)) report.fail(f);
+  }
 
   const labelled = [
     ...heads.map((h) => [source, h]),
