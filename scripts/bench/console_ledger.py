@@ -149,15 +149,20 @@ def _browser_runs(base: str, token: str, head: str, runs: int) -> list[dict[str,
     return out
 
 
-def _python_baseline(env: dict[str, str], url: str, key: str, head_file: Path) -> tuple[float, float, str]:
-    """(seconds as a process, seconds of verify_ledger in process, its verdict)."""
+def _python_baseline(env: dict[str, str], url: str, key: str, head_file: Path) -> tuple[float, float, float, str]:
+    """(seconds as a process, its CPU seconds, seconds of verify_ledger in process, its verdict)."""
+    import resource
+
     sync_url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "audit", "verify-db", sync_url, "--public-key", key, "--trusted-head", str(head_file)],
         env=env, capture_output=True, text=True, check=False, cwd=ROOT,
     )  # fmt: skip
     process_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     from sqlalchemy import create_engine
 
     from audit.__main__ import read_heads_file
@@ -177,7 +182,7 @@ def _python_baseline(env: dict[str, str], url: str, key: str, head_file: Path) -
     inproc_s = time.perf_counter() - started
     engine.dispose()
     assert report.ok, report.summary()
-    return process_s, inproc_s, out.stdout.strip()
+    return process_s, cpu_s, inproc_s, out.stdout.strip()
 
 
 def main() -> None:
@@ -216,7 +221,7 @@ def main() -> None:
         head_file = tmp / "head.json"
         head_file.write_text(head)
         browser = _browser_runs(base, token, head, args.runs)
-        process_s, inproc_s, verdict = _python_baseline(env, url, key, head_file)
+        process_s, cpu_s, inproc_s, verdict = _python_baseline(env, url, key, head_file)
     finally:
         proc.terminate()
         proc.wait(15)
@@ -233,7 +238,10 @@ def main() -> None:
     median = statistics.median(walls)
     met = "met" if median <= TARGET_S else "NOT met"
     print(f"browser median  {median:6.2f} s   (target <= {TARGET_S:.0f} s: {met})")
-    print(f"baseline: python -m audit verify-db {process_s:6.2f} s as a process, {inproc_s:.2f} s in process")
+    print(
+        f"baseline: python -m audit verify-db {process_s:6.2f} s as a process ({cpu_s:.2f} s of CPU), "
+        f"{inproc_s:.2f} s in process"
+    )
     print(f"browser / baseline process: {median / process_s:.2f}x")
     print(f"python verdict:  {verdict}")
     print(f"browser verdict: {browser[-1]['summary']}")
