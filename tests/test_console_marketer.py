@@ -251,6 +251,8 @@ def test_a_tree_edit_returns_the_new_count_with_exclusions_and_a_masked_sample(e
         assert (_figure(r.text, "count-total"), _figure(r.text, "count-usable")) == ("2", "1")
         assert "no consent" in r.text  # p4, excluded by reason
         assert "a***@example.com" in r.text and "alice.hoops" not in r.text  # masked as the API masks it
+        zh = post_form(c, "/console/marketer/builder/count", token, form, headers={"Accept-Language": "zh-CN"})
+        assert "未同意" in zh.text and "按原因排除" in zh.text  # the reasons in the reader's language
 
         edited = post_form(c, "/console/marketer/builder/edit", token, form | {"act": "add:t:trait"})
         assert edited.status_code == 200 and edited.headers["HX-Trigger-After-Settle"] == "tree-changed"
