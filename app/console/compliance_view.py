@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -130,8 +130,8 @@ async def queue(session: AsyncSession, q: QueueFilter, limit: int = PAGE_SIZE) -
     now = datetime.now(UTC)
     f = lifecycle_filter(q, now)
     rows = await lifecycle.list_requests(session, f, limit)
-    total = await session.execute(select(func.count()).select_from(lifecycle.filtered(f).order_by(None).subquery()))
-    return [_row(r, now) for r in rows], int(total.scalar_one())
+    counted = lifecycle.filtered(f).with_only_columns(func.count(), maintain_column_froms=True).order_by(None)
+    return [_row(r, now) for r in rows], int((await session.execute(counted)).scalar_one())
 
 
 def clean_reason(text: str | None, required: bool = False) -> str | None:
