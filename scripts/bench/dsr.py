@@ -3,6 +3,7 @@ on a large population, against a person with about 20 rows in the same run.
 
     .venv/bin/python scripts/bench/dsr.py [--people 1000000] [--events 10] [--subject-events 10000]
         [--repeat 3] [--database-url postgresql://postgres@127.0.0.1:5432/bench_dsr]
+        [--sqlite-file /tmp/seg.db] [--reuse] [--baseline-tree /tmp/dsr-base]
 
 A fresh database (a new SQLite file, or the ``public`` schema of a PostgreSQL database named
 ``bench*`` dropped and re-created), migrated; the background population is
@@ -18,6 +19,11 @@ Measured (median over the subjects; each erasure is of another subject):
   erasure   ``erase_subject``: locks, deletion notices, suppression entries, key shredding,
             every holder's forget, the ledger entry, the commit, SQLite's WAL truncate;
   residue   ``residue_scan`` once after the last erasure (whole database file / every table).
+With ``--reuse`` the database (``--database-url``, or ``--sqlite-file``) already holds the
+population (e.g. a copy of the shared 1M/10M set): it is migrated, not regenerated; subjects
+get fresh names each run, so earlier runs' suppression entries never refuse them. With
+``--baseline-tree PATH`` (an export of another commit) each round measures one subject set
+with that tree's code and one with this tree's, alternating, on the same database.
 The machine's two cores are shared with other work: figures are noisy.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -37,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("CONSENTRY_BENCH_TREE", str(ROOT)))  # the code measured
 M = "marketing.advertising.first_party.targeted"
 
 
@@ -113,12 +120,13 @@ async def _residue(pid: str, name: str) -> tuple[float, dict[str, Any]]:
     return time.perf_counter() - t0, result.to_json()
 
 
-async def measure(repeat: int, subject_events: int) -> dict[str, Any]:
+async def measure(repeat: int, subject_events: int, residue: bool = True) -> dict[str, Any]:
     from app.db import dispose_engines
 
     t0 = time.perf_counter()
-    heavy = [await _subject(f"heavy{k}", subject_events) for k in range(repeat)]
-    small = [await _subject(f"small{k}", 15) for k in range(repeat)]
+    run = uuid.uuid4().hex[:6]  # fresh people each run: earlier runs' erasures suppressed theirs
+    heavy = [await _subject(f"heavy{run}{k}", subject_events) for k in range(repeat)]
+    small = [await _subject(f"small{run}{k}", 15) for k in range(repeat)]
     made = time.perf_counter() - t0
     times: dict[str, list[float]] = {"access small": [], "access heavy": [], "erase small": [], "erase heavy": []}
     for k in range(repeat):  # alternating, so load on the machine falls on both alike
@@ -130,15 +138,61 @@ async def measure(repeat: int, subject_events: int) -> dict[str, Any]:
         times["erase small"].append(took)
         took, found["heavy"] = await _timed_erasure(heavy[k], f"e-h{k}")
         times["erase heavy"].append(took)
-    scan, residue = await _residue(heavy[-1], f"heavy{repeat - 1}")
+    scan, scanned = await _residue(heavy[-1], f"heavy{run}{repeat - 1}") if residue else (0.0, {})
     await dispose_engines()
-    return {"made_s": made, "times": times, "found": found, "residue_s": scan, "residue": residue}
+    return {"made_s": made, "times": times, "found": found, "residue_s": scan, "residue": scanned}
 
 
 def populate(people: int, events: int, postgres: bool) -> dict[str, int]:
     from scripts.bench.segments import populate as bulk
 
     return bulk(people, events, postgres)
+
+
+def _measure_in(tree: Path, args: argparse.Namespace, environ: dict[str, str]) -> dict[str, Any]:
+    """One round measured with ``tree``'s code (a subprocess), as JSON."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-only"]
+    cmd += ["--repeat", str(args.repeat), "--subject-events", str(args.subject_events)]
+    env = {**environ, "CONSENTRY_BENCH_TREE": str(tree.resolve())}
+    done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"measuring in {tree} failed:\n{done.stderr[-3000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _print(result: dict[str, Any], label: str = "") -> None:
+    for name, xs in result["times"].items():
+        print(f"  {label}{name:<14} median {statistics.median(xs):7.3f} s   runs {', '.join(f'{x:.3f}' for x in xs)}")
+
+
+def _environ(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    url = args.database_url or f"sqlite:///{args.sqlite_file or tmp / 'bench.db'}"
+    return {
+        "CONSENTRY_DATABASE_URL": url,
+        "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+        "CONSENTRY_DSR_EXPORT_DIR": str(tmp / "exports"),
+        "CONSENTRY_IMPORT_DIR": str(tmp / "imports"),
+        "CONSENTRY_LOG_LEVEL": "WARNING",
+        "CONSENTRY_SCHEDULER": "0",
+        "TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS": "",  # presidio's email recognizer: never fetch
+    }
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """Alternate rounds: the baseline tree's code, then this tree's, on the same database."""
+    rounds: dict[str, dict[str, list[float]]] = {"baseline": {}, "this": {}}
+    for k in range(args.rounds):
+        for side, tree in (("baseline", args.baseline_tree), ("this", ROOT)):
+            got = _measure_in(tree, args, dict(os.environ))
+            for name, xs in got["times"].items():
+                rounds[side].setdefault(name, []).extend(xs)
+            print(
+                f"round {k + 1} {side}: "
+                + ", ".join(f"{n} {statistics.median(x):.3f}" for n, x in got["times"].items())
+            )
+    for side, times in rounds.items():
+        print(f"{side} ({args.baseline_tree if side == 'baseline' else ROOT}):")
+        _print({"times": times})
 
 
 def main() -> None:
@@ -148,20 +202,19 @@ def main() -> None:
     parser.add_argument("--subject-events", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
+    parser.add_argument("--sqlite-file", type=Path, help="SQLite file to use (with --reuse: already populated)")
+    parser.add_argument("--reuse", action="store_true", help="the database already holds the population")
+    parser.add_argument("--baseline-tree", type=Path, help="export of the baseline commit to compare against")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds with --baseline-tree")
+    parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure_only:  # one side of --baseline-tree: environment set by the caller
+        print(json.dumps(asyncio.run(measure(args.repeat, args.subject_events, residue=False)), default=str))
+        return
     postgres = bool(args.database_url)
     tmp = Path(tempfile.mkdtemp(prefix="consentry-bench-dsr-"))
-    os.environ.update(
-        {
-            "CONSENTRY_DATABASE_URL": args.database_url or f"sqlite:///{tmp / 'bench.db'}",
-            "CONSENTRY_KEY_DIR": str(tmp / "keys"),
-            "CONSENTRY_DSR_EXPORT_DIR": str(tmp / "exports"),
-            "CONSENTRY_IMPORT_DIR": str(tmp / "imports"),
-            "CONSENTRY_LOG_LEVEL": "WARNING",
-            "CONSENTRY_SCHEDULER": "0",
-        }
-    )
-    if postgres:
+    os.environ.update(_environ(args, tmp))
+    if postgres and not args.reuse:
         from sqlalchemy.engine import make_url
 
         if not (make_url(args.database_url).database or "").startswith("bench"):
@@ -173,13 +226,16 @@ def main() -> None:
     db = "PostgreSQL" if postgres else "SQLite"
     print(f"dsr benchmark on {db}, {os.cpu_count()} cores (shared: noisy), {args.people:,} people")
     t0 = time.perf_counter()
-    counts = populate(args.people, args.events, postgres)
-    print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if not args.reuse:
+        counts = populate(args.people, args.events, postgres)
+        print(f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    if args.baseline_tree is not None:
+        _compare(args)
+        return
     result = asyncio.run(measure(args.repeat, args.subject_events))
     made = f"{args.repeat} x {args.subject_events:,} events, {args.repeat} x 15"
     print(f"subjects ingested in {result['made_s']:.0f} s ({made})")
-    for name, xs in result["times"].items():
-        print(f"  {name:<14} median {statistics.median(xs):7.3f} s   runs {', '.join(f'{x:.3f}' for x in xs)}")
+    _print(result)
     heavy = result["found"]["heavy"]
     print(f"  heavy erasure found: {heavy['found']}")
     print(f"  removed: {heavy['removed']}  sqlite: {heavy['sqlite']}")
@@ -189,7 +245,8 @@ def main() -> None:
         f"  residue scan {result['residue_s']:.1f} s: clean={result['residue']['clean']} {result['residue']['scanned']}"
     )
     if not postgres:
-        print(f"  database file {(tmp / 'bench.db').stat().st_size / 1e9:.2f} GB")
+        path = args.sqlite_file or tmp / "bench.db"
+        print(f"  database file {path.stat().st_size / 1e9:.2f} GB")
 
 
 if __name__ == "__main__":
