@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -220,12 +221,14 @@ class LiveServer:
     env: Env
     keys: dict[str, str]
     log: Path
+    environ: dict[str, str] = field(default_factory=dict)
+    """The server's environment (``point_at`` gives it to this process)."""
 
 
-def _browser_database_url(tmp: Path, request: pytest.FixtureRequest) -> str:
-    """The live server's own database: a copy of the migrated SQLite template, or on PostgreSQL
-    a database beside the run's (``<name>_browser``), migrated from empty once per session, so
-    the ``env`` fixture's resets of the run's database never reach the server."""
+def _browser_database_url(tmp: Path, request: pytest.FixtureRequest, suffix: str = "browser") -> str:
+    """A live server's own database: a copy of the migrated SQLite template, or on PostgreSQL
+    a database beside the run's (``<name>_<suffix>``), migrated from empty, so the ``env``
+    fixture's resets of the run's database never reach the server."""
     if not PG_URL:
         template: Path = request.getfixturevalue("sqlite_template")
         db = tmp / "data" / "consentry.db"
@@ -238,7 +241,7 @@ def _browser_database_url(tmp: Path, request: pytest.FixtureRequest) -> str:
     from app.migrate import upgrade
 
     base = make_url(PG_URL)
-    name = f"{base.database}_browser"
+    name = f"{base.database}_{suffix}"
     admin = create_sync_engine(base.set(database="postgres").render_as_string(False), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first() is None:
@@ -277,27 +280,34 @@ def _forget_settings() -> None:
     keyring._loaded.clear()
 
 
-def _point_at(env: Env, patch: pytest.MonkeyPatch) -> None:
-    """Make this process use ``env``'s database and keys (settings and keyring re-read)."""
-    for k, v in env.environ().items():
+def point_at(environ: dict[str, str], patch: pytest.MonkeyPatch) -> None:
+    """Make this process use a live server's database, keys and folders (settings re-read)."""
+    for k, v in environ.items():
         if k.startswith("CONSENTRY_"):
             patch.setenv(k, v)
     _forget_settings()
 
 
-@pytest.fixture(scope="session")
-def live_server_session(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, test_site: TestSite
+@contextmanager
+def separate_live_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, site: TestSite, name: str = "browser"
 ) -> Iterator[LiveServer]:
-    """One ``python -m app serve`` (uvicorn) per session, on a free port, with its own database."""
+    """Start a live server on a fresh database of its own (``name`` tells PostgreSQL databases
+    apart: ``<run's database>_<name>``). ``live_server`` is the session's one; a module that
+    needs an isolated database (e.g. the demo data alone) opens another with this."""
     from tests.helpers import make_keys
 
-    tmp = tmp_path_factory.mktemp("live")
-    env = Env(url=_browser_database_url(tmp, request), tmp=tmp, key_dir=tmp / "keys", log_file=tmp / "consentry.log")
+    tmp = tmp_path_factory.mktemp(name)
+    env = Env(
+        url=_browser_database_url(tmp, request, name), tmp=tmp, key_dir=tmp / "keys", log_file=tmp / "consentry.log"
+    )
     environ = {
         **env.environ(),
-        "CONSENTRY_BROWSER_ORIGINS": f"test-web={test_site.origin}",  # pages of the test site may collect
+        "CONSENTRY_BROWSER_ORIGINS": f"test-web={site.origin}",  # pages of the test site may collect
         "CONSENTRY_ACTIVATION_PRIVATE_NETWORKS": "1",  # destinations may be local receivers (tests only)
+        "CONSENTRY_ACTIVATION_DIR": str(tmp / "activation"),
+        "CONSENTRY_DSR_EXPORT_DIR": str(tmp / "dsr-exports"),
+        "CONSENTRY_IMPORT_DIR": str(tmp / "imports"),
     }
     port = _free_port()
     log = tmp / "server.out"
@@ -313,11 +323,11 @@ def live_server_session(
     patch = pytest.MonkeyPatch()
     try:
         _wait_healthy(proc, base, log)
-        _point_at(env, patch)
+        point_at(environ, patch)
         keys = off_loop(make_keys)
         patch.undo()
         _forget_settings()
-        yield LiveServer(url=base, env=env, keys=keys, log=log)
+        yield LiveServer(url=base, env=env, keys=keys, log=log, environ=environ)
     finally:
         patch.undo()
         proc.terminate()
@@ -327,13 +337,22 @@ def live_server_session(
             proc.kill()
 
 
+@pytest.fixture(scope="session")
+def live_server_session(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, test_site: TestSite
+) -> Iterator[LiveServer]:
+    """One ``python -m app serve`` (uvicorn) per session, on a free port, with its own database."""
+    with separate_live_server(tmp_path_factory, request, test_site) as server:
+        yield server
+
+
 @pytest.fixture
 def live_server(live_server_session: LiveServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
     """The session's live server; during the test this process uses its database and keys too
     (``sync_db()``, ``off_loop(run, ...)``). Its data lives for the whole session and is shared
     by every browser test: create what a test needs under names of its own, never assume an
     empty database. Do not combine with the ``env`` fixture (another database)."""
-    _point_at(live_server_session.env, monkeypatch)
+    point_at(live_server_session.environ, monkeypatch)
     yield live_server_session
     _forget_settings()
 
@@ -357,21 +376,29 @@ def sign_in(page: Any, server: LiveServer, role: str) -> Any:
     return page
 
 
-@pytest.fixture
-def signed_in(chromium: Any, live_server: LiveServer) -> Iterator[Callable[[str], Any]]:
-    """``signed_in(role)``: a new page, in a context of its own, signed in as ``role``."""
+@contextmanager
+def signed_in_pages(chromium: Any, server: LiveServer) -> Iterator[Callable[[str], Any]]:
+    """``make(role)``: a new page, in a context of its own, signed in to ``server`` as ``role``;
+    on exit the contexts close and any request beyond this machine fails the test."""
     contexts: list[tuple[Any, OutsideRequests]] = []
 
     def make(role: str) -> Any:
         outside = OutsideRequests()
         context = new_context(chromium, outside)
         contexts.append((context, outside))
-        return sign_in(context.new_page(), live_server, role)
+        return sign_in(context.new_page(), server, role)
 
     yield make
     for context, outside in contexts:
         context.close()
         assert not outside.urls, f"the page tried to reach beyond this machine: {outside.urls}"
+
+
+@pytest.fixture
+def signed_in(chromium: Any, live_server: LiveServer) -> Iterator[Callable[[str], Any]]:
+    """``signed_in(role)``: a new page, in a context of its own, signed in as ``role``."""
+    with signed_in_pages(chromium, live_server) as make:
+        yield make
 
 
 def screenshot(page: Any, name: str) -> Path:
