@@ -107,9 +107,9 @@ def _body_key(data: Any) -> str | None:
     if isinstance(data, dict) and isinstance(data.get("writeKey"), str):
         return str(data["writeKey"])
     if isinstance(data, dict) and isinstance(data.get("batch"), list):  # a batch's messages each carry it too
-        keys = {m.get("writeKey") for m in data["batch"] if isinstance(m, dict) and m.get("writeKey") is not None}
-        if len(keys) == 1 and isinstance(next(iter(keys)), str):
-            return str(next(iter(keys)))
+        keys = {str(m["writeKey"]) for m in data["batch"] if isinstance(m, dict) and isinstance(m.get("writeKey"), str)}
+        if len(keys) == 1:
+            return next(iter(keys))
     return None
 
 
