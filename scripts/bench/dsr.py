@@ -21,7 +21,8 @@ Measured (median over the subjects; each erasure is of another subject):
   residue   ``residue_scan`` once after the last erasure (whole database file / every table).
 With ``--reuse`` the database (``--database-url``, or ``--sqlite-file``) already holds the
 population (e.g. a copy of the shared 1M/10M set): it is migrated, not regenerated; subjects
-get fresh names each run, so earlier runs' suppression entries never refuse them. With
+get fresh names each run, so earlier runs' suppression entries never refuse them. Keep its
+keys with ``--key-dir`` (an erasure wraps the suppression list's key under the master key). With
 ``--baseline-tree PATH`` (an export of another commit) each round measures one subject set
 with that tree's code and one with this tree's, alternating, on the same database.
 The machine's two cores are shared with other work: figures are noisy.
@@ -59,7 +60,8 @@ async def _subject(name: str, events: int) -> str:
 
     ctx = VaultContext.from_settings()
     who = Principal(key_id="bench", role="ingest", name="bench", source="bench", trust="server")
-    traits = {"email": f"{name}@example.com", "phone": "+14155550100", "firstName": name.title(), "country": "DE"}
+    phone = f"+1415555{int(uuid.uuid5(uuid.NAMESPACE_URL, name)) % 10_000:04d}"  # erased phones are suppressed
+    traits = {"email": f"{name}@example.com", "phone": phone, "firstName": name.title(), "country": "DE"}
     async with unit_of_work() as s:
         r = await ingest_messages(s, ctx, who, [{"type": "identify", "userId": name, "traits": traits}])
         pid = str(r.profile_ids[0])
@@ -80,7 +82,7 @@ async def _subject(name: str, events: int) -> str:
             await ingest_messages(s, ctx, who, batch)
     async with unit_of_work() as s:
         await record_choices(s, [Choice(pid, M, "granted", "form", "bench", datetime.now(UTC))])
-        note = f"Hi, this is {name.title()}, call me on +1 415 555 0100 or mail {name}@example.com"
+        note = f"Hi, this is {name.title()}, call me on {phone} or mail {name}@example.com"
         await ingest_texts(s, ctx, who, [TextIn(note, "chat", None, {"user_id": name}, None)])
     return pid
 
@@ -169,7 +171,7 @@ def _environ(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
     url = args.database_url or f"sqlite:///{args.sqlite_file or tmp / 'bench.db'}"
     return {
         "CONSENTRY_DATABASE_URL": url,
-        "CONSENTRY_KEY_DIR": str(tmp / "keys"),
+        "CONSENTRY_KEY_DIR": str(args.key_dir or tmp / "keys"),
         "CONSENTRY_DSR_EXPORT_DIR": str(tmp / "exports"),
         "CONSENTRY_IMPORT_DIR": str(tmp / "imports"),
         "CONSENTRY_LOG_LEVEL": "WARNING",
@@ -204,6 +206,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="", help="PostgreSQL database named bench* (default: SQLite file)")
     parser.add_argument("--sqlite-file", type=Path, help="SQLite file to use (with --reuse: already populated)")
     parser.add_argument("--reuse", action="store_true", help="the database already holds the population")
+    parser.add_argument("--key-dir", type=Path, help="keys of a reused database (kept between runs)")
     parser.add_argument("--baseline-tree", type=Path, help="export of the baseline commit to compare against")
     parser.add_argument("--rounds", type=int, default=2, help="rounds with --baseline-tree")
     parser.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
