@@ -260,15 +260,19 @@ def populated(env: Env) -> dict[str, Facts]:
 def test_sql_and_the_in_memory_evaluator_choose_the_same_people(populated: dict[str, Facts], tree: Any) -> None:
     node = Parser(lambda _name: None, lambda name: name, PURPOSES).parse(tree)
     profile, person, _region, live = population()
-    q = select(person).where(live, Compiler(person, profile.c.traits, NOW)(node))
+    everyone = select(person).where(live, Compiler(person, profile.c.traits, NOW)(node))
+    named = sorted(populated)[::3]  # a few named people, as incremental membership asks
+    few = select(person).where(live, Compiler(person, profile.c.traits, NOW, few=True)(node), person.in_(named))
     engine = create_sync_engine()
     try:
         with engine.connect() as db:
-            got = {str(r) for r in db.execute(q).scalars()}
+            got = {str(r) for r in db.execute(everyone).scalars()}
+            got_few = {str(r) for r in db.execute(few).scalars()}
     finally:
         engine.dispose()
     expected = {pid for pid, facts in populated.items() if matches(node, facts, NOW)}
     assert got == expected, tree
+    assert got_few == expected & set(named), tree
 
 
 def test_the_population_is_stored_and_trees_tell_people_apart(populated: dict[str, Facts]) -> None:

@@ -22,7 +22,7 @@ from app.segments.sql import Compiler
 from app.settings import get_settings
 from app.traits.catalog import KINDS, check_traits_policy
 from app.traits.holder import HOLDER
-from app.traits.service import refresh_traits, values_of
+from app.traits.service import due_people, refresh_due, refresh_traits, values_of
 from tests.conftest import Env, run
 from tests.helpers import auth, client, make_keys, sync_db
 
@@ -285,6 +285,40 @@ def test_an_incremental_refresh_touches_only_the_people_named(shop: Env) -> None
     assert values["C"]["purchase_count"] == 99  # not named: untouched
     assert values["B"]["rfm_recency"] == 1  # population-wide: kept until the next full refresh
     assert values["M"] == {}
+
+
+async def _scheduled(at: datetime) -> tuple[dict[str, Any], list[str]]:
+    """The scheduled refresh at ``at``, and whom it would find due a minute later."""
+    async with unit_of_work() as session:
+        done = await refresh_due(session, at)
+    async with unit_of_work() as session:
+        return done, await due_people(session, at, at + timedelta(minutes=1))
+
+
+def test_the_scheduled_refresh_recomputes_whom_time_changed_as_a_full_one_would(
+    shop: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.traits.service.FULL_EVERY", timedelta(days=7))
+    done, _due = run(_scheduled(NOW))
+    assert done["mode"] == "full"  # the first run computes everything
+    at = NOW
+    for hours in (12, 12, 13, 20):  # each run within a day of the one before
+        at += timedelta(hours=hours)
+        done, due = run(_scheduled(at))
+        assert done["mode"] == "due"
+        assert 0 < done["people"] < len(PEOPLE)
+        assert ID["B"] not in due  # his one order is 100 days old: no value of his changes with time
+        incremental = run(_values())
+
+        async def full(at: datetime = at) -> None:
+            async with unit_of_work() as session:
+                await refresh_traits(session, None, at)
+
+        run(full())
+        assert run(_values()) == incremental
+    assert incremental["A"]["churn_risk"] == 18  # 57 hours on: d = 7, a = 2, b = 1 (17 at NOW)
+    done, _due = run(_scheduled(at + timedelta(hours=25)))
+    assert done["mode"] == "full"  # more than a day since the last run
 
 
 def _members(tree: Any, refused: set[str]) -> tuple[set[str], set[str]]:

@@ -122,7 +122,7 @@ async def _update(
     _table, person, _region, _live = population()
     m, h = table_of(SegmentMember), table_of(SegmentHistory)
     ids = list(profile_ids)
-    match = select(person).where(matching(node, now), person.in_(ids))
+    match = select(person).where(matching(node, now, few=True), person.in_(ids))
     now_in = set((await session.execute(match)).scalars())
     current = select(m.c.profile_id).where(m.c.segment_id == seg.id, m.c.profile_id.in_(ids))
     was_in = set((await session.execute(current)).scalars())

@@ -93,10 +93,11 @@ def refs_of(tree: Any) -> list[str]:
     return []
 
 
-def matching(node: Node, now: datetime) -> ColumnElement[bool]:
-    """SQL: a surviving profile matches the tree (over ``population()``'s table)."""
+def matching(node: Node, now: datetime, few: bool = False) -> ColumnElement[bool]:
+    """SQL: a surviving profile matches the tree (over ``population()``'s table); ``few``:
+    the caller names a few people (``Compiler``)."""
     table, person, _region, live = population()
-    return live & Compiler(person, table.c.traits, now)(node)
+    return live & Compiler(person, table.c.traits, now, few)(node)
 
 
 def shown(n: int, masked: bool) -> int | str:

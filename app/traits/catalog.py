@@ -44,6 +44,10 @@ class Component:
     within_days: int | None = None
 
 
+CHURN_DAYS = 90
+"""Churn risk counts whole days since the latest event up to this many (``TraitQuery._churn``)."""
+
+
 @dataclass(frozen=True)
 class TraitDef:
     name: str
@@ -70,6 +74,14 @@ class TraitDef:
     def population_wide(self) -> bool:
         """A person's value depends on everyone's events at once (ranks)."""
         return self.kind == "rfm"
+
+    def ages(self) -> frozenset[int]:
+        """Days after an event at which time alone may change its person's value: the event
+        leaves a ``within_days`` window, or (churn) one more whole day has passed since it."""
+        days = {d for d in (self.within_days, *(c.within_days for c in self.components)) if d}
+        if self.kind == "churn":
+            days |= set(range(1, CHURN_DAYS + 1))
+        return frozenset(days)
 
     def names_read(self) -> set[str]:
         """Every event property the trait reads (each must be non-personal)."""

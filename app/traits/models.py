@@ -37,3 +37,13 @@ class TraitPair(SQLModel, table=True):
     item: str = Field(primary_key=True, max_length=200)
     other: str = Field(primary_key=True, max_length=200)
     co: int
+
+
+class TraitRefresh(SQLModel, table=True):
+    """When the scheduled refresh last ran (no person in it): ``full`` (every trait for
+    everyone) and ``due`` (only the people whose values time has changed since)."""
+
+    __tablename__ = "trait_refresh"
+
+    kind: str = Field(primary_key=True, max_length=16)
+    at: datetime = Field(sa_type=UtcDateTime)

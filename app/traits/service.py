@@ -18,23 +18,24 @@ of the person (the scheduled full refresh at the latest); reads hide such values
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, literal, not_, or_, select, text
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, literal, not_, or_, select, text, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import SYSTEM, Principal
 from app.consent.policy import load_policies
 from app.consent.records import flag_clause
 from app.db import UtcDateTime, table_of
+from app.ingest.event_reads import events_table
 from app.ledger.service import record
 from app.pii.review import current_field_policy
 from app.profiles.service import population
 from app.settings import get_settings
 from app.traits.catalog import Catalog, TraitDef, catalog
-from app.traits.models import TraitPair, TraitValue
+from app.traits.models import TraitPair, TraitRefresh, TraitValue
 from app.traits.sql import TraitQuery
 from app.vault.keyring import key_material
 
@@ -44,6 +45,9 @@ CHUNK = 2_000
 WORK_MEM = "64MB"
 """PostgreSQL's memory per sort or hash during a full refresh (this transaction only)."""
 REFUSED = "profiling_refused"
+FULL_EVERY = timedelta(days=1)
+"""The scheduled refresh computes every trait for everyone at least this often."""
+DAY = timedelta(days=1)
 PURPOSE = "analytics.reporting"
 """The purpose the refresh is recorded under in the ledger."""
 
@@ -113,6 +117,67 @@ async def refresh_traits(
     if skipped:
         log.warning("traits_skipped", traits=skipped, reason="reads a property not declared non-personal")
     return {**counts, "skipped": len(skipped)}
+
+
+async def refresh_due(session: AsyncSession, now: datetime | None = None) -> dict[str, Any]:
+    """The scheduled refresh, incremental by default: only the people whose values time alone
+    has changed since the last run (an event left a trait's window, or churn's days since
+    the latest event grew: ``due_people``) are computed again, as a refresh of named people.
+    People whose events, merges or consent changed are refreshed as that happens (the
+    segments outbox consumer). Everything is computed again (``refresh_traits`` for
+    everyone: RFM ranks, the bought-together table, anything missed) when the last full
+    refresh is ``FULL_EVERY`` old, or the last run more than a day ago."""
+    now = now or datetime.now(UTC)
+    marks = {r.kind: r.at for r in (await session.execute(select(table_of(TraitRefresh)))).all()}
+    full, since = marks.get("full"), marks.get("due")
+    if full is None or since is None or not (now - FULL_EVERY < full <= now and now - DAY < since <= now):
+        counts = await refresh_traits(session, now=now)
+        await _mark(session, now, "full", "due")
+        return {"mode": "full", **counts}
+    people = await due_people(session, since, now)
+    counts = await refresh_traits(session, people, now=now) if people else {}
+    await _mark(session, now, "due")
+    return {"mode": "due", "people": len(people), **counts}
+
+
+async def due_people(session: AsyncSession, since: datetime, now: datetime) -> list[str]:
+    """Profile ids with an event that reached, between ``since`` and ``now``, an age (in days)
+    at which some trait's value changes by time alone (``TraitDef.ages``): for each age, the
+    events of one short time range per event name, found through the index on event (name,
+    occurred_at) (migration 0025)."""
+    traits, _skipped = await usable_traits(session)
+    ages = sorted({d for t in traits for d in t.ages()})
+    if not ages:
+        return []
+    e = events_table()
+    names = await _event_names(session)
+    parts = []
+    for d in ages:
+        reached = e.c.occurred_at.between(since - timedelta(days=d), now - timedelta(days=d))
+        parts.append(select(e.c.profile_id).where(e.c.name.is_(None), reached))
+        if names:
+            parts.append(select(e.c.profile_id).where(e.c.name.in_(names), reached))
+    return [str(p) for p in (await session.execute(union(*parts))).scalars()]
+
+
+async def _event_names(session: AsyncSession) -> list[str]:
+    """The distinct event names, one index seek each (no scan of the events)."""
+    e = events_table()
+    names: list[str] = []
+    while True:
+        q = select(func.min(e.c.name))
+        if names:
+            q = q.where(e.c.name > names[-1])
+        name = (await session.execute(q)).scalar()
+        if name is None:
+            return names
+        names.append(str(name))
+
+
+async def _mark(session: AsyncSession, at: datetime, *kinds: str) -> None:
+    t = table_of(TraitRefresh)
+    await session.execute(delete(t).where(t.c.kind.in_(kinds)))
+    await session.execute(insert(t), [{"kind": k, "at": at} for k in kinds])
 
 
 def _chunks(ids: list[str]) -> list[list[str] | None]:
