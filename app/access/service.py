@@ -99,7 +99,7 @@ async def authenticate(session: AsyncSession, token: str) -> Principal | None:
 
 async def _read_key(session: AsyncSession, token: str) -> Principal | None:
     parts = token.strip().split("_", 2)
-    if len(parts) != 3 or parts[0] != PREFIX:
+    if len(parts) != 3 or parts[0] != PREFIX or "\x00" in token:  # (PostgreSQL text holds no NUL)
         return None
     record = await session.get(ApiKey, parts[1])
     if record is None or record.revoked_at is not None:
