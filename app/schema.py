@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 import app.access.models
 import app.activation.models
 import app.consent.models
+import app.console.models
 import app.dsr.models
 import app.entities.models
 import app.identity.models

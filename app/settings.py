@@ -102,6 +102,8 @@ class Settings:
     master_key_retire_days: int = field(default_factory=lambda: int(_env("MASTER_KEY_RETIRE_DAYS", "90")))
     """Days within which a replaced master-key version is retired (the rotation schedule): erasure
     certificates promise leftover copies (backups, freed pages) unreadable by then."""
+    console_secure_cookies: bool = field(default_factory=lambda: _env_bool("CONSOLE_SECURE_COOKIES", False))
+    """Mark the console's cookies Secure (serve the console over HTTPS)."""
 
     @property
     def audit_head_every_seconds(self) -> int:

@@ -14,6 +14,7 @@ from app.access.service import authenticate
 from app.console.i18n import LANGUAGE_COOKIE, LANGUAGES
 from app.console.render import page, principal_of
 from app.console.security import SESSION_SECONDS, session_data
+from app.console.sessions import end_session, start_session
 from app.deps import Db
 from app.ledger.service import record
 
@@ -48,13 +49,16 @@ class ConsoleCore(Controller):
         principal = await authenticate(db, data.get("api_key", ""))
         if principal is None or principal.role == "ingest":
             return page(request, "sign_in.html", status=401, error="signin.refused")
-        request.set_session(session_data(principal.key_id))
+        request.set_session(session_data(principal.key_id, await start_session(db, principal.key_id, SESSION_SECONDS)))
         await record(db, principal, "console.sign_in", details={"key_id": principal.key_id})
         return Redirect("/console", status_code=303)
 
     @post("/sign-out", status_code=303)
     async def sign_out(self, request: Request[Any, Any, Any], db: Db) -> Redirect:
         principal = principal_of(request)
+        sid = request.session.get("sid") if isinstance(request.session, dict) else None
+        if isinstance(sid, str):
+            await end_session(db, sid)
         request.clear_session()
         if principal is not None:
             await record(db, principal, "console.sign_out", details={"key_id": principal.key_id})

@@ -1,13 +1,13 @@
 """The console's protections: the session cookie (AES-GCM, HttpOnly, SameSite=Strict, holding
-only the API key's id and the sign-in time), CSRF double-submit tokens on every unsafe request,
-security headers (a strict Content-Security-Policy) and the guard that checks the page registry.
+only the API key's id, the server-side session's id and the sign-in time), CSRF double-submit
+tokens on every unsafe request, security headers (a strict Content-Security-Policy) and the
+guard that checks the page registry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +24,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access.service import Principal, principal_for_key
 from app.console.registry import page_for
-from app.db import session_maker
+from app.console.sessions import end_sessions_of_key, session_is_live
+from app.db import unit_of_work
 from app.settings import get_settings
 from app.vault.keyring import key_material
 
@@ -47,7 +48,7 @@ SECURITY_HEADERS = {
 
 def _secure_cookies() -> bool:
     """``CONSENTRY_CONSOLE_SECURE_COOKIES=1`` marks the cookies Secure (serve the console over HTTPS)."""
-    return os.environ.get("CONSENTRY_CONSOLE_SECURE_COOKIES", "0") == "1"
+    return get_settings().console_secure_cookies
 
 
 def _secret(purpose: str) -> bytes:
@@ -124,22 +125,30 @@ MIDDLEWARE = [security_headers, _lazy(_session), _lazy(_csrf)]
 """Outermost first: headers, session, CSRF."""
 
 
-def session_data(key_id: str) -> dict[str, Any]:
-    """What the session cookie holds: the key's id and when it signed in (never the secret)."""
-    return {"key_id": key_id, "at": int(time.time())}
+def session_data(key_id: str, sid: str) -> dict[str, Any]:
+    """What the session cookie holds: the key's id, the server-side session's id (``sessions``)
+    and when it signed in (never the secret)."""
+    return {"key_id": key_id, "sid": sid, "at": int(time.time())}
 
 
 async def signed_in(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
-    """The principal of a live session: the key still exists, is not revoked, and signed in
-    less than ``SESSION_SECONDS`` ago."""
+    """The principal of a live session: not signed out (its row is in ``console_session``), the
+    key still exists, is not revoked (else its sessions end), and signed in less than
+    ``SESSION_SECONDS`` ago."""
     data = connection.scope.get("session")
     if not isinstance(data, dict):
         return None
-    key_id, at = data.get("key_id"), data.get("at")
-    if not isinstance(key_id, str) or not isinstance(at, int) or time.time() - at > SESSION_SECONDS:
+    key_id, sid, at = data.get("key_id"), data.get("sid"), data.get("at")
+    if not isinstance(key_id, str) or not isinstance(sid, str) or not isinstance(at, int):
         return None
-    async with session_maker()() as session:
+    if time.time() - at > SESSION_SECONDS:
+        return None
+    async with unit_of_work() as session:
+        if not await session_is_live(session, sid, key_id):
+            return None
         principal = await principal_for_key(session, key_id)
+        if principal is None:
+            await end_sessions_of_key(session, key_id)
     return principal if principal is not None and principal.role != "ingest" else None
 
 
