@@ -44,6 +44,9 @@ class Outbound:
     delivery_id: str
     """Idempotency key of this person in this run."""
     fields: dict[str, Any]
+    salt: str = ""
+    """The salt of the person's leaf in the run's Merkle tree, when drawn ahead (else at recording)."""
+    leaf: bytes = b""
 
 
 @dataclass

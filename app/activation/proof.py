@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.activation.delivery import Outbound
@@ -37,6 +36,7 @@ COLUMNS = (
     "sent_at",
 )
 FIELDS = COLUMNS.index("fields")
+SENT_AT = COLUMNS.index("sent_at")
 
 
 def leaf(run_id: str, profile_id: str, salt: str) -> bytes:
@@ -74,16 +74,20 @@ class Recipients:
     ) -> list[tuple[Any, ...]]:
         """Rows for these people (``sent`` people get the next leaves)."""
         out = []
+        sorted_names: dict[tuple[str, ...], list[str]] = {}
         for n, p in enumerate(people):
-            salt = secrets.token_hex(16)
-            names = sorted(p.fields)
-            self.fields.update(names)
+            salt = p.salt or secrets.token_hex(16)
+            keys = tuple(p.fields)
+            names = sorted_names.get(keys)
+            if names is None:
+                names = sorted_names[keys] = sorted(keys)
+                self.fields.update(names)
             index = -1
             if status == "sent":
                 index = self.next_leaf
                 self.next_leaf += 1
                 self.sent.append(p.profile_id)
-                self.leaves.append(leaf(self.run_id, p.profile_id, salt))
+                self.leaves.append(p.leaf if p.salt else leaf(self.run_id, p.profile_id, salt))
             else:
                 self.failed_ids.append(p.profile_id)
             line = first_line + n if first_line is not None else None
@@ -104,7 +108,30 @@ async def insert_recipients(session: AsyncSession, rows: list[tuple[Any, ...]]) 
         records = [(*r[:FIELDS], json.dumps(r[FIELDS]), *r[FIELDS + 1 :]) for r in rows]
         await driver.copy_records_to_table("activation_recipient", records=records, columns=list(COLUMNS))
         return
-    await session.execute(insert(table_of(ActivationRecipient)), [dict(zip(COLUMNS, r, strict=True)) for r in rows])
+    # SQLite: one executemany of plain values (the JSON and the time encoded as the column types do)
+    conn = await session.connection()
+    t = table_of(ActivationRecipient)
+    names = json_of(t, conn.dialect)
+    times = {r[SENT_AT] for r in rows}
+    stamp = t.c.sent_at.type.bind_processor(conn.dialect)
+    at = {v: stamp(v) if stamp else v for v in times}
+    marks = ", ".join("?" for _ in COLUMNS)
+    values = [(*r[:FIELDS], names(r[FIELDS]), *r[FIELDS + 1 : SENT_AT], at[r[SENT_AT]]) for r in rows]
+    await conn.exec_driver_sql(f"INSERT INTO activation_recipient ({', '.join(COLUMNS)}) VALUES ({marks})", values)
+
+
+def json_of(t: Any, dialect: Any) -> Any:
+    """The JSON column's encoding of a list of names (cached per list)."""
+    encode = t.c.fields.type.bind_processor(dialect) or json.dumps
+    cache: dict[tuple[str, ...], Any] = {}
+
+    def one(names: list[str]) -> Any:
+        key = tuple(names)
+        if key not in cache:
+            cache[key] = encode(names)
+        return cache[key]
+
+    return one
 
 
 async def store_leaves(session: AsyncSession, run_id: str, blob: bytes) -> None:

@@ -24,12 +24,12 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, delete, exists, or_, select, true, update
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -206,6 +206,11 @@ async def _earlier(session: AsyncSession, run_id: str) -> Earlier:
     return out
 
 
+async def _members(session: AsyncSession, segment_id: str) -> int:
+    m = table_of(SegmentMember)
+    return int((await session.execute(select(func.count()).where(m.c.segment_id == segment_id))).scalar() or 0)
+
+
 def candidates(segment_id: str, run_id: str) -> Any:
     """The segment's current members the run has not recorded yet (all of them, at first)."""
     m, r = table_of(SegmentMember), table_of(ActivationRecipient)
@@ -214,7 +219,6 @@ def candidates(segment_id: str, run_id: str) -> Any:
 
 
 async def _run(lease: Lease) -> service.SendResult:
-    now = datetime.now(UTC)
     async with unit_of_work() as session:  # reads only: who, and (streamed) what
         run = await service.get_run(session, lease.run_id)
         principal = Principal(key_id=run.actor_key_id, role=run.actor_role, name=f"activation {run.trigger}")
@@ -223,21 +227,18 @@ async def _run(lease: Lease) -> service.SendResult:
         if dest.kind in FILE_KINDS:  # a file is written whole: an earlier attempt's rows go
             await _forget_earlier(run.id)
         earlier = await _earlier(session, run.id)
-        profiling = service._profiling(seg.purpose, run.purpose)
-        ask = service.ask_for(dest)
-        clock = time.perf_counter()
-        allowed, excluded = await service.screen(session, ask, profiling, now, true(), candidates(seg.id, run.id))
-        log.info("activation_screened", run=run.id, allowed=len(allowed), seconds=_since(clock))
-        await lease.beat(total=len(earlier.sent) + earlier.failed + len(allowed) + len(excluded))
-        writer = RowWriter(lease, dest, run.id, earlier)
-        sink = _sink(lease, dest, run.id, earlier, writer)
-        with unseal.Opener(pooled=len(allowed) >= unseal.POOL_FROM) as opener:
-            async for people, missing in opened(session, dest, run.id, allowed, opener):
-                excluded.update(missing)
-                await sink.put(people)
-                if lease.lost:
-                    raise LeaseLost(lease.run_id)
-        log.info("activation_streamed", run=run.id, seconds=_since(clock))
+        with unseal.Opener(pooled=await _members(session, seg.id) >= unseal.POOL_FROM) as opener:
+            starting = asyncio.ensure_future(opener.start())  # workers start while the people are decided
+            profiling = service._profiling(seg.purpose, run.purpose)
+            clock = time.perf_counter()
+            found = await service.screen(
+                session, service.ask_for(dest), profiling, datetime.now(UTC), true(), candidates(seg.id, run.id)
+            )
+            allowed, excluded = found
+            log.info("activation_screened", run=run.id, allowed=len(allowed), seconds=_since(clock))
+            await starting
+            await lease.beat(total=len(earlier.sent) + earlier.failed + len(allowed) + len(excluded))
+            sink = await _stream(session, lease, dest, earlier, allowed, excluded, opener)
     refusal = _refusal(dest, sink.count() + len(earlier.sent))
     got = await sink.close(refuse=refusal is not None)
     log.info("activation_delivered", run=lease.run_id, seconds=_since(clock))
@@ -245,6 +246,34 @@ async def _run(lease: Lease) -> service.SendResult:
         run = await service.get_run(session, lease.run_id)
         await lease.beat_in(session)
         return await finish(session, principal, run, dest, earlier, got, excluded, refusal)
+
+
+async def _stream(
+    session: AsyncSession,
+    lease: Lease,
+    dest: Destination,
+    earlier: Earlier,
+    allowed: list[str],
+    excluded: dict[str, str],
+    opener: unseal.Opener,
+) -> Any:
+    """Hand the allowed people to the destination's sink chunk by chunk (adding to
+    ``excluded`` those without the data the kind needs); returns the sink, still open."""
+    clock = time.perf_counter()
+    spent = {"read": 0.0, "open": 0.0, "deliver": 0.0, "record": 0.0}  # seconds per stage (they overlap)
+    writer = RowWriter(lease, dest, lease.run_id, earlier, spent)
+    sink = _sink(lease, dest, lease.run_id, earlier, writer)
+    async for people, missing in opened(session, dest, lease.run_id, allowed, opener, spent):
+        excluded.update(missing)
+        began = time.perf_counter()
+        await sink.put(people)
+        spent["deliver"] += time.perf_counter() - began
+        if lease.lost:
+            raise LeaseLost(lease.run_id)
+    log.info(
+        "activation_streamed", run=lease.run_id, seconds=_since(clock), **{k: round(v, 1) for k, v in spent.items()}
+    )
+    return sink
 
 
 def _since(clock: float) -> float:
@@ -272,7 +301,12 @@ def _refusal(dest: Destination, people: int) -> str | None:
 
 
 async def opened(
-    session: AsyncSession, dest: Destination, run_id: str, ids: list[str], opener: unseal.Opener
+    session: AsyncSession,
+    dest: Destination,
+    run_id: str,
+    ids: list[str],
+    opener: unseal.Opener,
+    spent: dict[str, float],
 ) -> AsyncIterator[tuple[list[Outbound], dict[str, str]]]:
     """The people chunk by chunk as the destination receives them (allowed categories only),
     with those left out because the data the kind needs is missing; the next chunks are read
@@ -282,48 +316,66 @@ async def opened(
     index_key = key_material(get_settings()).index_key
     needs = service.NEEDS.get(dest.kind)
     authority = service.trait_authority()
-    ahead: list[tuple[list[str], asyncio.Future[dict[str, dict[str, Any]]]]] = []
+    ahead: list[asyncio.Future[list[Outbound]]] = []
     chunks = unseal.split(ids, CHUNK)
     while chunks or ahead:
         while chunks and len(ahead) < AHEAD:
-            chunk = chunks.pop(0)
-            sealed = await read_sealed(session, chunk, cats, ring, authority)
-            ahead.append((chunk, asyncio.ensure_future(opener.open(sealed))))
-        chunk, future = ahead.pop(0)
-        values = await future
+            clock = time.perf_counter()
+            sealed = await read_sealed(session, chunks.pop(0), cats, ring, authority)
+            spent["read"] += time.perf_counter() - clock
+            sealed = replace(sealed, run_id=run_id, destination_id=dest.id, index_key=index_key)
+            ahead.append(asyncio.ensure_future(opener.open(sealed)))
         people, missing = [], {}
-        for pid in chunk:
-            fields = values.get(pid, {})
-            if needs and not any(fields.get(n) for n in needs):
-                missing[pid] = f"no {' or '.join(needs)}"
-                continue
-            ref = service.person_ref(dest.id, pid, index_key)
-            people.append(Outbound(pid, ref, delivery.message_id(run_id, ref), fields))
+        clock = time.perf_counter()
+        got = await ahead.pop(0)
+        spent["open"] += time.perf_counter() - clock
+        for p in got:
+            if needs and not any(p.fields.get(n) for n in needs):
+                missing[p.profile_id] = f"no {' or '.join(needs)}"
+            else:
+                people.append(p)
         yield people, missing
+
+
+def _sealed_queries(categories: Sequence[str]) -> tuple[Any, Any, Any]:
+    """The three reads of a chunk, each one statement whatever the chunk's size (the ids are
+    one expanding parameter: compiled once, not once per id)."""
+    t, k = table_of(ProfileField), table_of(SubjectKey)
+    within = or_(*(or_(t.c.category == c, t.c.category.startswith(c + ".", autoescape=True)) for c in categories))
+    cols = (t.c.profile_id, t.c.name, t.c.origin_id, t.c.key_version, t.c.ciphertext)
+    ids: Any = bindparam("ids", expanding=True)
+    fields = select(*cols).where(t.c.profile_id.in_(ids), within)
+    stamps = select(*cols, t.c.source, t.c.trust, t.c.observed_at, t.c.updated_at).where(
+        t.c.profile_id.in_(ids), within
+    )
+    keys = select(k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key).where(k.c.profile_id.in_(ids))
+    return fields, stamps, keys
 
 
 async def read_sealed(
     session: AsyncSession, ids: list[str], categories: Sequence[str], ring: Any, authority: Any
 ) -> unseal.SealedChunk:
     """The sealed fields precedence shows of these people, of these categories only (no other
-    field is read), and the wrapped keys of their origins (a shredded origin has none)."""
-    t = table_of(ProfileField)
-    within = or_(*(or_(t.c.category == c, t.c.category.startswith(c + ".", autoescape=True)) for c in categories))
-    cols = (t.c.origin_id, t.c.profile_id, t.c.name, t.c.key_version, t.c.ciphertext)
-    q = select(*cols, t.c.source, t.c.trust, t.c.observed_at, t.c.updated_at).where(t.c.profile_id.in_(ids), within)
-    rows = (await session.execute(q)).all() if categories else []
-    shown = current_fields(rows, authority).values()
-    k = table_of(SubjectKey)
-    origins = sorted({f.origin_id for f in shown})
+    field is read), and the wrapped keys of their origins (a shredded origin has none).
+    Precedence is read only for a person's trait held more than once (merged profiles)."""
+    if not categories:
+        return unseal.SealedChunk(ids, [], {}, {}, "", "", b"")
+    fields_q, stamps_q, keys_q = _sealed_queries(tuple(categories))
+    shown: dict[tuple[str, str], Any] = {}
+    twice: set[str] = set()
+    for r in (await session.execute(fields_q, {"ids": ids})).all():
+        if (r[0], r[1]) in shown:
+            twice.add(r[0])
+        shown[(r[0], r[1])] = r
+    if twice:
+        shown.update(current_fields((await session.execute(stamps_q, {"ids": sorted(twice)})).all(), authority))
+    origins = sorted({r[2] for r in shown.values()})
     keys: dict[str, tuple[int, int, bytes]] = {}
     if origins:
-        q2 = select(k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key).where(
-            k.c.profile_id.in_(origins)
-        )
-        keys = {pid: (mv, kv, bytes(w)) for pid, mv, kv, w in (await session.execute(q2)).all()}
+        keys = {pid: (mv, kv, w) for pid, mv, kv, w in (await session.execute(keys_q, {"ids": origins})).all()}
     masters = {mv: ring.get(mv) for mv in {v[0] for v in keys.values()}}
-    fields = [(f.profile_id, f.name, f.origin_id, f.key_version, bytes(f.ciphertext)) for f in shown]
-    return unseal.SealedChunk(fields, keys, masters)
+    fields = [tuple(r[:5]) for r in shown.values()]
+    return unseal.SealedChunk(ids, fields, keys, masters, "", "", b"")
 
 
 # --- delivery to a webhook, WeCom or SMS gateway ------------------------------------------
@@ -334,8 +386,8 @@ class RowWriter:
     meanwhile goes in one transaction, with the run's heartbeat and progress (only while the
     run is still ours)."""
 
-    def __init__(self, lease: Lease, dest: Destination, run_id: str, earlier: Earlier) -> None:
-        self.lease, self.recipients = lease, Recipients(run_id, dest.id, len(earlier.leaves))
+    def __init__(self, lease: Lease, dest: Destination, run_id: str, earlier: Earlier, spent: dict[str, float]) -> None:
+        self.lease, self.recipients, self.spent = lease, Recipients(run_id, dest.id, len(earlier.leaves)), spent
         self.sent, self.failed = len(earlier.sent), earlier.failed
         self.pending: list[tuple[Any, ...]] = []
         self.dead: list[dict[str, Any]] = []
@@ -372,11 +424,13 @@ class RowWriter:
                 return
 
     async def _write(self, rows: list[tuple[Any, ...]], dead: list[dict[str, Any]]) -> None:
+        clock = time.perf_counter()
         async with unit_of_work() as session:
             await self.lease.beat_in(session, sent=self.sent, failed=self.failed)
             await proof.insert_recipients(session, rows)
             for d in dead:
                 session.add(DeadLetter(run_id=self.lease.run_id, **d))
+        self.spent["record"] += time.perf_counter() - clock
 
     def check(self) -> None:
         """Raise what stopped the writer (a lost lease, a database error), if it stopped."""

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import secrets
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from app.activation.delivery import Outbound, message_id
+from app.activation.proof import leaf
+from app.vault.blind_index import blind_index
 from app.vault.cipher import open_field, unwrap_key
 
 POOL_FROM = 20_000
@@ -26,24 +30,38 @@ WORKERS = 2
 
 @dataclass(frozen=True)
 class SealedChunk:
-    """What opening a chunk needs: the fields (person, name, origin, key version, ciphertext)
-    and each origin's wrapped key (master version, key version, wrapped key)."""
+    """What opening a chunk needs: the people (in order), their fields (person, name, origin,
+    key version, ciphertext), each origin's wrapped key (master version, key version, wrapped
+    key), the master key versions and what names a person at the destination."""
 
+    people: list[str]
     fields: list[tuple[str, str, str, int, bytes]]
     keys: dict[str, tuple[int, int, bytes]]
     masters: dict[int, bytes]
+    run_id: str
+    destination_id: str
+    index_key: bytes
 
 
-def open_chunk(chunk: SealedChunk) -> dict[str, dict[str, Any]]:
-    """Person → {field name: value}; fields of a shredded origin (no key) are left out."""
+def open_chunk(chunk: SealedChunk) -> list[Outbound]:
+    """The people as the destination receives them, each with a fresh salt and its leaf;
+    fields of a shredded origin (no key) are left out."""
     data_keys: dict[str, bytes] = {}
     for origin, (mv, kv, wrapped) in chunk.keys.items():
         data_keys[origin] = unwrap_key(chunk.masters[mv], mv, origin, kv, wrapped)
-    out: dict[str, dict[str, Any]] = {}
+    values: dict[str, dict[str, Any]] = {}
     for pid, name, origin, kv, blob in chunk.fields:
         dk = data_keys.get(origin)
         if dk is not None:
-            out.setdefault(pid, {})[name] = open_field(dk, origin, name, kv, blob)
+            values.setdefault(pid, {})[name] = open_field(dk, origin, name, kv, blob)
+    salts = secrets.token_bytes(16 * len(chunk.people)).hex()
+    at = f"activation:{chunk.destination_id}"
+    out = []
+    for n, pid in enumerate(chunk.people):
+        ref = blind_index(chunk.index_key, at, pid)
+        salt = salts[32 * n : 32 * n + 32]
+        mid = message_id(chunk.run_id, ref)
+        out.append(Outbound(pid, ref, mid, values.get(pid, {}), salt, leaf(chunk.run_id, pid, salt)))
     return out
 
 
@@ -59,7 +77,13 @@ class Opener:
             context.set_forkserver_preload([__name__])
             self.pool = ProcessPoolExecutor(WORKERS, mp_context=context)
 
-    async def open(self, chunk: SealedChunk) -> dict[str, dict[str, Any]]:
+    async def start(self) -> None:
+        """Start the workers (in a thread: starting them must not hold the event loop up)."""
+        if self.pool is not None:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self.pool, _ready) for _ in range(WORKERS)))
+
+    async def open(self, chunk: SealedChunk) -> list[Outbound]:
         if self.pool is None:
             return open_chunk(chunk)
         return await asyncio.get_running_loop().run_in_executor(self.pool, open_chunk, chunk)
@@ -73,6 +97,10 @@ class Opener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ready() -> bool:
+    return True
 
 
 def split(ids: Sequence[str], size: int) -> list[list[str]]:

@@ -18,10 +18,10 @@ Measured (medians of ``--repeat``):
                   member, fields of the allowed categories decrypted, file written, recipients
                   and leaves stored, one ledger entry (group, people indexed);
   file, no consent  the same run with the consent filter replaced by "every member";
-  raw file write  writing the same people's CSV alone (no database);
+  raw file write  writing the CSV of the people the run sent, alone (no database);
   webhook         ``execute_run`` to a webhook destination (batches of 500, signed);
   webhook, no consent  the same without the consent filter;
-  raw POSTs       the same batches POSTed alone (signed, no database).
+  raw POSTs       the batches of the people the run sent, POSTed alone (signed, no database).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ async def destination(kind: str, url: str) -> str:
         return (await create_destination(s, marketer, data)).id
 
 
-async def one_run(dest_id: str) -> tuple[float, dict[str, Any]]:
+async def one_run(dest_id: str) -> tuple[float, dict[str, Any], list[str]]:
     from app.access.service import Principal
     from app.activation.service import execute_run, start_run
     from app.db import unit_of_work
@@ -186,20 +186,20 @@ async def one_run(dest_id: str) -> tuple[float, dict[str, Any]]:
     result = await execute_run(run_id)
     took = time.perf_counter() - t0
     assert result is not None, "the run failed"
-    return took, {"sent": len(result.sent), "excluded": len(result.excluded), "failed": len(result.failed)}
+    return took, {"sent": len(result.sent), "excluded": len(result.excluded), "failed": len(result.failed)}, result.sent
 
 
-async def raw(kind: str, dest_id: str, members: int) -> tuple[float, dict[str, Any]]:
-    """The delivery alone: the same people (fields decrypted beforehand, not timed) written or POSTed."""
+async def raw(kind: str, dest_id: str, ids: list[str]) -> tuple[float, dict[str, Any]]:
+    """The delivery alone: the same people the run sent (fields decrypted beforehand, not
+    timed) written or POSTed."""
     from app.activation import delivery
     from app.activation.destinations import get_destination
     from app.activation.service import outbound
     from app.db import unit_of_work
-    from scripts.bench.decisions import pid
 
     async with unit_of_work() as s:
         dest = await get_destination(s, dest_id)
-        people, _missing = await outbound(s, dest, "raw", [pid(i) for i in range(members)])
+        people, _missing = await outbound(s, dest, "raw", sorted(ids))
     t0 = time.perf_counter()
     if kind == "file":
         done = delivery.write_file(dest, f"raw-{uuid.uuid4()}", people, "DE")
@@ -212,6 +212,7 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
     import app.activation.service as svc
     from app.db import dispose_engines
     from app.decisions.engine import Ask
+    from scripts.bench.decisions import pid
 
     real = svc.screen
 
@@ -232,17 +233,19 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
     values: dict[str, Any] = {}
     for _ in range(repeat):
         for kind in ("file", "webhook"):
+            sent: list[str] = []
             for label, filtered in ((kind, True), (f"{kind}, no consent", False)):
                 if only and label not in only:
                     continue
                 svc.screen = real if filtered else no_consent  # type: ignore[assignment]
-                took, values[label] = await one_run(dests[kind])
+                took, values[label], ids = await one_run(dests[kind])
+                sent = sent if sent and not filtered else ids
                 times.setdefault(label, []).append(took)
             svc.screen = real
             label = "raw file write" if kind == "file" else "raw POSTs"
             if only and label not in only:
                 continue
-            took, values[label] = await raw(kind, dests[kind], members)
+            took, values[label] = await raw(kind, dests[kind], sent or [pid(i) for i in range(members)])
             times.setdefault(label, []).append(took)
     await dispose_engines()
     return {"times": {k: statistics.median(v) for k, v in times.items()}, "values": values}
