@@ -1,5 +1,5 @@
 """Checks every request passes before a handler sees it: a body that is UTF-8 and not nested
-too deep (400 otherwise), no NUL characters in the URL, and a ``purpose`` a ledger can hold.
+too deep (400 otherwise), no NUL characters in the URL or a form, and a ``purpose`` a ledger can hold.
 
 Handlers that read their body themselves (the event API, which also inflates gzip) opt out
 with ``opt={"checks_own_body": True}`` and call :func:`check_json_body` on what they read.
@@ -19,7 +19,8 @@ from app.ingest.spec import MAX_JSON_DEPTH, has_nul, json_depth
 MAX_PURPOSE_LEN = 128
 CHECKED_BODY_LIMIT = 1024 * 1024
 """Bodies up to this size are checked whole; larger ones are refused later by the app's own limit."""
-_UNCHECKED_TYPES = ("multipart/", "application/x-www-form-urlencoded", "application/octet-stream")
+_UNCHECKED_TYPES = ("multipart/", "application/octet-stream")
+FORM_TYPE = "application/x-www-form-urlencoded"
 
 
 def check_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
@@ -112,7 +113,9 @@ def input_checks_middleware(app: ASGIApp) -> ASGIApp:
             size += len(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if not more and first_other is None:
+        if not more and first_other is None and ctype.startswith(FORM_TYPE):
+            check_query(body)  # a form (the console's) is checked as a query string is
+        elif not more and first_other is None:
             check_json_body(body)
             check_no_nul(body)
         replay: list[ReceiveMessage] = [{"type": "http.request", "body": body, "more_body": more}]
