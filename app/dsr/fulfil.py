@@ -92,7 +92,7 @@ async def _erase(session: AsyncSession, principal: Principal, request: DsrReques
         reports.append(report)
         scans.append(scan)
     await session.refresh(request)
-    if reports and len(reports) == 1:
+    if len(reports) == 1 and await all_done(session, request.id):  # signed only once every store is erased
         return {"certificate": await erasure_certificate(session, reports[0], scans[0])}
     return {"people": [r.to_json() for r in reports], "residue_clean": all(scan.clean for scan in scans)}
 
