@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, true, update
+from sqlalchemy import and_, delete, exists, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import Principal
@@ -47,13 +47,11 @@ from app.decisions.service import current_rules
 from app.errors import DomainError
 from app.ledger.service import record_group
 from app.logs import scrub_text
-from app.profiles.models import ProfileField
-from app.profiles.service import current_fields
-from app.segments.models import SegmentMember
-from app.segments.service import get_segment
+from app.profiles.service import current_fields, sealed_fields_queries
+from app.segments.service import get_segment, members_query
 from app.settings import get_settings
 from app.vault.keyring import key_material
-from app.vault.models import SubjectKey
+from app.vault.service import wrapped_keys_query
 from audit.merkle import root
 
 log = structlog.get_logger("consentry.activation")
@@ -207,15 +205,15 @@ async def _earlier(session: AsyncSession, run_id: str) -> Earlier:
 
 
 async def _members(session: AsyncSession, segment_id: str) -> int:
-    m = table_of(SegmentMember)
-    return int((await session.execute(select(func.count()).where(m.c.segment_id == segment_id))).scalar() or 0)
+    members = members_query(segment_id).subquery()
+    return int((await session.execute(select(func.count()).select_from(members))).scalar() or 0)
 
 
 def candidates(segment_id: str, run_id: str) -> Any:
     """The segment's current members the run has not recorded yet (all of them, at first)."""
-    m, r = table_of(SegmentMember), table_of(ActivationRecipient)
-    recorded = exists().where(r.c.run_id == run_id, r.c.origin_id == m.c.profile_id)
-    return select(m.c.profile_id).where(m.c.segment_id == segment_id, ~recorded)
+    members, r = members_query(segment_id), table_of(ActivationRecipient)
+    recorded = exists().where(r.c.run_id == run_id, r.c.origin_id == members.selected_columns[0])
+    return members.where(~recorded)
 
 
 async def _run(lease: Lease) -> service.SendResult:
@@ -340,16 +338,8 @@ async def opened(
 def _sealed_queries(categories: Sequence[str]) -> tuple[Any, Any, Any]:
     """The three reads of a chunk, each one statement whatever the chunk's size (the ids are
     one expanding parameter: compiled once, not once per id)."""
-    t, k = table_of(ProfileField), table_of(SubjectKey)
-    within = or_(*(or_(t.c.category == c, t.c.category.startswith(c + ".", autoescape=True)) for c in categories))
-    cols = (t.c.profile_id, t.c.name, t.c.origin_id, t.c.key_version, t.c.ciphertext)
-    ids: Any = bindparam("ids", expanding=True)
-    fields = select(*cols).where(t.c.profile_id.in_(ids), within)
-    stamps = select(*cols, t.c.source, t.c.trust, t.c.observed_at, t.c.updated_at).where(
-        t.c.profile_id.in_(ids), within
-    )
-    keys = select(k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key).where(k.c.profile_id.in_(ids))
-    return fields, stamps, keys
+    fields, stamps = sealed_fields_queries(categories)
+    return fields, stamps, wrapped_keys_query()
 
 
 async def read_sealed(

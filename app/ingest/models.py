@@ -20,6 +20,7 @@ class Event(SQLModel, table=True):
     __table_args__ = (
         Index("ix_event_profile_time", "profile_id", "occurred_at"),
         Index("ix_event_name_time", "name", "occurred_at"),  # segments' event conditions, traits refresh (0025)
+        Index("ix_event_received", "received_at", "id"),  # journeys read events by time of receipt (0024)
         Index(  # PostgreSQL only (migration 0023): segment conditions on properties (``json_contains``)
             "ix_event_properties",
             cast(column("properties"), JSONB).label("properties_jsonb"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, literal, select
+from sqlalchemy import ColumnElement, Select, delete, func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -324,6 +324,13 @@ def _history_row(seg: Segment, m: Any, now: datetime, change: str) -> list[Any]:
         m.c.profile_id.label("profile_id"),
         literal(change).label("change"),
     ]
+
+
+def members_query(segment_id: str) -> Select[Any]:
+    """The segment's current members' profile ids (one column), for other domains to read
+    membership without this domain's models (activation's recipients)."""
+    m = table_of(SegmentMember)
+    return select(m.c.profile_id).where(m.c.segment_id == segment_id)
 
 
 def member_of(segment_id: str) -> ColumnElement[bool]:

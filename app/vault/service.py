@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Select, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +42,14 @@ async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) 
     """Insert new key rows (from ``new_subject_key``) in one statement."""
     if rows:
         await session.execute(insert(SubjectKey.__table__), rows)  # type: ignore[attr-defined]
+
+
+def wrapped_keys_query() -> Select[Any]:
+    """The wrapped subject keys (profile_id, master_version, key_version, wrapped_key) of the
+    people bound as the expanding parameter ``ids``; a shredded subject has no row."""
+    k = table_of(SubjectKey)
+    ids: Any = bindparam("ids", expanding=True)
+    return select(k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key).where(k.c.profile_id.in_(ids))
 
 
 def _unwrap(ring: MasterKeyring, row: Any) -> DataKey:
