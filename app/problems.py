@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.errors import DomainError
 from app.logs import scrub_text
-from app.request_context import current_request_id
+from app.request_context import current_request_id, public_path
 
 PROBLEM_TYPE_BASE = "https://consentry.dev/problems/"
 log = structlog.get_logger("consentry.errors")
@@ -32,7 +32,7 @@ def problem(
         "title": title,
         "status": status,
         "detail": detail,
-        "instance": request.url.path,
+        "instance": public_path(request.url.path),
         "request_id": current_request_id(),
     }
     if invalid_params:

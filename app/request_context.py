@@ -16,6 +16,15 @@ _VALID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 log = structlog.get_logger("consentry.access")
 
 
+_KEY_IN_PATH = re.compile(r"^(/v1/projects/)[^/]+(/.*)?$")
+
+
+def public_path(path: str) -> str:
+    """The path as logs and problem answers show it: a write key in it (analytics.js asks for
+    ``/v1/projects/{writeKey}/settings``) is replaced, so a key pasted there is never echoed."""
+    return _KEY_IN_PATH.sub(r"\1{writeKey}\2", path)
+
+
 def current_request_id() -> str | None:
     return request_id_var.get()
 
@@ -55,7 +64,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             log.info(
                 "request",
                 method=scope.get("method"),
-                path=scope.get("path"),
+                path=public_path(str(scope.get("path", ""))),
                 status=status,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )

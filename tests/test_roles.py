@@ -108,6 +108,14 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
 }
 
 
+BROWSER: set[tuple[str, str]] = {
+    ("GET", "/v1/projects/{write_key:str}/settings"),
+    *{("POST", f"/v1/{t}") for t in "tipsgab"},
+}
+"""Browser collection (analytics.js): admitted by a public ``client`` write key from an origin
+listed for its source, never by a role (tests/test_browser_sdk.py, test_browser_security.py)."""
+
+
 def _routes() -> set[tuple[str, str]]:
     found = set()
     for route in create_app().routes:  # console pages: tests/test_console_roles.py
@@ -120,7 +128,22 @@ def _routes() -> set[tuple[str, str]]:
 
 
 def test_the_matrix_covers_every_endpoint() -> None:
-    assert _routes() == set(EXPECTED), "add new endpoints to EXPECTED with the roles they admit"
+    assert _routes() == set(EXPECTED) | BROWSER, "add new endpoints to EXPECTED with the roles they admit"
+
+
+def test_browser_collection_admits_no_staff_or_server_key(env: Env) -> None:
+    keys = make_keys()
+    origin = {"Origin": "https://shop.example"}
+    with client() as c:
+        for method, template in sorted(BROWSER):
+            for role in (*ROLES, None):
+                key = keys[role] if role else "csk_000000000000_nope"
+                path = template.replace("{write_key:str}", key)
+                body = {"batch": [{"type": "track", "event": "E", "userId": "u"}], "writeKey": key}
+                r = c.request(method, path, json=body if method == "POST" else None, headers={**origin, **auth(key)})
+                assert r.status_code in {401, 403, 404}, (role, method, template, r.status_code)
+                assert r.headers["content-type"].startswith("application/problem+json")
+                assert key not in r.text
 
 
 def test_role_by_endpoint_matrix(env: Env) -> None:
