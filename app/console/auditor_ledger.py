@@ -31,7 +31,7 @@ from app.ledger.service import record
 from app.settings import get_settings
 from app.vault.keyring import key_material
 from audit import store
-from audit.chain import canonical_json
+from audit.chain import HASHED_FIELDS, canonical_json
 from audit.checkpoint import TreeHead, key_id, public_key_bytes
 from audit.witness import WitnessError, read_witness
 
@@ -39,20 +39,7 @@ E = store.audit_entry
 PAGE = 10000
 """Entries (or subject lists) a line while streaming the ledger to the verifier."""
 DETAIL_FILTERS = ("reason", "policy_version")
-STREAM_COLUMNS = (
-    "seq",
-    "recorded_at",
-    "actor_id",
-    "actor_role",
-    "action",
-    "subject_id",
-    "purpose",
-    "legal_basis",
-    "request_id",
-    "details",
-    "prev_hash",
-    "entry_hash",
-)
+STREAM_COLUMNS = (*HASHED_FIELDS, "entry_hash")
 """An entry's columns in the verifier's stream, in ``verify.js``'s ``COLUMNS`` order."""
 
 
