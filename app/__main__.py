@@ -1,3 +1,6 @@
+"""``python -m app``: the command line (``app.cli``)."""
+
 from app.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

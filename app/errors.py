@@ -24,6 +24,14 @@ class InvalidField(DomainError):
     type_slug = "invalid-field"
 
 
+class UnknownParameter(DomainError):
+    """A query parameter the route does not take; ``field`` names it."""
+
+    status = 400
+    title = "Unknown parameter"
+    type_slug = "unknown-parameter"
+
+
 class UnreadableBody(DomainError):
     """The request body as a whole cannot be read: not UTF-8, or nested too deep."""
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 import msgspec
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
-from app.errors import InvalidField, TooLarge, UnreadableBody
+from app.errors import InvalidField, TooLarge, UnknownParameter, UnreadableBody
 from app.ingest.spec import MAX_JSON_DEPTH, has_nul, json_depth
 
 MAX_PURPOSE_LEN = 128
@@ -21,6 +21,13 @@ CHECKED_BODY_LIMIT = 1024 * 1024
 """Bodies up to this size are checked whole; larger ones are refused later by the app's own limit."""
 _UNCHECKED_TYPES = ("multipart/", "application/octet-stream")
 FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def refuse_unknown_params(query: Any, allowed: frozenset[str]) -> None:
+    """Refuse (400) a query parameter the route does not take: a misspelt filter must not be ignored."""
+    for name in query:
+        if name not in allowed:
+            raise UnknownParameter("not a parameter of this route", field=name)
 
 
 def check_json_body(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:

@@ -89,3 +89,16 @@ def test_an_access_export_lists_the_group_entries_about_the_person(env: Env) -> 
 
     records = run(export())["processing_records"]
     assert [r["seq"] for r in records] == [seq]  # type: ignore[index]
+
+
+def test_a_misspelt_filter_is_refused_rather_than_ignored(env: Env) -> None:
+    """An auditor who types ``subjet=`` must not get the whole ledger back as if it were filtered."""
+    run(_group())
+    with client() as c:
+        keys = make_keys()
+        r = c.get("/v1/audit/entries", params={"subjet": "p-ada"}, headers=auth(keys["auditor"]))
+        assert r.status_code == 400
+        assert [p["name"] for p in r.json()["invalid-params"]] == ["subjet"]
+        assert "p-ada" not in r.text
+        ok = c.get("/v1/audit/entries", params={"subject": "p-ada", "limit": 5}, headers=auth(keys["auditor"]))
+        assert ok.status_code == 200

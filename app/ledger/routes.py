@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 
 from app.db import session_maker
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound
+from app.inputs import refuse_unknown_params
 from app.ledger.heads import make_tree_head
 from app.ledger.service import record
 from app.settings import get_settings
@@ -24,6 +25,7 @@ from audit.verify import verify_ledger
 from audit.witness import WitnessError, read_witness
 
 AUDITORS = ("auditor", "admin")
+ENTRY_FILTERS = frozenset({"after", "limit", "actor", "action", "subject", "request_id", "since", "until"})
 
 
 class EntryPage(msgspec.Struct):
@@ -88,6 +90,7 @@ class AuditController(Controller):
     async def entries(
         self,
         db: Db,
+        request: Request[Any, Any, Any],
         after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         actor: FromQuery[str | None] = None,
@@ -97,7 +100,8 @@ class AuditController(Controller):
         since: Annotated[str | None, QueryParameter(description="ISO time, inclusive")] = None,
         until: Annotated[str | None, QueryParameter(description="ISO time, exclusive")] = None,
     ) -> EntryPage:
-        """Entries in sequence order, filtered; page with ``after``."""
+        """Entries in sequence order, filtered; page with ``after``. An unknown filter is a 400."""
+        refuse_unknown_params(request.query_params, ENTRY_FILTERS)
         rows = await store.list_entries(
             db,
             after_seq=after,
