@@ -6,18 +6,23 @@ for a single decision, one entry with counts by reason for a population.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Column,
+    MetaData,
     String,
+    Table,
     and_,
     bindparam,
     case,
     cast,
     column,
     func,
+    insert,
     literal,
     literal_column,
     null,
@@ -176,8 +181,12 @@ async def decide_population(
         total = int((await session.execute(select(func.count()).select_from(table).where(live))).scalar() or 0)
         out = PopulationVerdict(total, 0, {"role may not use purpose": total} if total else {}, rules.version)
     else:
-        decided = _decided(session, rules, ask, now or datetime.now(UTC), within)
+        at = now or datetime.now(UTC)
+        people = await _matched(session, within) if within is not None and _postgres(session) else None
+        decided = _decided(session, rules, ask, at, within, people)
         rows = (await session.execute(_by_reason(decided, sample))).all()
+        if people is not None:
+            await (await session.connection()).run_sync(people.drop)
         counts = {str(r): int(n) for r, n, pid in rows if pid is None}
         allowed = counts.pop("allowed", 0)
         out = PopulationVerdict(allowed + sum(counts.values()), allowed, counts, rules.version)
@@ -187,19 +196,50 @@ async def decide_population(
     return out
 
 
-def _decided(session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within: Any) -> Any:
+def _postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def _matched(session: AsyncSession, within: Any) -> Table:
+    """The surviving people ``within`` selects (ids and regions), stored once in a temporary
+    table of this transaction, analysed (PostgreSQL): the planner then knows how many they
+    are. A segment's conditions on JSON values are estimated at a few rows whatever they
+    match (3 for 27,041 in 1,000,000), and over so few rows it joined the consent facts by
+    a nested loop that reads every aggregated row again for each person."""
+    _table, person, region, live = population()
+    name = f"matched_{uuid.uuid4().hex}"  # generated: no input reaches the DDL
+    people = Table(
+        name,
+        MetaData(),
+        Column("id", String(36)),
+        Column("region", String(8)),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DROP",  # dropped after use; this too if the caller commits first
+    )
+    await (await session.connection()).run_sync(people.create)
+    await session.execute(insert(people).from_select(["id", "region"], select(person, region).where(live, within)))
+    await session.execute(text(f'ANALYZE "{name}"'))
+    return people
+
+
+def _decided(
+    session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within: Any, matched: Table | None = None
+) -> Any:
     """Query: (``id``, ``reason``) of every surviving profile ``within`` selects. Narrowed,
-    the matching people are found first (a materialised set of ids and regions) and only
-    their consent facts are read, joined per person on both databases (a segment of 27,000
-    in 1,000,000, under load: 25 -> 17 s on SQLite against EXISTS probes; on PostgreSQL
-    instead of aggregating everyone's facts and filtering after)."""
+    the matching people are found first (``matched``, a temporary table on PostgreSQL; a
+    materialised CTE on SQLite) and only their consent facts are read, joined per person on
+    both databases (a segment of 27,000 in 1,000,000, under load: 25 -> 17 s on SQLite
+    against EXISTS probes; on PostgreSQL instead of aggregating everyone's facts and
+    filtering after)."""
     table, person, region, live = population()
     if within is None:
         facts = _population_facts(session, at)
         reason = reason_expr(rules, ask, person, region, at, facts)
         return select(person.label("id"), reason.label("reason")).select_from(_joined(facts, table, person)).where(live)
-    people = select(person.label("id"), region.label("region")).where(live, within).cte("people")
-    people = people.prefix_with("MATERIALIZED")
+    people: Any = matched
+    if people is None:
+        people = select(person.label("id"), region.label("region")).where(live, within).cte("people")
+        people = people.prefix_with("MATERIALIZED")
     joined = JoinedFacts(at)
     reason = reason_expr(rules, ask, people.c.id, people.c.region, at, joined)
     source = joined.joined(people, people.c.id, select(people.c.id))
