@@ -1,6 +1,10 @@
-"""An accessibility pass over the console: every page of the page registry, signed in as each
-role that may see it, on the demo data (a server and database of this module's own), checked
-by axe-core with no serious or critical violation, and a screenshot of each."""
+"""An accessibility pass over the console: every page of the page registry, signed in as the role
+whose work it is (``_owner``), on the demo data (a server and database of this module's own),
+checked by axe-core with no serious or critical violation, and a screenshot of each.
+
+One role per page: the templates do not change with the role beyond the navigation, and the
+admin's home carries the whole navigation, so checking a page again under every other role
+that may open it (the admin opens them all) found nothing new and doubled the crawl."""
 
 from __future__ import annotations
 
@@ -53,8 +57,20 @@ def _fill(template: str, known: dict[str, str]) -> str | None:
     return re.sub(r"\{(\w+)(?::[^}]*)?\}", lambda m: known[m.group(1)], template)
 
 
+def _owner(roles: frozenset[str]) -> str:
+    """The role a page is checked under: the one role besides the admin that may open it (the
+    officer's, the marketer's, the auditor's pages), else the admin (the home: every entry in
+    its navigation)."""
+    others = sorted(roles - {"admin"})
+    return others[0] if len(others) == 1 else "admin"
+
+
 def _pages_of(role: str) -> list[str]:
-    return [p.path for p in PAGES if p.method == "GET" and p.roles is not None and role in p.roles]
+    """The console pages (GET, signed in) checked under ``role``."""
+    return [p.path for p in PAGES if p.method == "GET" and p.roles is not None and _owner(p.roles) == role]
+
+
+OWNERS = sorted({_owner(p.roles) for p in PAGES if p.method == "GET" and p.roles is not None})
 
 
 @pytest.fixture(scope="module")
@@ -183,9 +199,17 @@ def _crawl(page: Any, server: LiveServer, role: str) -> tuple[list[str], set[str
     return problems, set(templates) - checked - set(denied)
 
 
+def test_every_signed_in_page_is_checked_under_a_role_that_may_open_it() -> None:
+    pages = {p.path: p.roles for p in PAGES if p.method == "GET" and p.roles is not None}
+    checked = {path: role for role in OWNERS for path in _pages_of(role)}
+    assert checked.keys() == pages.keys()
+    assert all(role in pages[path] and role in STAFF for path, role in checked.items())
+    assert "/console" in _pages_of("admin")  # the home with every navigation entry
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("role", sorted(STAFF))
-def test_every_page_a_role_may_see_has_no_serious_accessibility_violation(
+@pytest.mark.parametrize("role", OWNERS)
+def test_every_console_page_under_its_role_has_no_serious_accessibility_violation(
     chromium: Any, demo_server: LiveServer, role: str
 ) -> None:
     with signed_in_pages(chromium, demo_server) as signed_in:
