@@ -252,18 +252,20 @@ def _csv_files(body: Mapping[str, Any]) -> dict[str, str]:
             buf = io.StringIO()
             w = csv.writer(buf)
             w.writerow(columns)
-            for r in records:
-                w.writerow([_cell(r.get(c)) for c in columns])
+            w.writerows(zip(*(_cells([r.get(c) for r in records]) for c in columns), strict=True))
             out[f"csv/{domain}.{name}.csv"] = buf.getvalue()
     return out
 
 
-def _cell(value: Any) -> str:
-    """A CSV cell of a ``plain`` value."""
-    if value is None:
-        return ""
-    text = value if isinstance(value, str) else encode(value).decode()
-    return "'" + text if text[:1] in ("=", "+", "-", "@") else text  # never a spreadsheet formula
+def _cells(values: list[Any]) -> list[str]:
+    """The CSV cells of one column's ``plain`` values (a column at a time: 10,000 events'
+    cells without a call each)."""
+    encode_value = _ENCODER.encode
+    texts = [v if isinstance(v, str) else "" if v is None else encode_value(v).decode() for v in values]
+    return ["'" + t if t[:1] in _FORMULA else t for t in texts]  # never a spreadsheet formula
+
+
+_FORMULA = frozenset(("=", "+", "-", "@"))
 
 
 def write_zip(path: Path, body: Mapping[str, Any], origins: Collection[str]) -> None:

@@ -37,14 +37,21 @@ def carried(event: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     if isinstance(device, dict):
         yield "device_id", device.get("id") or device.get("advertisingId")
     traits = _mapping(event.get("traits"))
-    for name in _PLAIN_KINDS:
-        yield name, traits.get(name)
-    for name in EXTERNAL_ID_TRAITS:
-        yield f"external:{name}", traits.get(name)
+    if traits:  # most events carry no traits: their kinds are not looked for one by one
+        for name in _PLAIN_KINDS:
+            yield name, traits.get(name)
+        for name in EXTERNAL_ID_TRAITS:
+            yield f"external:{name}", traits.get(name)
     external = context.get("externalIds")
     for item in external if isinstance(external, list) else []:
         if isinstance(item, dict) and isinstance(item.get("type"), str):
             yield f"external:{item['type']}", item.get("id")
+
+
+def signature(event: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What an event carries that could identify someone, as (kind, value as text): events
+    carrying the same are linked the same way (thousands of a person's events share one)."""
+    return tuple((kind, str(v)) for kind, v in carried(event) if v is not None and not isinstance(v, dict | list))
 
 
 class EventLinks:
@@ -77,9 +84,15 @@ async def annotate_events(
 ) -> None:
     """Add ``identified_by`` and ``shared_device`` to each exported event, in place."""
     links = EventLinks(ctx, identifiers)
-    carried_by = [[i for kind, v in carried(e) if (i := links.ident(kind, v)) is not None] for e in events]
+    signatures = [signature(e) for e in events]
+    carried_by = {s: [i for kind, v in s if (i := links.ident(kind, v)) is not None] for s in set(signatures)}
     mine = set(person.origins)
     shared = {d.key for d in links.devices() if set(await profiles_holding(session, d)) - mine}
-    for event, idents in zip(events, carried_by, strict=True):
-        event["identified_by"] = sorted({i.kind for i in idents if i.key in links.held})
-        event["shared_device"] = any(i.key in shared for i in idents)
+    linked = {
+        s: (sorted({i.kind for i in idents if i.key in links.held}), any(i.key in shared for i in idents))
+        for s, idents in carried_by.items()
+    }
+    for event, s in zip(events, signatures, strict=True):
+        kinds, on_shared_device = linked[s]
+        event["identified_by"] = list(kinds)
+        event["shared_device"] = on_shared_device

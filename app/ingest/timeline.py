@@ -27,6 +27,13 @@ def event_view(ev: Event, keys: Mapping[str, DataKey], reveal: str) -> dict[str,
 def open_event(ev: Any, dk: DataKey | None) -> dict[str, Any]:
     """The event (an ``Event`` or a row with its columns as attributes) with its sealed parts
     opened under ``dk`` (its origin's key), if given."""
+    sealed = open_field(dk.key, ev.origin_id, "event", ev.key_version, ev.sealed) if dk is not None else None
+    return event_record(ev, dict(ev.properties), dict(ev.traits), sealed)
+
+
+def event_record(ev: Any, properties: dict[str, Any], traits: dict[str, Any], sealed: Any) -> dict[str, Any]:
+    """The event as ``open_event`` returns it, from its columns (as attributes), its plain
+    ``properties`` and ``traits`` (taken over) and its opened sealed part (None: left sealed)."""
     out: dict[str, Any] = {
         "id": ev.id,
         "type": ev.type,
@@ -35,13 +42,14 @@ def open_event(ev: Any, dk: DataKey | None) -> dict[str, Any]:
         "message_id": ev.message_id,
         "timestamp": ev.occurred_at.isoformat(),
         "received_at": ev.received_at.isoformat(),
-        "properties": dict(ev.properties),
-        "traits": dict(ev.traits),
+        "properties": properties,
+        "traits": traits,
     }
-    if dk is not None:
-        sealed = open_field(dk.key, ev.origin_id, "event", ev.key_version, ev.sealed)
-        out["properties"] = deep_merge(out["properties"], sealed.pop("properties", {}) or {})
-        out["traits"] = deep_merge(out["traits"], sealed.pop("traits", {}) or {})
+    if sealed is not None:
+        if personal := sealed.pop("properties", None):
+            out["properties"] = deep_merge(properties, personal)
+        if personal := sealed.pop("traits", None):
+            out["traits"] = deep_merge(traits, personal)
         out.update({k: v for k, v in sealed.items() if v is not None})
     return out
 

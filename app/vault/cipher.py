@@ -75,3 +75,29 @@ def open_field(data_key: bytes, profile_id: str, field: str, key_version: int, b
     """Decrypt a field; raises ``IntegrityFailure`` naming the field if it was tampered with or moved."""
     plaintext = _open(data_key, blob, _field_aad(profile_id, field, key_version), f"field '{field}'", field)
     return json.loads(plaintext)
+
+
+class FieldOpener:
+    """Opens many values of one field sealed under one profile's data key (an access
+    package's events) with one AES-GCM object, held only as long as this opener."""
+
+    def __init__(self, data_key: bytes, profile_id: str, field: str) -> None:
+        self._aead = AESGCM(data_key)
+        self._profile_id, self._field = profile_id, field
+        self._aads: dict[int, bytes] = {}
+
+    def open(self, key_version: int, blob: bytes) -> Any:
+        """As ``open_field``: the decrypted JSON value, or ``IntegrityFailure`` naming the field."""
+        aad = self._aads.get(key_version)
+        if aad is None:
+            aad = self._aads[key_version] = _field_aad(self._profile_id, self._field, key_version)
+        try:
+            plaintext = self._aead.decrypt(blob[:NONCE], blob[NONCE:], aad)
+        except (InvalidTag, ValueError) as exc:
+            raise IntegrityFailure(
+                f"field '{self._field}' failed authentication; the read was refused", field=self._field
+            ) from exc
+        try:
+            return msgspec.json.decode(plaintext)  # what json.loads reads, several times faster
+        except msgspec.DecodeError:
+            return json.loads(plaintext)  # what msgspec refuses (a lone surrogate, 1e400) as before
