@@ -21,6 +21,7 @@ import zipfile
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,7 @@ def _csv_files(body: Mapping[str, Any]) -> dict[str, str]:
             if not isinstance(rows, list) or not rows:
                 continue
             records = [r if isinstance(r, Mapping) else {"value": r} for r in rows]
-            columns = list(dict.fromkeys(k for r in records for k in r))
+            columns = list(dict.fromkeys(chain.from_iterable(records)))  # every key, in order of appearance
             buf = io.StringIO()
             w = csv.writer(buf)
             w.writerow(columns)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import table_of
 from app.ingest import outbox
 from app.ingest.models import ConsentSignal, Event, InboxBatch, OutboxEntry
-from app.ingest.timeline import event_record
+from app.ingest.timeline import EVENT_HEAD, event_record
 from app.inventory import Person, TableHolder, cutoff_for, register, remove_rows
 from app.vault.cipher import FieldOpener
 from app.vault.service import DataKey
@@ -74,14 +74,20 @@ class IngestHolder(TableHolder):
         columns as text (decoded by msgspec) and opened with one AES-GCM object per origin's
         key: an access package holds tens of thousands of them."""
         t = self.tables[0]
-        columns = [c for c in t.c if c.name not in ("properties", "traits")]
-        q = select(*columns, cast(t.c.properties, Text).label("properties"), cast(t.c.traits, Text).label("traits"))
+        q = select(
+            *(t.c[name] for name in EVENT_HEAD),
+            t.c.origin_id,
+            t.c.key_version,
+            t.c.sealed,
+            cast(t.c.properties, Text),
+            cast(t.c.traits, Text),
+        ).where(self.about(t, person))
         openers = {origin: FieldOpener(dk.key, origin, "event") for origin, dk in keys.items()}
         out = []
-        for r in (await session.execute(q.where(self.about(t, person)))).all():
-            opener = openers.get(r.origin_id)
-            sealed = opener.open(r.key_version, r.sealed) if opener is not None else None
-            out.append(event_record(r, _decoded(r.properties), _decoded(r.traits), sealed))
+        for *head, origin, key_version, blob, properties, traits in (await session.execute(q)).all():
+            opener = openers.get(origin)
+            sealed = opener.open(key_version, blob) if opener is not None else None
+            out.append(event_record(head, _decoded(properties), _decoded(traits), sealed))
         return out
 
 
@@ -90,9 +96,10 @@ def _decoded(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        return dict(msgspec.json.decode(text))
+        value = msgspec.json.decode(text)
     except msgspec.DecodeError:
-        return dict(json.loads(text))  # what msgspec refuses (NaN, 1e400), as the column type read it
+        value = json.loads(text)  # what msgspec refuses (NaN, 1e400), as the column type read it
+    return value if value.__class__ is dict else dict(value)
 
 
 HOLDER = register(
