@@ -24,7 +24,7 @@ from app.db import unit_of_work
 from app.errors import InvalidField
 from app.imports.mapping import Mapping, row_to_message
 from app.ingest.inbox import accept_messages
-from app.ingest.processor import drain_outcome
+from app.ingest.processor import process_next
 from app.profiles.service import VaultContext
 
 FORMATS = ("csv", "ndjson", "json")
@@ -191,7 +191,10 @@ async def run_import(
 ) -> ImportSummary:
     """Import every row; rejected rows go to ``rejects`` as CSV (line, field, reason).
 
-    ``progress`` is called (and awaited, if async) with the rows done after each chunk.
+    Each chunk is accepted into the inbox in its own transaction (its rejects are final
+    then); once every row is accepted, the inbox is processed (by this call, alongside any
+    processor the service runs). ``progress`` is called (and awaited, if async) with the
+    rows done after each chunk, and with 0 after each processed group.
     """
     ctx = VaultContext.from_settings()
     summary = ImportSummary()
@@ -199,35 +202,55 @@ async def run_import(
     if writer is not None:
         writer.writerow(["line", "field", "reason"])
     for chunk in _chunks(read_rows(stream, fmt), chunk_size):
-        messages: list[dict[str, Any]] = []
-        lines: list[int] = []
-        rejected: list[tuple[int, str, str]] = []
-        for line, row in chunk:
-            summary.rows_read += 1
-            try:
-                if row is None:
-                    raise InvalidField("the row could not be parsed", field="row")
-                row_id = str(row.get(mapping.id_column) or "") if mapping.id_column else ""
-                messages.append(row_to_message(mapping, row, row_id or f"{file_id[:16]}:{line}"))
-                lines.append(line)
-            except InvalidField as exc:
-                rejected.append((line, exc.field or "", exc.detail))
-        async with unit_of_work() as session:  # accepted durably: a re-run finds these rows duplicates
-            result = (await accept_messages(session, ctx, principal, messages, require_ids=False)).result
-        stored = await drain_outcome(ctx)  # the same processor as events (with whatever else is queued)
-        summary.events_stored += result.accepted
-        summary.duplicates += result.duplicates
-        summary.profiles_created += stored.profiles_created
-        summary.profiles_updated += stored.profiles_updated
-        rejected += [(lines[r.index], r.field, r.reason) for r in result.rejected]
-        summary.rows_rejected += len(rejected)
+        rejected = await _accept_chunk(ctx, mapping, principal, file_id, chunk, summary)
         if writer is not None:
             writer.writerows([[line, spreadsheet_safe(f), spreadsheet_safe(r)] for line, f, r in sorted(rejected)])
-        if progress is not None:
-            outcome = progress(len(chunk))
-            if inspect.isawaitable(outcome):
-                await outcome
+        await _report(progress, len(chunk))
+    while (stored := await process_next(ctx)).batches:  # the same processor as events (with whatever else is queued)
+        summary.profiles_created += stored.profiles_created
+        summary.profiles_updated += stored.profiles_updated
+        await _report(progress, 0)
     return summary
+
+
+async def _report(progress: Callable[[int], Any] | None, rows: int) -> None:
+    if progress is not None:
+        outcome = progress(rows)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+async def _accept_chunk(
+    ctx: VaultContext,
+    mapping: Mapping,
+    principal: Principal,
+    file_id: str,
+    chunk: list[tuple[int, Any]],
+    summary: ImportSummary,
+) -> list[tuple[int, str, str]]:
+    """Accept one chunk's rows durably (a re-run finds them duplicates); returns its rejects."""
+    messages: list[dict[str, Any]] = []
+    lines: list[int] = []
+    rejected: list[tuple[int, str, str]] = []
+    id_column = mapping.id_column
+    fallback = file_id[:16]
+    for line, row in chunk:
+        try:
+            if row is None:
+                raise InvalidField("the row could not be parsed", field="row")
+            row_id = str(row.get(id_column) or "") if id_column else ""
+            messages.append(row_to_message(mapping, row, row_id or f"{fallback}:{line}"))
+            lines.append(line)
+        except InvalidField as exc:
+            rejected.append((line, exc.field or "", exc.detail))
+    async with unit_of_work() as session:
+        result = (await accept_messages(session, ctx, principal, messages, require_ids=False)).result
+    summary.rows_read += len(chunk)
+    summary.events_stored += result.accepted
+    summary.duplicates += result.duplicates
+    rejected += [(lines[r.index], r.field, r.reason) for r in result.rejected]
+    summary.rows_rejected += len(rejected)
+    return rejected
 
 
 def import_principal(source: str) -> Principal:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,15 +24,30 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
 from app.db import table_of
-from app.errors import NotFound
+from app.errors import InvalidField, NotFound
+from app.identity.service import is_blocked_value
 from app.ingest.models import InboxBatch
 from app.ingest.service import BatchResult, _new_message_ids, checked_messages
-from app.ingest.spec import Message
+from app.ingest.spec import (
+    MAX_EVENT_BYTES,
+    MAX_ID_LEN,
+    MAX_JSON_DEPTH,
+    MAX_MESSAGE_ID_LEN,
+    TYPES,
+    Invalid,
+    event_time,
+    json_depth,
+    parse_time,
+)
+from app.pii.fields import FieldPolicy
 from app.pii.review import current_field_policy
-from app.profiles.service import VaultContext
+from app.profiles.service import VaultContext, normalize_trait
 from app.vault.blobs import open_blob, seal_blob
 
 PURPOSE = "ingest-inbox"
+RAW = b"\x00raw-batch\n"
+"""Prefix of a blob holding a ``/v1/batch`` body exactly as received (every message accepted,
+each with its own id); without it a blob is ``{"m": messages, "d": defaults, "r": ids required}``."""
 MAX_ATTEMPTS = 3
 """A batch that fails this many times is set aside (``status='failed'``) with its reason."""
 
@@ -68,28 +84,247 @@ async def accept_messages(
     gpc: bool = False,
     expected_type: str | None = None,
     require_ids: bool = True,
+    encoded: list[bytes] | None = None,
+    body: bytes | None = None,
 ) -> Accepted:
     """Check the messages, register fresh ids and append the accepted ones as one sealed row.
-    ``require_ids=False`` (imports): a message may come without userId/anonymousId."""
+    ``require_ids=False`` (imports): a message may come without userId/anonymousId.
+    ``encoded``: each message's JSON as received (its size and nesting are read from it);
+    ``body``: the request body holding them, sealed as it is when every message is accepted."""
     now = datetime.now(UTC)
     if not decide(principal, None).allowed:
         await authorize(session, principal, "ingest.events", [], None)
     result = BatchResult()
     fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
-    valid = checked_messages(ctx, raw_messages, result, defaults, expected_type, require_ids, now, fp)
-    unique: dict[str, Message] = {}
-    for m in valid:
-        unique.setdefault(m.message_id, m)
+    check = Check(ctx, fp, defaults or {}, expected_type, require_ids, now)
+    valid = check.messages(raw_messages, encoded, result)
+    unique: dict[str, int] = {}
+    for index, mid in valid:
+        unique.setdefault(mid, index)
     source = principal.source or principal.name
     fresh = await _new_message_ids(session, source, list(unique), now)
-    keep = [m for mid, m in unique.items() if mid in fresh]
+    keep = [(mid, index) for mid, index in unique.items() if mid in fresh]
     result.accepted, result.duplicates = len(keep), len(valid) - len(keep)
     if not keep:
         return Accepted(result, None)
-    messages = [{**raw_messages[m.index], "messageId": m.message_id} for m in keep]
-    body = {"m": messages, "d": defaults or {}, "r": require_ids}
-    batch_id = await append(session, ctx, principal, now, body, len(messages), expected_type, gpc)
-    return Accepted(result, batch_id)
+    if body is not None and len(keep) == len(raw_messages) and not check.made_ids:
+        return Accepted(result, await append(session, ctx, principal, now, RAW + body, len(keep), expected_type, gpc))
+    messages = [{**raw_messages[index], "messageId": mid} for mid, index in keep]
+    batch = {"m": messages, "d": defaults or {}, "r": require_ids}
+    return Accepted(result, await append(session, ctx, principal, now, batch, len(keep), expected_type, gpc))
+
+
+QUICK_BYTES = MAX_EVENT_BYTES // 5
+"""Messages up to this size as received are within the size limit once re-encoded (a number
+such as ``1e15`` grows at most 4.5 times); larger ones are measured by the full check."""
+_PLAIN = (bool, int, float, str)
+
+
+@dataclass
+class Check:
+    """The accept-time checks of a batch's messages: the usual message passes a quick check
+    that takes what ``validate`` and ``_refusal`` would conclude without building a
+    ``Message``; any message it is unsure of (anything unusual, anything refused) goes
+    through the full check, which gives the reject by index."""
+
+    ctx: VaultContext
+    fp: FieldPolicy
+    defaults: dict[str, Any]
+    expected_type: str | None
+    require_ids: bool
+    now: datetime
+    made_ids: bool = False
+    """Was a message id generated for a message that came without one?"""
+    _times: dict[Any, datetime | None] = field(default_factory=dict)
+    _names: dict[str, bool] = field(default_factory=dict)
+    _valid: set[tuple[str, str]] = field(default_factory=set)
+    """(normal form, value) of the batch's trait values found valid (a phone number costs ~50 µs
+    to parse); kept for this batch only, as personal data is never kept past its request."""
+
+    def messages(
+        self, raw_messages: list[Any], encoded: list[bytes] | None, result: BatchResult
+    ) -> list[tuple[int, str]]:
+        """(index, message id) of each acceptable message; the others' rejects go to ``result``."""
+        out: list[tuple[int, str]] = []
+        quick = self._defaults_usual()
+        for i, raw in enumerate(raw_messages):
+            mid = self.quick(raw, None if encoded is None else encoded[i]) if quick else None
+            if mid is None:
+                mid = self._full(raw, i, result)
+            if mid is not None:
+                out.append((i, mid))
+        return out
+
+    def _full(self, raw: Any, index: int, result: BatchResult) -> str | None:
+        found = BatchResult()
+        args = (self.defaults, self.expected_type, self.require_ids, self.now, self.fp)
+        checked = checked_messages(self.ctx, [raw], found, *args)
+        for r in found.rejected:
+            r.index = index
+            result.rejected.append(r)
+        if not checked:
+            return None
+        if checked[0].message_id.startswith("auto-") and checked[0].message_id != _own_id(raw):
+            self.made_ids = True
+        return checked[0].message_id
+
+    def _defaults_usual(self) -> bool:
+        dctx = self.defaults.get("context")
+        return dctx is None or (type(dctx) is dict and b"\\u0000" not in msgspec.json.encode(dctx))
+
+    def quick(self, raw: Any, encoded: bytes | None) -> str | None:
+        """The message id of a usual, acceptable message; None: ask the full check."""
+        if type(raw) is not dict:
+            return None
+        if encoded is None:
+            encoded = msgspec.json.encode(raw)
+        if len(encoded) > QUICK_BYTES or b"\\u0000" in encoded or json_depth(encoded) > MAX_JSON_DEPTH:
+            return None
+        mtype = raw.get("type") or self.expected_type
+        if mtype not in TYPES or (self.expected_type and mtype != self.expected_type):
+            return None
+        user_id, anon = _usual_id(raw.get("userId")), _usual_id(raw.get("anonymousId"))
+        mid = _usual_id(raw.get("messageId"), MAX_MESSAGE_ID_LEN)
+        if user_id is False or anon is False or mid is False:
+            return None
+        context = self._context(raw)
+        if context is None or "tcf" in context or "gpp" in context or not self._timed(raw):
+            return None
+        traits = self._shaped(raw, mtype, context, user_id)
+        if traits is None or not self._identified(user_id, anon, context, traits):
+            return None
+        if not self._traits_normalise(traits):
+            return None
+        if isinstance(mid, str):
+            return mid
+        self.made_ids = True
+        return f"auto-{uuid.uuid4()}"
+
+    def _context(self, raw: dict[str, Any]) -> dict[str, Any] | None:
+        own = raw.get("context")
+        if own is not None and type(own) is not dict:
+            return None
+        base = self.defaults.get("context")
+        return {**base, **(own or {})} if base else (own or {})
+
+    def _time(self, value: Any, name: str) -> datetime | bool | None:
+        if value is not None and type(value) is not str:
+            return False
+        key = (name, value)
+        if key not in self._times:
+            try:
+                self._times[key] = parse_time(value, name)
+            except Invalid:
+                return False
+        return self._times[key]
+
+    def _timed(self, raw: dict[str, Any]) -> bool:
+        timestamp = self._time(raw.get("timestamp") or raw.get("originalTimestamp"), "timestamp")
+        sent_at = self._time(raw.get("sentAt") or self.defaults.get("sentAt"), "sentAt")
+        if timestamp is False or sent_at is False:
+            return False
+        try:
+            event_time(timestamp, sent_at, self.now)  # type: ignore[arg-type]
+        except Invalid:
+            return False
+        return True
+
+    def _shaped(self, raw: dict[str, Any], mtype: str, context: dict[str, Any], user_id: Any) -> dict[str, Any] | None:
+        """The traits storing would check (``{}`` for most types); None: not a usual message."""
+        if mtype in ("track", "page", "screen"):
+            props = raw.get("properties")
+            name = raw.get("event" if mtype == "track" else "name")
+            if (props is not None and type(props) is not dict) or not self._name_ok(name, mtype == "track"):
+                return None
+            return {}
+        if mtype == "identify":
+            traits = raw.get("traits")
+            if traits is not None and type(traits) is not dict:
+                return None
+            if not traits:
+                traits = context.get("traits")
+                if traits is not None and type(traits) is not dict:
+                    return None
+            return traits or {}
+        if mtype == "group":
+            traits = raw.get("traits")
+            if not _usual_id(raw.get("groupId")) or (traits is not None and type(traits) is not dict):
+                return None
+            return traits or {}
+        if not _usual_id(raw.get("previousId")) or not user_id:  # alias
+            return None
+        return {}
+
+    def _name_ok(self, name: Any, required: bool) -> bool:
+        """An event or page name that ``_text`` takes and that does not look like personal data."""
+        if name is None:
+            return not required
+        if type(name) is not str or len(name) > 200 or (required and not name.strip()):
+            return False
+        if not name.strip():
+            return True
+        ok = self._names.get(name)
+        if ok is None:
+            ok = self._names[name] = self.fp.value_category(name.strip()) is None
+        return ok
+
+    def _identified(self, user_id: Any, anon: Any, context: dict[str, Any], traits: dict[str, Any]) -> bool:
+        """Does the message carry an identifier that identity resolution takes? (Unsure: False.)"""
+        policy = self.ctx.policies.identity
+        if (user_id and not is_blocked_value(policy, user_id)) or (anon and not is_blocked_value(policy, anon)):
+            return True
+        if user_id is None and anon is None and self.require_ids:
+            return False
+        external = context.get("externalIds")
+        for item in external if type(external) is list else ():
+            if type(item) is dict and type(item.get("type")) is str and len(item["type"]) <= 32:
+                value = item.get("id")
+                if type(value) in (str, int) and not is_blocked_value(policy, str(value).strip()):
+                    return True
+        return False
+
+    def _traits_normalise(self, traits: dict[str, Any]) -> bool:
+        """Would ``split_traits_by_policy`` take these traits without an error? (Unsure: False.)"""
+        taken: set[str] = set()
+        region = self.ctx.region
+        for name, value in traits.items():
+            if type(name) is not str:
+                return False
+            if value is None:
+                continue
+            d = self.fp.decide(name)
+            if d.kind != "trait":
+                if not d.personal and not isinstance(value, _PLAIN):
+                    return False  # nested plain values: the full check's detectors
+                continue
+            assert d.rule is not None
+            if d.rule.name in taken:
+                return False
+            taken.add(d.rule.name)
+            key = (d.rule.normalize or "", value) if type(value) is str else None
+            if key is not None and key in self._valid:
+                continue
+            try:
+                normalize_trait(d.rule, value, region, f"traits.{name}")
+            except InvalidField:
+                return False
+            if key is not None:
+                self._valid.add(key)
+        return True
+
+
+def _usual_id(value: Any, limit: int = MAX_ID_LEN) -> str | bool | None:
+    """An id as ``_ident`` reads it (stripped, blank is None) when it is a usual string; False otherwise."""
+    if value is None:
+        return None
+    if type(value) is not str or len(value) > limit:
+        return False
+    return value.strip() or None
+
+
+def _own_id(raw: Any) -> Any:
+    mid = raw.get("messageId") if isinstance(raw, dict) else None
+    return str(mid).strip() if mid is not None else None
 
 
 async def append(
@@ -97,22 +332,34 @@ async def append(
     ctx: VaultContext,
     principal: Principal,
     received_at: datetime,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     events: int,
     kind: str | None,
     gpc: bool,
 ) -> int:
-    """One inbox row holding ``body`` (messages ``m``, batch defaults ``d``, ids required ``r``)
-    sealed as one blob; returns its id (with ``CONSENTRY_INBOX_URL=nats://…``: published to
-    the JetStream inbox instead, once the stream acknowledged it; returns its stream sequence)."""
+    """One inbox row holding ``body`` (messages ``m``, batch defaults ``d``, ids required ``r``;
+    or ``RAW`` + a ``/v1/batch`` body as received) sealed as one blob; returns its id (with
+    ``CONSENTRY_INBOX_URL=nats://…``: published to the JetStream inbox instead, once the
+    stream acknowledged it; returns its stream sequence)."""
     from app.ingest import jetstream
 
     if jetstream.enabled():
+        if isinstance(body, bytes):
+            body = _batch_of(body)
         return await jetstream.publish(ctx, principal, received_at, body, events, kind, gpc)
     row, version, sealed = sealed_batch(ctx, principal, received_at, body, events, kind, gpc)
     row.update(key_version=version, sealed=sealed, status="queued", attempts=0)
     t = table_of(InboxBatch)
     return int((await session.execute(insert(t).returning(t.c.id), row)).scalar_one())
+
+
+def _batch_of(plain: bytes) -> dict[str, Any]:
+    """A blob's plaintext as ``{"m": messages, "d": defaults, "r": ids required}``, whichever form it has."""
+    if not plain.startswith(RAW):
+        return dict(msgspec.json.decode(plain))
+    data = msgspec.json.decode(plain[len(RAW) :])
+    defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
+    return {"m": data["batch"], "d": defaults, "r": True}
 
 
 def _sqlite(session: AsyncSession) -> bool:
@@ -164,7 +411,7 @@ def sealed_batch(
     ctx: VaultContext,
     principal: Principal,
     received_at: datetime,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     events: int,
     kind: str | None,
     gpc: bool,
@@ -182,7 +429,8 @@ def sealed_batch(
         "kind": kind,
         "gpc": gpc,
     }
-    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(body), _binding(clear))
+    plain = body if isinstance(body, bytes) else msgspec.json.encode(body)
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, plain, _binding(clear))
     return clear, version, sealed
 
 
@@ -197,7 +445,7 @@ def _binding(row: Any) -> bytes:
 
 def opened(ctx: VaultContext, r: Any) -> Claimed:
     """A claimed row's messages, decrypted (``IntegrityFailure`` if the seal was altered)."""
-    body = msgspec.json.decode(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed, _binding(r._mapping)))
+    body = _batch_of(open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed, _binding(r._mapping)))
     principal = Principal(key_id=r.key_id, role=r.role, name=r.name, source=r.source, trust=r.trust)
     return Claimed(r.id, principal, r.received_at, r.kind, r.gpc, body["m"], body["d"], body.get("r", True))
 

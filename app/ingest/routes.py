@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
@@ -92,7 +92,7 @@ class IngestOut(msgspec.Struct):
     rejected: list[RejectedOut]
 
 
-async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
+async def read_body(request: Request[Any, Any, Any], limit: int) -> bytes:
     """The request body, gunzipped if sent with ``Content-Encoding: gzip``, at most ``limit`` bytes."""
     body = await request.body()
     if request.headers.get("content-encoding", "").lower() == "gzip":
@@ -103,14 +103,53 @@ async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
             raise InvalidField("is not valid gzip", field="body") from exc
     if len(body) > limit:
         raise PayloadTooLarge(detail=f"the body is larger than {limit // 1024} KB")
+    return body
+
+
+def decode_json(body: bytes, type: Any = Any) -> Any:
+    """``body`` decoded as ``type``; a body that is not JSON is a 400 naming the defect."""
     try:
-        return msgspec.json.decode(body)
+        return msgspec.json.decode(body, type=type)
     except (UnicodeDecodeError, RecursionError):
         check_json_body(body)  # names the defect: not UTF-8, or nested too deep (400)
+        raise
+    except msgspec.ValidationError:
         raise
     except msgspec.DecodeError as exc:
         check_json_body(body)  # bytes that are not UTF-8 are a 400, like invalid UTF-8 inside strings
         raise InvalidField("is not valid JSON", field="body") from exc
+
+
+async def read_json(request: Request[Any, Any, Any], limit: int) -> Any:
+    """The request body (see ``read_body``), decoded."""
+    return decode_json(await read_body(request, limit))
+
+
+class BatchIn(msgspec.Struct):
+    """A ``/v1/batch`` body with each message left as the JSON it came as."""
+
+    batch: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_BATCH_EVENTS)]
+    context: Any = None
+    sentAt: Any = None
+    integrations: Any = None
+
+
+def _batch_parts(body: bytes) -> tuple[list[Any], list[bytes] | None, dict[str, Any]]:
+    """(messages, each message's JSON as received or None, the batch's defaults)."""
+    try:
+        parts = decode_json(body, BatchIn)
+    except msgspec.ValidationError:  # not the usual shape: read as any JSON, refused below by name
+        data = decode_json(body)
+        if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
+            raise InvalidField("must be an array of messages", field="batch") from None
+        if len(data["batch"]) > MAX_BATCH_EVENTS:
+            raise PayloadTooLarge(detail=f"more than {MAX_BATCH_EVENTS} messages in one batch") from None
+        return data["batch"], None, {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
+    encoded = [bytes(raw) for raw in parts.batch]
+    messages = [decode_json(raw) for raw in encoded]
+    given = msgspec.structs.asdict(parts)
+    defaults = {k: given[k] for k in ("context", "sentAt", "integrations") if given[k] is not None}
+    return messages, encoded, defaults
 
 
 def _out(result: BatchResult) -> IngestOut:
@@ -165,21 +204,19 @@ class EventController(Controller):
     async def batch(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
         """Up to 2,500 messages (500 KB); invalid ones are reported by index, the rest accepted:
         durable in the inbox when this answers, stored in people's profiles by the processor."""
-        data = await read_json(request, MAX_BATCH_BYTES)
-        if not isinstance(data, dict) or not isinstance(data.get("batch"), list):
-            raise InvalidField("must be an array of messages", field="batch")
-        if len(data["batch"]) > MAX_BATCH_EVENTS:
-            raise PayloadTooLarge(detail=f"more than {MAX_BATCH_EVENTS} messages in one batch")
-        defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
+        body = await read_body(request, MAX_BATCH_BYTES)
+        messages, encoded, defaults = _batch_parts(body)
         if defaults and json_depth(msgspec.json.encode(defaults)) > MAX_JSON_DEPTH:
             raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="context")
         accepted = await accept_messages(
             db,
             VaultContext.from_settings(),
             principal,
-            data["batch"],
+            messages,
             defaults=defaults,
             gpc=request.headers.get("sec-gpc") == "1",
+            encoded=encoded,
+            body=None if encoded is None else body,
         )
         return _out(await _accepted(request, db, accepted))
 
