@@ -6,7 +6,6 @@ for a single decision, one entry with counts by reason for a population.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -200,26 +199,29 @@ def _postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
+_MATCHED = Table(
+    "decision_matched",
+    MetaData(),
+    Column("id", String(36)),
+    Column("region", String(8)),
+    prefixes=["TEMPORARY"],
+    postgresql_on_commit="DROP",  # dropped after use; this too if the caller commits first
+)
+"""The people a narrowed population decision is about (PostgreSQL, ``_matched``): one name,
+so the decision statement over it is compiled once per process, not at every preview."""
+
+
 async def _matched(session: AsyncSession, within: Any) -> Table:
     """The surviving people ``within`` selects (ids and regions), stored once in a temporary
-    table of this transaction, analysed (PostgreSQL): the planner then knows how many they
-    are. A segment's conditions on JSON values are estimated at a few rows whatever they
-    match (3 for 27,041 in 1,000,000), and over so few rows it joined the consent facts by
-    a nested loop that reads every aggregated row again for each person."""
+    table of this transaction and analysed (PostgreSQL; the caller drops it): the planner
+    then knows how many they are. A segment's conditions on JSON values are estimated at a
+    few rows whatever they match (3 for 27,041 in 1,000,000), and over so few rows it joined
+    the consent facts by a nested loop that reads every aggregated row again for each person."""
     _table, person, region, live = population()
-    name = f"matched_{uuid.uuid4().hex}"  # generated: no input reaches the DDL
-    people = Table(
-        name,
-        MetaData(),
-        Column("id", String(36)),
-        Column("region", String(8)),
-        prefixes=["TEMPORARY"],
-        postgresql_on_commit="DROP",  # dropped after use; this too if the caller commits first
-    )
-    await (await session.connection()).run_sync(people.create)
-    await session.execute(insert(people).from_select(["id", "region"], select(person, region).where(live, within)))
-    await session.execute(text(f'ANALYZE "{name}"'))
-    return people
+    await (await session.connection()).run_sync(_MATCHED.create)
+    await session.execute(insert(_MATCHED).from_select(["id", "region"], select(person, region).where(live, within)))
+    await session.execute(text(f"ANALYZE {_MATCHED.name}"))
+    return _MATCHED
 
 
 def _decided(
