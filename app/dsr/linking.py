@@ -10,7 +10,6 @@ distinct one is looked up once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,24 +27,22 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def carried(event: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+def carried(event: dict[str, Any]) -> list[tuple[str, Any]]:
     """(kind, value) of every identifier an opened event carries, as ingestion reads them."""
-    yield "user_id", event.get("userId")
-    yield "anonymous_id", event.get("anonymousId")
+    found = [("user_id", event.get("userId")), ("anonymous_id", event.get("anonymousId"))]
     context = _mapping(event.get("context"))
     device = context.get("device")
     if isinstance(device, dict):
-        yield "device_id", device.get("id") or device.get("advertisingId")
+        found.append(("device_id", device.get("id") or device.get("advertisingId")))
     traits = _mapping(event.get("traits"))
     if traits:  # most events carry no traits: their kinds are not looked for one by one
-        for name in _PLAIN_KINDS:
-            yield name, traits.get(name)
-        for name in EXTERNAL_ID_TRAITS:
-            yield f"external:{name}", traits.get(name)
+        found += [(name, traits.get(name)) for name in _PLAIN_KINDS]
+        found += [(f"external:{name}", traits.get(name)) for name in EXTERNAL_ID_TRAITS]
     external = context.get("externalIds")
     for item in external if isinstance(external, list) else []:
         if isinstance(item, dict) and isinstance(item.get("type"), str):
-            yield f"external:{item['type']}", item.get("id")
+            found.append((f"external:{item['type']}", item.get("id")))
+    return found
 
 
 def signature(event: dict[str, Any]) -> tuple[tuple[str, str], ...]:
