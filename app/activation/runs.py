@@ -47,18 +47,16 @@ from app.decisions.service import current_rules
 from app.errors import DomainError
 from app.ledger.service import record_group
 from app.logs import scrub_text
-from app.profiles.service import current_fields, sealed_fields_queries
 from app.segments.service import get_segment, members_query
 from app.settings import get_settings
 from app.vault.keyring import key_material
-from app.vault.service import wrapped_keys_query
 from audit.merkle import root
 
 log = structlog.get_logger("consentry.activation")
 CHUNK = 2000
 """People read, opened and handed to delivery at a time."""
-AHEAD = 3
-"""Chunks being opened ahead of delivery."""
+AHEAD = 4
+"""Chunks being read and opened ahead of delivery (two per worker)."""
 BEAT = 15.0
 """Seconds between a running run's heartbeats."""
 STALE = timedelta(minutes=2)
@@ -79,6 +77,8 @@ class Lease:
     owner: str
     attempt: int
     lost: bool = False
+    progress: dict[str, int] = field(default_factory=dict)
+    """Counts the next heartbeat shows (a file run's people so far, before its rows are written)."""
 
     async def beat(self, **values: Any) -> None:
         """Heartbeat (and ``values``) in its own transaction; ``LeaseLost`` if the run is not ours."""
@@ -168,7 +168,7 @@ async def _beating(lease: Lease) -> None:
     while not lease.lost:
         await asyncio.sleep(BEAT)
         try:
-            await lease.beat()
+            await lease.beat(**lease.progress)
         except LeaseLost:
             return
         except Exception as exc:  # a missed heartbeat is retried at the next one
@@ -308,21 +308,25 @@ async def opened(
 ) -> AsyncIterator[tuple[list[Outbound], dict[str, str]]]:
     """The people chunk by chunk as the destination receives them (allowed categories only),
     with those left out because the data the kind needs is missing; the next chunks are read
-    and opened while the caller delivers this one."""
-    cats = allowed_categories(current_rules(), service.ask_for(dest))
-    ring = key_material(get_settings()).master
-    index_key = key_material(get_settings()).index_key
+    and opened (by the workers, for a large run) while the caller delivers this one."""
+    cats = tuple(allowed_categories(current_rules(), service.ask_for(dest)))
+    keys = key_material(get_settings())
     needs = service.NEEDS.get(dest.kind)
-    authority = service.trait_authority()
+    authority = dict(service.trait_authority())
+    job = unseal.FetchJob([], cats, get_settings().database_url, _masters(keys.master), authority, run_id, dest.id,
+                          keys.index_key)  # fmt: skip
     ahead: list[asyncio.Future[list[Outbound]]] = []
     chunks = unseal.split(ids, CHUNK)
     while chunks or ahead:
         while chunks and len(ahead) < AHEAD:
             clock = time.perf_counter()
-            sealed = await read_sealed(session, chunks.pop(0), cats, ring, authority)
+            if opener.pool is not None:  # the worker reads the chunk itself
+                ahead.append(asyncio.ensure_future(opener.fetch(replace(job, people=chunks.pop(0)))))
+            else:
+                sealed = await read_sealed(session, chunks.pop(0), cats, keys.master, authority)
+                sealed = replace(sealed, run_id=run_id, destination_id=dest.id, index_key=keys.index_key)
+                ahead.append(asyncio.ensure_future(opener.open(sealed)))
             spent["read"] += time.perf_counter() - clock
-            sealed = replace(sealed, run_id=run_id, destination_id=dest.id, index_key=index_key)
-            ahead.append(asyncio.ensure_future(opener.open(sealed)))
         people, missing = [], {}
         clock = time.perf_counter()
         got = await ahead.pop(0)
@@ -335,36 +339,20 @@ async def opened(
         yield people, missing
 
 
-def _sealed_queries(categories: Sequence[str]) -> tuple[Any, Any, Any]:
-    """The three reads of a chunk, each one statement whatever the chunk's size (the ids are
-    one expanding parameter: compiled once, not once per id)."""
-    fields, stamps = sealed_fields_queries(categories)
-    return fields, stamps, wrapped_keys_query()
+def _masters(ring: Any) -> dict[int, bytes]:
+    """Every master key version of the ring (a worker unwraps whichever its chunk needs)."""
+    ring.current()  # picks up a rotation made by another process
+    return {v: ring.get(v) for v in sorted(ring.keys)}
 
 
 async def read_sealed(
     session: AsyncSession, ids: list[str], categories: Sequence[str], ring: Any, authority: Any
 ) -> unseal.SealedChunk:
     """The sealed fields precedence shows of these people, of these categories only (no other
-    field is read), and the wrapped keys of their origins (a shredded origin has none).
-    Precedence is read only for a person's trait held more than once (merged profiles)."""
-    if not categories:
-        return unseal.SealedChunk(ids, [], {}, {}, "", "", b"")
-    fields_q, stamps_q, keys_q = _sealed_queries(tuple(categories))
-    shown: dict[tuple[str, str], Any] = {}
-    twice: set[str] = set()
-    for r in (await session.execute(fields_q, {"ids": ids})).all():
-        if (r[0], r[1]) in shown:
-            twice.add(r[0])
-        shown[(r[0], r[1])] = r
-    if twice:
-        shown.update(current_fields((await session.execute(stamps_q, {"ids": sorted(twice)})).all(), authority))
-    origins = sorted({r[2] for r in shown.values()})
-    keys: dict[str, tuple[int, int, bytes]] = {}
-    if origins:
-        keys = {pid: (mv, kv, w) for pid, mv, kv, w in (await session.execute(keys_q, {"ids": origins})).all()}
+    field is read), and the wrapped keys of their origins (``unseal.read_rows``, through the
+    session's connection)."""
+    fields, keys = await session.run_sync(lambda s: unseal.read_rows(s.connection(), ids, categories, authority))
     masters = {mv: ring.get(mv) for mv in {v[0] for v in keys.values()}}
-    fields = [tuple(r[:5]) for r in shown.values()]
     return unseal.SealedChunk(ids, fields, keys, masters, "", "", b"")
 
 
@@ -391,6 +379,10 @@ class RowWriter:
         if dead is not None:
             self.dead.append(dead)
             self.wake.set()
+
+    def progress(self, sent: int) -> None:
+        """People handed over so far, before their rows are written (shown by the heartbeat)."""
+        self.lease.progress = {"sent": sent}
 
     def push(self, rows: list[tuple[Any, ...]]) -> None:
         """Rows to write (``proof.COLUMNS`` order)."""

@@ -107,15 +107,17 @@ async def screen(
         checks.append((facts.flag("profiling_refused"), "profiling refused"))
     verdict = case(*checks, else_=reason).label("reason")
     source = table
-    if among is not None:
+    if among is not None:  # the candidates first: their people are looked up, not everyone scanned
         candidates = among.subquery("candidates")
-        source = source.join(candidates, candidates.c.profile_id == person)
+        source = candidates.join(table, candidates.c.profile_id == person)
     if isinstance(facts, JoinedFacts):
         source = facts.joined(source, person, among)
-    q = select(person, verdict).select_from(source).where(live, where).order_by(person)
+    q = select(person, verdict).select_from(source).where(live, where)
+    if among is None or session.get_bind().dialect.name == "postgresql":
+        q = q.order_by(person)  # SQLite would scan every profile in id order for it: sorted below
     allowed: list[str] = []
     excluded: dict[str, str] = {}
-    for pid, why in (await session.execute(q)).all():
+    for pid, why in sorted((await session.execute(q)).all()):
         if why == "allowed":
             allowed.append(pid)
         else:

@@ -1,6 +1,11 @@
 """A run's file, written as its chunks come: each chunk is encoded (CSV, NDJSON or an ad
 platform's hashes) while the next ones are opened, and the file is written once, complete,
-when the run ends (0600, one person a line; nothing at all for a refused ad audience)."""
+when the run ends (0600, one person a line; nothing at all for a refused ad audience).
+
+Its recipient rows are kept until then and written in one go (one COPY or executemany
+instead of a transaction per chunk): a file run taken over after its process died starts
+again from nothing (``runs._forget_earlier``), so rows written earlier would serve no one.
+Meanwhile the run's progress is shown through its heartbeat."""
 
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ class Writer(Protocol):
     recipients: Recipients
 
     def push(self, rows: list[tuple[Any, ...]]) -> None: ...
+
+    def progress(self, sent: int) -> None: ...
 
     def check(self) -> None: ...
 
@@ -51,13 +58,11 @@ class FileSink:
         if not people:
             return
         now = datetime.now(UTC)
-        rows = self.recipients.rows(people, "sent", 0, now, self.file_id, self.lines + 1)
-        if self.dest.kind == "ad_audience":
-            self.held += rows  # recorded only once the audience is known to be large enough
-        else:
-            self.writer.push(rows)
+        self.held += self.recipients.rows(people, "sent", 0, now, self.file_id, self.lines + 1)
         self.parts.append((len(self.names), self._encode(people)))
         self.lines += len(people)
+        if self.dest.kind != "ad_audience":  # an audience counts only once large enough
+            self.writer.progress(self.lines)
 
     def _encode(self, people: list[Outbound]) -> str:
         buf = io.StringIO()
@@ -94,7 +99,7 @@ class FileSink:
         return head + "".join(body)
 
     async def close(self, refuse: bool = False) -> Recipients:
-        """Write the file (unless refused) and return its recipients (written meanwhile)."""
+        """Write the recipient rows and the file (unless refused); returns the recipients."""
         if not refuse:
             self.writer.push(self.held)
         await self.writer.close()

@@ -1,11 +1,13 @@
 """Opening the fields a run sends, many people at a time, on every core.
 
-The main process reads the sealed rows (the fields precedence shows, of the allowed
-categories only, and the wrapped data keys of their origins); ``open_people`` unwraps each
-key and opens each field, inline for a small run or in a pool of worker processes for a
-large one, so decryption runs beside the database reads and the delivery. Workers get the
-master key versions a chunk needs with the chunk (through a pipe, never a file) and keep
-nothing between chunks.
+A small run reads the sealed rows in the main process (the fields precedence shows, of the
+allowed categories only, and the wrapped data keys of their origins) and ``open_chunk``
+unwraps each key and opens each field inline. A large run hands each chunk's ids to a pool
+of worker processes: a worker reads the chunk's rows itself (``fetch_chunk``: one statement
+for the fields, one for the keys, through its own blocking connection and the same query
+builders) and opens them, so reading and decryption run on every core beside the delivery
+and the recording in the main process. Workers get the master key versions with the job
+(through a pipe, never a file) and keep nothing personal between chunks (only a connection).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +67,67 @@ def open_chunk(chunk: SealedChunk) -> list[Outbound]:
     return out
 
 
+@dataclass(frozen=True)
+class FetchJob:
+    """A chunk for a worker to read and open: the people (in order), the categories the
+    destination may receive, the database, every master key version, the trait authority
+    (field precedence) and what names a person at the destination."""
+
+    people: list[str]
+    categories: tuple[str, ...]
+    database_url: str
+    masters: dict[int, bytes]
+    authority: Mapping[str, frozenset[str]]
+    run_id: str
+    destination_id: str
+    index_key: bytes
+
+
+_ENGINES: dict[str, Any] = {}
+"""A worker's blocking engine per database (its one connection, kept between chunks)."""
+
+
+def fetch_chunk(job: FetchJob) -> list[Outbound]:
+    """In a worker: read the chunk's sealed fields and keys (``read_rows``) and open them."""
+    from app.db import create_sync_engine
+
+    engine = _ENGINES.get(job.database_url)
+    if engine is None:
+        engine = _ENGINES[job.database_url] = create_sync_engine(job.database_url, pool_size=1)
+    with engine.connect() as conn:
+        fields, keys = read_rows(conn, job.people, job.categories, job.authority)
+    masters = {mv: job.masters[mv] for mv in {k[0] for k in keys.values()}}
+    chunk = SealedChunk(job.people, fields, keys, masters, job.run_id, job.destination_id, job.index_key)
+    return open_chunk(chunk)
+
+
+def read_rows(
+    conn: Any, ids: list[str], categories: Sequence[str], authority: Mapping[str, frozenset[str]]
+) -> tuple[list[tuple[str, str, str, int, bytes]], dict[str, tuple[int, int, bytes]]]:
+    """Through a blocking connection: the sealed fields precedence shows of these people, of
+    these categories only, and the wrapped keys of their origins (a shredded origin has none);
+    precedence is read only for a trait held more than once (merged profiles)."""
+    from app.profiles.service import current_fields, sealed_fields_queries
+    from app.vault.service import wrapped_keys_query
+
+    if not categories:
+        return [], {}
+    fields_q, stamps_q = sealed_fields_queries(tuple(categories))
+    shown: dict[tuple[str, str], Any] = {}
+    twice: set[str] = set()
+    for r in conn.execute(fields_q, {"ids": ids}).all():
+        if (r[0], r[1]) in shown:
+            twice.add(r[0])
+        shown[(r[0], r[1])] = r
+    if twice:
+        shown.update(current_fields(conn.execute(stamps_q, {"ids": sorted(twice)}).all(), authority))
+    origins = sorted({r[2] for r in shown.values()})
+    keys: dict[str, tuple[int, int, bytes]] = {}
+    if origins:
+        keys = {pid: (mv, kv, w) for pid, mv, kv, w in conn.execute(wrapped_keys_query(), {"ids": origins}).all()}
+    return [tuple(r[:5]) for r in shown.values()], keys
+
+
 class Opener:
     """Opens chunks inline, or in worker processes (``pooled``); a context manager."""
 
@@ -87,6 +150,11 @@ class Opener:
         if self.pool is None:
             return open_chunk(chunk)
         return await asyncio.get_running_loop().run_in_executor(self.pool, open_chunk, chunk)
+
+    async def fetch(self, job: FetchJob) -> list[Outbound]:
+        """Read and open a chunk in a worker (``pooled`` only)."""
+        assert self.pool is not None, "fetch needs worker processes"
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fetch_chunk, job)
 
     def close(self) -> None:
         if self.pool is not None:

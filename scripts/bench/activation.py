@@ -3,6 +3,7 @@ filter on, against baselines in the same run.
 
     .venv/bin/python scripts/bench/activation.py [--people 1000000] [--segment 250000]
         [--repeat 3] [--database-url postgresql://…/bench_act --allow-drop]
+        [--data DIR --reuse] [--baseline-tree /tmp/base --rounds 2] [--only file,webhook]
 
 A fresh database (a temporary SQLite file, or the ``public`` schema of the PostgreSQL
 database given, dropped and re-created: the name must start with ``bench`` unless
@@ -12,6 +13,13 @@ segment of the first ``--segment`` people with, for each of them, a data key and
 ``email``, ``name`` and ``phone`` fields (what a run decrypts). About 40% of them may be
 used for marketing (the generator's consent states), so 250,000 members give about 100,000
 people sent. The receiver is another process (``http.server``, counting people).
+
+``--reuse`` keeps a population the database (or ``--data``'s SQLite file) already holds: the
+benchmark's own, or a copy of the segments benchmark's (same people, same ids): the saved
+segment, data keys and sealed fields are then added to it once (keys under ``--data``: keep
+it for the next run). ``--baseline-tree`` measures another checkout's ``app`` (the baseline
+commit) and this one alternately, ``--rounds`` times each, every run in its own process on
+the same database, and prints both medians side by side.
 
 Measured (medians of ``--repeat``):
   file            ``execute_run`` to a CSV file destination: consent decided now for every
@@ -44,6 +52,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 M = "marketing.advertising.first_party.targeted"
+ADDED = ("subject_key", "profile_field", "segment", "segment_member")
 SECRET = "whsec_YmVuY2gtc2lnbmluZy1rZXktb2YtMzItYnl0ZXMhIQ=="
 
 
@@ -76,10 +85,8 @@ def receive(port_file: Path) -> None:
 
 
 def populate(people: int, members: int, postgres: bool) -> dict[str, int]:
-    from sqlalchemy import text
-
     from app.db import create_sync_engine
-    from scripts.bench.decisions import COLUMNS, pid, rows
+    from scripts.bench.decisions import COLUMNS, rows
     from scripts.bench.segments import _insert
 
     engine = create_sync_engine()
@@ -91,25 +98,38 @@ def populate(people: int, members: int, postgres: bool) -> dict[str, int]:
                 _insert(conn, table, cols, data[table], postgres)
                 counts[table] = len(data[table])
             del data
-            keys, fields = sealed([pid(i) for i in range(members)])
-            _insert(conn, "subject_key", tuple(keys[0]), [tuple(r.values()) for r in keys], postgres)
-            _insert(conn, "profile_field", tuple(fields[0]), [tuple(r.values()) for r in fields], postgres)
-            now = datetime.now(UTC)
-            seg = ("bench-seg", "bench", M, json.dumps({"trait": "plan", "eq": "basic"}), 1, "bench", now, now)
-            cols = ("id", "name", "purpose", "tree", "version", "owner_key_id", "created_at", "updated_at")
-            _insert(conn, "segment", cols, [seg], postgres)
-            member_rows = [("bench-seg", pid(i), now) for i in range(members)]
-            _insert(conn, "segment_member", ("segment_id", "profile_id", "entered_at"), member_rows, postgres)
-            counts.update(subject_key=len(keys), profile_field=len(fields), segment_member=members)
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("VACUUM ANALYZE" if postgres else "ANALYZE"))
+        counts.update(add_segment(engine, members, postgres))
     finally:
         engine.dispose()
     return counts
 
 
-def populated() -> bool:
-    """The database already holds the benchmark's segment."""
+def add_segment(engine: Any, members: int, postgres: bool) -> dict[str, int]:
+    """The saved segment of the first ``members`` people, with a data key and sealed fields
+    for each of them, added to a population (then ANALYZE)."""
+    from sqlalchemy import text
+
+    from scripts.bench.decisions import pid
+    from scripts.bench.segments import _insert
+
+    with engine.begin() as conn:
+        keys, fields = sealed([pid(i) for i in range(members)])
+        _insert(conn, "subject_key", tuple(keys[0]), [tuple(r.values()) for r in keys], postgres)
+        _insert(conn, "profile_field", tuple(fields[0]), [tuple(r.values()) for r in fields], postgres)
+        now = datetime.now(UTC)
+        seg = ("bench-seg", "bench", M, json.dumps({"trait": "plan", "eq": "basic"}), 1, "bench", now, now)
+        cols = ("id", "name", "purpose", "tree", "version", "owner_key_id", "created_at", "updated_at")
+        _insert(conn, "segment", cols, [seg], postgres)
+        member_rows = [("bench-seg", pid(i), now) for i in range(members)]
+        _insert(conn, "segment_member", ("segment_id", "profile_id", "entered_at"), member_rows, postgres)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in ("profile", "consent_state", "privacy_flag", "identifier", *ADDED):
+            conn.execute(text(f"{'VACUUM ANALYZE' if postgres else 'ANALYZE'} {table}"))
+    return {"subject_key": len(keys), "profile_field": len(fields), "segment_member": members}
+
+
+def populated() -> tuple[int, bool]:
+    """(people, whether the benchmark's segment is there) in the database."""
     from sqlalchemy import text
 
     from app.db import create_sync_engine
@@ -117,9 +137,36 @@ def populated() -> bool:
     engine = create_sync_engine()
     try:
         with engine.connect() as conn:
-            return bool(conn.execute(text("SELECT count(*) FROM segment WHERE id = 'bench-seg'")).scalar())
+            people = int(conn.execute(text("SELECT count(*) FROM profile")).scalar() or 0)
+            seg = bool(conn.execute(text("SELECT count(*) FROM segment WHERE id = 'bench-seg'")).scalar())
+            return people, seg
     finally:
         engine.dispose()
+
+
+def prepare(args: argparse.Namespace, postgres: bool) -> None:
+    """Generate the population, or keep the one there (``--reuse``), adding the segment."""
+    from app.db import create_sync_engine
+
+    people, seg = populated() if args.reuse else (0, False)
+    if people and seg:
+        print(f"population kept from an earlier run ({people:,} people)")
+        return
+    t0 = time.perf_counter()
+    if people:
+        engine = create_sync_engine()
+        try:
+            counts = add_segment(engine, args.segment, postgres)
+        finally:
+            engine.dispose()
+        print(f"kept {people:,} people; added in {time.perf_counter() - t0:.0f} s: " + _counts(counts))
+        return
+    counts = populate(args.people, args.segment, postgres)
+    print(f"generated in {time.perf_counter() - t0:.0f} s: " + _counts(counts))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items())
 
 
 def sealed(ids: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -251,6 +298,36 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
     return {"times": {k: statistics.median(v) for k, v in times.items()}, "values": values}
 
 
+def measured_by(tree: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement with ``tree``'s ``app``, in its own process (the same database)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-tree", str(tree), "--url", url,
+           "--segment", str(args.segment), "--repeat", str(args.repeat), "--only", args.only]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{tree}: the measurement failed:\n{done.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def compared(url: str, args: argparse.Namespace) -> None:
+    """Baseline and this tree, alternating; medians of the rounds side by side."""
+    sides = {"baseline": args.baseline_tree.resolve(), "this tree": ROOT}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for n in range(args.rounds):
+        for side, tree in sides.items():
+            runs[side].append(measured_by(tree, url, args))
+            took = ", ".join(f"{k} {v:.2f} s" for k, v in runs[side][-1]["times"].items())
+            print(f"  round {n + 1}, {side}: {took}   (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"  {'':<22} {'baseline':>9} {'this tree':>10} {'people/s':>9}  values (this tree)")
+    for name in runs["this tree"][0]["times"]:
+        med = {k: statistics.median(r["times"].get(name, float("nan")) for r in v) for k, v in runs.items()}
+        value = runs["this tree"][0]["values"][name]
+        rate = value["sent"] / med["this tree"]
+        print(f"  {name:<22} {med['baseline']:8.2f}s {med['this tree']:9.2f}s {rate:9,.0f}  {value}")
+        if runs["baseline"][0]["values"].get(name) != value:
+            print(f"  {'':<22} baseline's value differs: {runs['baseline'][0]['values'].get(name)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--people", type=int, default=1_000_000)
@@ -263,10 +340,19 @@ def main() -> None:
     )
     parser.add_argument("--reuse", action="store_true", help="keep a population --data (or the database) already holds")
     parser.add_argument("--only", default="", help="comma-separated measurements to run (default: all)")
+    parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds with --baseline-tree")
     parser.add_argument("--receive", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-tree", type=Path, help=argparse.SUPPRESS)  # one side of --baseline-tree
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
     if args.receive:
         receive(args.receive)
+        return
+    if args.measure_tree:
+        sys.path.insert(0, str(args.measure_tree.resolve()))
+        print(json.dumps(asyncio.run(measure(args.url, args.segment, args.repeat, only)), default=str))
         return
     postgres = bool(args.database_url)
     tmp = args.data or Path(tempfile.mkdtemp(prefix="consentry-bench-act-"))
@@ -293,24 +379,19 @@ def main() -> None:
     port_file = tmp / "port"
     port_file.unlink(missing_ok=True)
     receiver = subprocess.Popen(
-        [sys.executable, __file__, "--receive", str(port_file)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--receive", str(port_file)], stdout=subprocess.DEVNULL, text=True
     )
     try:
         subprocess.run([sys.executable, "-m", "app", "db", "upgrade"], cwd=ROOT, check=True, capture_output=True)
         print(f"activation benchmark on {'PostgreSQL' if postgres else 'SQLite'}, {os.cpu_count()} cores (shared), "
               f"{args.people:,} people, segment of {args.segment:,}")  # fmt: skip
-        if args.reuse and populated():
-            print("population kept from an earlier run")
-        else:
-            t0 = time.perf_counter()
-            counts = populate(args.people, args.segment, postgres)
-            print(
-                f"generated in {time.perf_counter() - t0:.0f} s: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
-            )
+        prepare(args, postgres)
         while not port_file.exists():
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port_file.read_text()}/hook"
-        only = {x.strip() for x in args.only.split(",") if x.strip()}
+        if args.baseline_tree is not None:
+            compared(url, args)
+            return
         result = asyncio.run(measure(url, args.segment, args.repeat, only))
         for name, seconds in result["times"].items():
             sent = result["values"][name]["sent"]
