@@ -70,6 +70,7 @@ OWN_SETTINGS = (
 FIGURES = {
     "ceiling": "store-only ceiling, events/s",
     "inprocess": "pipeline in-process, events/s",
+    "accept_cpu": "accept CPU in-process, µs/event",
     "http": "HTTP /v1/batch accepted, events/s",
     "processed": "HTTP → stored (end to end), events/s",
     "lag_p50": "lag p50 at --lag-rate, ms",
@@ -79,7 +80,8 @@ FIGURES = {
     "client_cpu": "load generator CPU, % of a core",
     "server_cpu": "service process CPU, % of a core",
 }
-LOWER_IS_BETTER = ("lag_p50", "lag_p95", "client_cpu")
+LOWER_IS_BETTER = ("lag_p50", "lag_p95", "client_cpu", "accept_cpu")
+KEYS_CREATE = [sys.executable, "-m", "app", "keys", "create", "--role", "ingest", "--name"]
 WRK_SCRIPT = Path(__file__).resolve().with_name("ingest_wrk.lua")
 
 
@@ -229,6 +231,81 @@ async def _inprocess(n: int) -> float:
     elapsed = time.perf_counter() - t0
     await dispose_engines()
     return n * 100 / elapsed
+
+
+async def _asgi_post(app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """One request straight into the ASGI app (no server, no client): what the service itself spends."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    sent, status, chunks = False, [0], []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status[0], b"".join(chunks)
+
+
+async def _accept_cpu(key: str, n: int) -> float:
+    """CPU µs per accepted event of ``POST /v1/batch`` through the app in this process, the
+    processor off (batches only accepted): the accept path's own cost, whatever the load."""
+    import base64
+
+    from app.main import create_app
+
+    app = create_app()
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    life = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
+    await outbox.get()
+    token = base64.b64encode(f"{key}:".encode()).decode()
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Basic {token}".encode())]
+    batches = make_batches(n + 10, seed=17)
+    for body in batches[:10]:  # warm-up
+        await _asgi_post(app, "/v1/batch", body, headers)
+    c0 = time.process_time()
+    for body in batches[10:]:
+        status, answer = await _asgi_post(app, "/v1/batch", body, headers)
+        if status != 200:
+            raise SystemExit(f"/v1/batch answered {status}: {answer[:300]!r}")
+    cpu = time.process_time() - c0
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    await life
+    return cpu / (n * 100) * 1e6
+
+
+def accept_main(tree: str, key: str, n: int) -> None:
+    import_tree(Path(tree).resolve())
+    os.environ["CONSENTRY_INGEST_PROCESSOR"] = "off"
+    print(RESULT, asyncio.run(_accept_cpu(key, n)))
 
 
 def ceiling_main(url: str, n: int) -> None:
@@ -448,12 +525,7 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
 
     n, workers = args.batches, args.workers
 
-    out = run(
-        "consentry keys create",
-        [sys.executable, "-m", "app", "keys", "create", "--role", "ingest", "--name", "bench"],
-        environ,
-        tree,
-    )
+    out = run("consentry keys create", [*KEYS_CREATE, "bench"], environ, tree)
     key = out.strip().splitlines()[-1].strip()
     port = free_port()
     with log.open("w") as fh:
@@ -583,6 +655,11 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
             figures["import"], figures["import_processed"] = import_bench(
                 tree, environ, args.import_rows, csv_file, tmp
             )
+        out = run("keys for the accept figure", [*KEYS_CREATE, "bench-accept"], environ, tree)
+        accept = [sys.executable, str(SCRIPT), "--accept", str(tree), out.strip().splitlines()[-1].strip(), str(n)]
+        figures["accept_cpu"] = float(
+            _result(run("accept CPU in-process", accept, environ, tree))
+        )  # last: leaves a queue
         return figures
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -604,6 +681,9 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--inprocess":
         inprocess_main(sys.argv[2], int(sys.argv[3]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--accept":
+        accept_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
         probe_main(sys.argv[2])
