@@ -86,22 +86,42 @@ def _person_query(rules: Rules, ask: Ask, dialect: str) -> Any:
     return hit[1]
 
 
-def _frozen(q: Any, dialect: str) -> Any:
+def _frozen(q: Any, dialect: str, person: bool = True) -> Any:
     """The statement as SQL text: the policy's constants inline (names of purposes, regions
-    and flags from ``policies/``, never input), the person and the time left as parameters."""
+    and flags from ``policies/``, never input), the person (``person``) and the time left as
+    parameters."""
     compiled = q.compile(
         dialect=(postgresql if dialect == "postgresql" else sqlite).dialect(),
         compile_kwargs={"literal_binds": True},
     )
     sql = str(compiled)
-    binds: list[Any] = [bindparam("person", type_=String())]
+    binds: list[Any] = [bindparam("person", type_=String())] if person else []
     if ":now" in sql:  # a purpose that needs no consent anywhere is decided without the time
         binds.append(bindparam("now", type_=UtcDateTime()))
+    if not person:  # (reason, count, id): ``_by_reason``
+        return text(sql).bindparams(*binds).columns(column("reason", String), column("n"), column("id", String))
     return (
         text(sql)
         .bindparams(*binds)
         .columns(column("reason", String), column("jurisdiction", String), column("merged_into", String))
     )
+
+
+_MATCHED_QUERIES: dict[tuple[int, Ask, int], tuple[Rules, Any]] = {}
+
+
+def _matched_query(rules: Rules, ask: Ask, sample: int) -> Any:
+    """``_by_reason`` over the people in ``_MATCHED`` (PostgreSQL), the time (``:now``) bound
+    at execution: built once per rules, ask and sample size and frozen to its SQL text, like
+    ``_person_query`` (building the expression and its cache key cost every preview)."""
+    hit = _MATCHED_QUERIES.get((id(rules), ask, sample))
+    if hit is None or hit[0] is not rules:
+        decided = _over(_MATCHED, rules, ask, literal_column(":now"))
+        if len(_MATCHED_QUERIES) > 512:
+            _MATCHED_QUERIES.clear()
+        frozen = _frozen(_by_reason(decided, sample), "postgresql", person=False)
+        hit = _MATCHED_QUERIES[(id(rules), ask, sample)] = (rules, frozen)
+    return hit[1]
 
 
 def _check(rules: Rules, ask: Ask) -> None:
@@ -181,11 +201,12 @@ async def decide_population(
         out = PopulationVerdict(total, 0, {"role may not use purpose": total} if total else {}, rules.version)
     else:
         at = now or datetime.now(UTC)
-        people = await _matched(session, within) if within is not None and _postgres(session) else None
-        decided = _decided(session, rules, ask, at, within, people)
-        rows = (await session.execute(_by_reason(decided, sample))).all()
-        if people is not None:
-            await (await session.connection()).run_sync(people.drop)
+        if within is not None and _postgres(session):
+            await _matched(session, within)
+            rows = (await session.execute(_matched_query(rules, ask, sample), {"now": at})).all()
+            await (await session.connection()).run_sync(_MATCHED.drop)
+        else:
+            rows = (await session.execute(_by_reason(_decided(session, rules, ask, at, within), sample))).all()
         counts = {str(r): int(n) for r, n, pid in rows if pid is None}
         allowed = counts.pop("allowed", 0)
         out = PopulationVerdict(allowed + sum(counts.values()), allowed, counts, rules.version)
@@ -211,37 +232,37 @@ _MATCHED = Table(
 so the decision statement over it is compiled once per process, not at every preview."""
 
 
-async def _matched(session: AsyncSession, within: Any) -> Table:
-    """The surviving people ``within`` selects (ids and regions), stored once in a temporary
-    table of this transaction and analysed (PostgreSQL; the caller drops it): the planner
-    then knows how many they are. A segment's conditions on JSON values are estimated at a
-    few rows whatever they match (3 for 27,041 in 1,000,000), and over so few rows it joined
-    the consent facts by a nested loop that reads every aggregated row again for each person."""
+async def _matched(session: AsyncSession, within: Any) -> None:
+    """The surviving people ``within`` selects (ids and regions), stored once in the temporary
+    table ``_MATCHED`` of this transaction and analysed (PostgreSQL; the caller drops it): the
+    planner then knows how many they are. A segment's conditions on JSON values are estimated
+    at a few rows whatever they match (3 for 27,041 in 1,000,000), and over so few rows it
+    joined the consent facts by a nested loop that reads every aggregated row again for each
+    person."""
     _table, person, region, live = population()
     await (await session.connection()).run_sync(_MATCHED.create)
     await session.execute(insert(_MATCHED).from_select(["id", "region"], select(person, region).where(live, within)))
     await session.execute(text(f"ANALYZE {_MATCHED.name}"))
-    return _MATCHED
 
 
-def _decided(
-    session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within: Any, matched: Table | None = None
-) -> Any:
-    """Query: (``id``, ``reason``) of every surviving profile ``within`` selects. Narrowed,
-    the matching people are found first (``matched``, a temporary table on PostgreSQL; a
-    materialised CTE on SQLite) and only their consent facts are read, joined per person on
-    both databases (a segment of 27,000 in 1,000,000, under load: 25 -> 17 s on SQLite
-    against EXISTS probes; on PostgreSQL instead of aggregating everyone's facts and
-    filtering after)."""
+def _decided(session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within: Any) -> Any:
+    """Query: (``id``, ``reason``) of every surviving profile ``within`` selects. Narrowed
+    (SQLite; PostgreSQL stores them in ``_MATCHED`` first), the matching people are found
+    first (a materialised CTE of ids and regions) and only their consent facts are read,
+    joined per person (a segment of 27,000 in 1,000,000, under load: 25 -> 17 s on SQLite
+    against EXISTS probes)."""
     table, person, region, live = population()
     if within is None:
         facts = _population_facts(session, at)
         reason = reason_expr(rules, ask, person, region, at, facts)
         return select(person.label("id"), reason.label("reason")).select_from(_joined(facts, table, person)).where(live)
-    people: Any = matched
-    if people is None:
-        people = select(person.label("id"), region.label("region")).where(live, within).cte("people")
-        people = people.prefix_with("MATERIALIZED")
+    people = select(person.label("id"), region.label("region")).where(live, within).cte("people")
+    return _over(people.prefix_with("MATERIALIZED"), rules, ask, at)
+
+
+def _over(people: Any, rules: Rules, ask: Ask, at: Any) -> Any:
+    """Query: (``id``, ``reason``) of the people in ``people`` (columns ``id``, ``region``),
+    their consent, flag and GPC facts read for them alone and joined per person."""
     joined = JoinedFacts(at)
     reason = reason_expr(rules, ask, people.c.id, people.c.region, at, joined)
     source = joined.joined(people, people.c.id, select(people.c.id))
