@@ -13,12 +13,13 @@ import pytest
 from sqlalchemy import select, text
 
 from app.db import session_maker, table_of
-from app.ingest.inbox import RAW, Check, _batch_of, opened
+from app.ingest.inbox import PURPOSE, RAW, Check, _batch_of, _binding, opened
 from app.ingest.models import InboxBatch
 from app.ingest.processor import drain
 from app.ingest.service import BatchResult, checked_messages
 from app.pii.review import cached_field_policy
 from app.profiles.service import VaultContext
+from app.vault.blobs import open_blob
 from tests.conftest import Env, run
 from tests.helpers import client, make_keys, sync_db
 
@@ -171,7 +172,10 @@ def test_a_batch_accepted_whole_is_sealed_as_received_and_processed(env: Env, mo
         async with session_maker()() as session:
             return list((await session.execute(select(t).order_by(t.c.id))).all())
 
-    first, second = (opened(ctx, row) for row in run(rows()))
+    found = run(rows())
+    plain = [open_blob(ctx.keys.master, PURPOSE, r.key_version, r.sealed, _binding(r._mapping)) for r in found]
+    assert plain[0].startswith(RAW) and not plain[1].startswith(RAW)  # the second batch lost a message: rebuilt
+    first, second = (opened(ctx, row) for row in found)
     assert [m["messageId"] for m in first.messages] == ["w-0", "w-1", "w-2"]
     assert first.defaults == {"context": {"locale": "de-DE"}, "sentAt": "2026-11-25T10:00:01Z"}
     assert [m["messageId"] for m in second.messages] == ["p-1"] and second.defaults == {}
