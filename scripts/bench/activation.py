@@ -305,6 +305,9 @@ def measured_by(tree: Path, url: str, args: argparse.Namespace) -> dict[str, Any
     done = subprocess.run(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True)
     if done.returncode:
         sys.exit(f"{tree}: the measurement failed:\n{done.stderr[-3000:]}")
+    for line in (done.stdout + done.stderr).splitlines():  # the runs' stages, as logged
+        if "activation_" in line:
+            print(f"    {tree.name}: {line.split('] ', 1)[-1].strip()}")
     out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return out
 
