@@ -36,6 +36,14 @@ from app.vault.cipher import seal_field
 from app.vault.service import DataKey, new_subject_key, store_subject_keys, subject_keys
 
 LOOKUP_CHUNK = 500
+LOCK_SPACE = 0x1D3
+"""The advisory locks' first key: identity resolution's own space."""
+LOCK_BUCKETS = 512
+"""Digests are locked by bucket (digest mod this): a group of thousands of events takes at
+most this many advisory locks. One lock per digest overflowed PostgreSQL's shared lock table
+(``max_locks_per_transaction`` 64 × connections): a 5,000-event group failed with "out of
+shared memory" and was then processed batch by batch. Two digests in one bucket only
+serialise their batches (a false conflict), never admit two at once."""
 
 
 @dataclass
@@ -66,6 +74,8 @@ class Resolver:
     notes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     """Ledger entries to write: (action, profile id, details)."""
     merges: int = 0
+    capped: dict[str, str | None] = field(default_factory=dict)
+    """profile id → the cap its identifiers already exceed (None: none), until it changes."""
 
     @property
     def policy(self) -> Any:
@@ -76,12 +86,12 @@ class Resolver:
     async def prepare(self, idents: list[Ident]) -> None:
         """Lock what this batch may touch, then load it.
 
-        On PostgreSQL, advisory locks on the identifiers' digests (sorted) serialise batches
-        that introduce the same new identifier; then the rows of every profile holding one
-        of them are locked (``FOR UPDATE``) in the statement that finds them, again while a
-        locked row turns out merged away (a concurrent merge moved its identifiers). On
-        SQLite the batch takes the database's write lock first, so nothing it reads can
-        change before it commits.
+        On PostgreSQL, advisory locks on the identifiers' digests (sorted; by bucket, see
+        ``LOCK_BUCKETS``) serialise batches that introduce the same new identifier; then the
+        rows of every profile holding one of them are locked (``FOR UPDATE``) in the statement
+        that finds them, again while a locked row turns out merged away (a concurrent merge
+        moved its identifiers). On SQLite the batch takes the database's write lock first, so
+        nothing it reads can change before it commits.
         """
         keys = sorted({i.key for i in idents})
         sqlite = await self._writer_lock(keys)
@@ -101,9 +111,10 @@ class Resolver:
             return True
         if bind is None or not keys:
             return False
-        ids = sorted({int(digest[:15], 16) for _kind, digest in keys})
+        ids = sorted({int(digest[:15], 16) % LOCK_BUCKETS for _kind, digest in keys})
         await self.session.execute(
-            text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ids AS bigint[])) AS k"), {"ids": ids}
+            text("SELECT pg_advisory_xact_lock(:space, k) FROM unnest(CAST(:ids AS integer[])) AS k"),
+            {"space": LOCK_SPACE, "ids": ids},
         )
         return False
 
@@ -171,12 +182,7 @@ class Resolver:
                 profiles.append(owner)
                 for kind, digests in self.held[owner].items():
                     joined[kind] |= digests
-        external = sum(len(d) for k, d in joined.items() if k.startswith("external:"))
-        for kind, digests in joined.items():
-            cap = self.policy.rule(kind).cap
-            if len(digests) > cap or (kind.startswith("external:") and external > cap):
-                return f"cap:{kind.split(':')[0]}={cap}"
-        return None
+        return self._over_caps(joined)
 
     def _shared_device(self, kept: list[Ident], owner: str) -> bool:
         """Would a device-level id owned by ``owner`` join two different people?"""
@@ -215,8 +221,47 @@ class Resolver:
 
     # --- resolving ----------------------------------------------------------------------
 
+    def _sole_owner(self, idents: list[Ident], trusted: bool) -> str | None:
+        """Fast path: the profile owning every one of these identifiers alone, when the
+        rules would keep them all and change nothing (no link, claim, refusal or merge);
+        None when the full rules must decide."""
+        pid: str | None = None
+        anchored = trusted
+        for i in idents:
+            found = self.owners.get(i.key)
+            if not found or len(found) != 1:
+                return None
+            owner = self.final(next(iter(found)))
+            if pid is None:
+                pid = owner
+            elif owner != pid:
+                return None
+            anchored = anchored or i.kind == "user_id" or self.policy.rule(i.kind).stitch_only
+        if pid is None or not anchored or self._profile_over_caps(pid) is not None:
+            return None  # an untrusted claim, or a profile already over a cap: the full rules
+        return pid
+
+    def _profile_over_caps(self, pid: str) -> str | None:
+        if pid not in self.capped:
+            self.capped[pid] = self._over_caps(self.held[pid])
+        return self.capped[pid]
+
+    def _over_caps(self, joined: dict[str, set[str]]) -> str | None:
+        """The cap these identifiers by kind exceed (``cap:kind=n``), or None."""
+        external = sum(len(d) for k, d in joined.items() if k.startswith("external:"))
+        for kind, digests in joined.items():
+            cap = self.policy.rule(kind).cap
+            if len(digests) > cap or (kind.startswith("external:") and external > cap):
+                return f"cap:{kind.split(':')[0]}={cap}"
+        return None
+
     async def resolve(self, idents: list[Ident], at: datetime, trusted: bool) -> Resolution:
         """The profile these identifiers belong to, creating, linking or merging as the rules allow."""
+        sole = self._sole_owner(idents, trusted)
+        if sole is not None:
+            return Resolution(sole, False)
+        if not any(self.owners.get(i.key) for i in idents):
+            return await self._new_person(idents, at, trusted)
         kept: list[Ident] = []
         refused: list[tuple[Ident, str, str]] = []
         for i in self._order(idents, trusted):
@@ -240,6 +285,30 @@ class Resolver:
             if not self.owners.get(i.key):
                 self._link(pid, i, at, trusted)
         return Resolution(pid, created)
+
+    async def _new_person(self, idents: list[Ident], at: datetime, trusted: bool) -> Resolution:
+        """Identifiers nobody holds yet: a new profile with those the caps allow (the full
+        rules' outcome when no identifier has an owner, without their per-identifier scans)."""
+        joined: dict[str, set[str]] = defaultdict(set)
+        kept: list[Ident] = []
+        refused: list[tuple[Ident, str]] = []
+        for i in self._order(idents, trusted):
+            fresh = i.digest not in joined[i.kind]
+            joined[i.kind].add(i.digest)
+            reason = self._over_caps(joined)
+            if reason is None:
+                kept.append(i)
+                continue
+            if fresh:
+                joined[i.kind].discard(i.digest)
+            refused.append((i, reason))
+        pid = await self._create()
+        for i, rule in refused:
+            self._refused(pid, i, "identity.identifier_dropped", rule, at)
+        for i in kept:
+            if not self.owners.get(i.key):
+                self._link(pid, i, at, trusted)
+        return Resolution(pid, True)
 
     def _refused(self, pid: str, i: Ident, action: str, rule: str, at: datetime) -> None:
         details: dict[str, Any] = {"via": i.kind, "rule": rule, "source": self.source}
@@ -291,6 +360,7 @@ class Resolver:
             }
         )
         self.held[pid][i.kind].add(i.digest)
+        self.capped.pop(pid, None)
         self.owners[i.key].add(pid)
 
     async def flush_rows(self) -> None:
@@ -327,6 +397,7 @@ class Resolver:
                 self.owners[(kind, d)].discard(loser)
                 self.owners[(kind, d)].add(winner)
         self.redirect[loser] = winner
+        self.capped.pop(winner, None)
         self.merges += 1
         self.notes.append(
             ("identity.merge", winner, {"merged_profile": loser, "via": via, "rule": rule, "source": self.source})

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,18 +36,30 @@ Key = tuple[str, str]
 KIND_CATEGORY = {"email": "user.contact.email", "phone": "user.contact.phone_number"}
 
 
-@dataclass(frozen=True)
 class Ident:
-    """One normalised identifier of an event: its kind, value and blind index."""
+    """One normalised identifier of an event: its kind, value and blind index. Immutable by
+    convention; compared and hashed by (kind, value, digest). A plain slotted class, not a
+    frozen dataclass: a group makes tens of thousands of them."""
 
-    kind: str
-    value: str
-    digest: str
-    key: Key = field(init=False, repr=False, compare=False)
-    """``(kind, digest)``, made once (the resolver asks for it many times per event)."""
+    __slots__ = ("digest", "key", "kind", "value")
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.kind, self.digest))
+    def __init__(self, kind: str, value: str, digest: str) -> None:
+        self.kind = kind
+        self.value = value
+        self.digest = digest
+        self.key: Key = (kind, digest)
+        """``(kind, digest)``, made once (the resolver asks for it many times per event)."""
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ident):
+            return NotImplemented
+        return self.key == other.key and self.value == other.value
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Ident(kind={self.kind!r}, digest={self.digest!r})"  # never the value
 
 
 def make_ident(ctx: VaultContext, kind: str, value: str) -> Ident:

@@ -29,6 +29,7 @@ from app.ingest.inbox import Claimed, claim, hold, opened, record_failure, remov
 from app.ingest.service import BatchResult, Prepared, _validated, store_prepared
 from app.pii.review import current_field_policy, record_sightings
 from app.profiles.service import VaultContext
+from app.vault.memo import memo_scope
 
 log = structlog.get_logger("consentry.ingest")
 GROUP_EVENTS = 5000
@@ -114,12 +115,13 @@ async def _process_inbox(
         if not rows:
             return Outcome()
         try:
-            batches = [opened(ctx, r) for r in rows]
-            group, fp = await _prepare(session, ctx, batches)
-            if not await hold(session, [b.id for b in batches]):
-                await session.rollback()  # another processor stored them meanwhile
-                return await _process_inbox(ctx, maker, max_events)
-            stored = await _store(session, ctx, batches, group, fp)
+            with memo_scope():  # the group's identifiers repeat: each hashed and parsed once
+                batches = [opened(ctx, r) for r in rows]
+                group, fp = await _prepare(session, ctx, batches)
+                if not await hold(session, [b.id for b in batches]):
+                    await session.rollback()  # another processor stored them meanwhile
+                    return await _process_inbox(ctx, maker, max_events)
+                stored = await _store(session, ctx, batches, group, fp)
             await session.commit()
             events = sum(len(b.messages) for b in batches)
             return Outcome(len(batches), events, [], stored.profiles_created, stored.profiles_updated)

@@ -4,7 +4,7 @@ identities → encrypt → store → audit, with the database work done per batc
 from __future__ import annotations
 
 import contextlib
-import uuid
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -412,6 +412,7 @@ async def _consent_signals(
     choices = [
         c
         for p, pid in final
+        if p.consent_strings or "consent" in p.msg.context or "consentManagement" in p.msg.context
         for c in event_choices(
             rules, source, pid, p.msg.message_id, p.msg.context, p.consent_strings, p.msg.occurred_at
         )
@@ -435,6 +436,16 @@ def _observations(source: str, final: list[tuple[Prepared, str]]) -> list[Observ
     return out
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but without building a
+    ``UUID`` object (a group makes one per event)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
 def _event_rows(
     source: str, final: list[tuple[Prepared, str]], keys: dict[str, DataKey], now: datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -456,7 +467,7 @@ def _event_rows(
         }
         events.append(
             {
-                "id": str(uuid.uuid4()),
+                "id": new_id(),
                 "profile_id": pid,
                 "origin_id": pid,
                 "source": source,
@@ -479,7 +490,7 @@ def _event_rows(
                 found.append((kind, m.context[key]))
         signals += [
             {
-                "id": str(uuid.uuid4()),
+                "id": new_id(),
                 "profile_id": pid,
                 "origin_id": pid,
                 "source": source,

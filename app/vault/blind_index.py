@@ -7,6 +7,8 @@ from __future__ import annotations
 import hmac
 from functools import lru_cache
 
+from app.vault.memo import memo
+
 
 @lru_cache(maxsize=256)
 def kind_key(index_key: bytes, kind: str) -> bytes:
@@ -16,4 +18,15 @@ def kind_key(index_key: bytes, kind: str) -> bytes:
 
 def blind_index(index_key: bytes, kind: str, normalized: str) -> str:
     """128-bit hex index of ``normalized`` for identifier ``kind`` (``email``, ``phone``…)."""
+    table = memo("blind_index")
+    if table is None:
+        return hmac.digest(kind_key(index_key, kind), normalized.encode("utf-8"), "sha256").hex()[:32]
+    found: str | None = table.get((index_key, kind, normalized))
+    if found is None:
+        found = table[(index_key, kind, normalized)] = blind_index_of(index_key, kind, normalized)
+    return found
+
+
+def blind_index_of(index_key: bytes, kind: str, normalized: str) -> str:
+    """``blind_index`` computed, never memoised."""
     return hmac.digest(kind_key(index_key, kind), normalized.encode("utf-8"), "sha256").hex()[:32]

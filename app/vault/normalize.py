@@ -8,6 +8,7 @@ from datetime import date, datetime
 import phonenumbers
 
 from app.errors import InvalidField
+from app.vault.memo import memo
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -29,6 +30,16 @@ def normalize_phone(value: object, region: str, field: str = "phone") -> str:
     one switchboard number are different people."""
     if not isinstance(value, str | int):
         raise InvalidField("must be a string", field=field)
+    table = memo("phone")
+    if table is None:
+        return _parsed_phone(value, region, field)
+    found: str | None = table.get((value, region))
+    if found is None:  # a refused value is checked again (and refused with its own field)
+        found = table[(value, region)] = _parsed_phone(value, region, field)
+    return found
+
+
+def _parsed_phone(value: str | int, region: str, field: str) -> str:
     try:
         number = phonenumbers.parse(str(value).strip(), region)
     except phonenumbers.NumberParseException as exc:
