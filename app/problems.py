@@ -65,6 +65,7 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         413: "Payload too large",
         415: "Unsupported media type",
         429: "Too many requests",
+        503: "Service unavailable",
     }
     status = exc.status_code
     slug = titles.get(status, "http-error").lower().replace(" ", "-")

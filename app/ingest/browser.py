@@ -30,7 +30,7 @@ from app.access.service import Principal, authenticate
 from app.deps import Db
 from app.errors import DomainError, InvalidField, NotFound
 from app.ingest.inbox import accept_messages
-from app.ingest.routes import IngestOut, PayloadTooLarge, _accepted, _out, read_json
+from app.ingest.routes import IngestOut, PayloadTooLarge, _accept, _accepted, _out, read_json
 from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
 from app.problems import handle_domain, handle_http
 from app.profiles.service import VaultContext
@@ -185,10 +185,10 @@ class BrowserCollectionController(Controller):
             data = await read_json(request, MAX_EVENT_BYTES)
             principal = await _principal(request, db, data, origin)
             kind = KINDS[request.url.path.rstrip("/")[-1]]
-            accepted = await accept_messages(
+            accept = accept_messages(
                 db, VaultContext.from_settings(), principal, [_strip(data)], expected_type=kind, gpc=_gpc(request)
             )
-            result = await _accepted(request, db, accepted)
+            result = await _accepted(request, await _accept(db, accept))
             if result.rejected:
                 r = result.rejected[0]
                 raise InvalidField(r.reason, field=r.field or "body")
@@ -210,10 +210,10 @@ class BrowserCollectionController(Controller):
                 raise PayloadTooLarge(detail=f"more than {MAX_BATCH_EVENTS} messages in one batch")
             defaults = {k: data[k] for k in ("context", "sentAt", "integrations") if k in data}
             messages = [_strip(m) for m in data["batch"]]
-            accepted = await accept_messages(
+            accept = accept_messages(
                 db, VaultContext.from_settings(), principal, messages, defaults=defaults, gpc=_gpc(request)
             )
-            return _response(_out(await _accepted(request, db, accepted)), origin)
+            return _response(_out(await _accepted(request, await _accept(db, accept))), origin)
 
         return await _answered(request, db, answer)
 

@@ -102,7 +102,9 @@ async def accept_messages(
     for index, mid in valid:
         unique.setdefault(mid, index)
     source = principal.source or principal.name
-    fresh = await _new_message_ids(session, source, list(unique), now)
+    # registered in one order whatever the batch's: two PostgreSQL requests sharing ids wait for
+    # each other instead of deadlocking (each holds the ids it inserted until it commits)
+    fresh = await _new_message_ids(session, source, sorted(unique), now)
     keep = [(mid, index) for mid, index in unique.items() if mid in fresh]
     result.accepted, result.duplicates = len(keep), len(valid) - len(keep)
     if not keep:

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Controller, Request, get, post
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ServiceUnavailableException
 from litestar.openapi.spec import OpenAPIFormat, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.db import session_maker
+from app.db import RETRYABLE, session_maker, sqlstate
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound, UnreadableBody
 from app.ingest import jetstream
@@ -27,6 +31,7 @@ from app.profiles.service import VaultContext
 from app.settings import get_settings
 
 INGEST = ("ingest", "admin")
+log = structlog.get_logger("consentry.ingest")
 
 
 class PayloadTooLarge(HTTPException):
@@ -158,11 +163,42 @@ def _out(result: BatchResult) -> IngestOut:
     )
 
 
-async def _accepted(request: Request[Any, Any, Any], db: Db, accepted: Accepted) -> BatchResult:
-    """Make the accepted batch durable before answering, wake the in-service processor and,
-    with ``CONSENTRY_INGEST_WAIT``, wait until the batch is processed (read-your-writes);
-    a service without its own processor then processes the queue itself."""
-    await db.commit()
+RETRY_AFTER_S = 1
+"""What a 503 asks the client to wait when the store is too busy to accept a batch now."""
+
+
+def _overloaded(exc: Exception) -> bool:
+    """Is ``exc`` the store being busy (SQLite's lock wait ran out, a PostgreSQL deadlock or
+    serialization conflict, no pooled connection free) rather than a defect?"""
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+        return True
+    return isinstance(exc, DBAPIError) and sqlstate(exc) in RETRYABLE
+
+
+async def _accept(db: Db, accept: Awaitable[Accepted]) -> Accepted:
+    """Run ``accept`` and commit it: a busy store is a 503 with Retry-After (the transaction is
+    rolled back, so nothing was acknowledged and a retry is safe), never a 500."""
+    try:
+        accepted = await accept
+        await db.commit()
+    except (DBAPIError, PoolTimeout) as exc:
+        if not _overloaded(exc):
+            raise
+        await db.rollback()
+        log.warning("ingest_store_busy", error_type=type(exc).__name__, exc_info=True)
+        raise ServiceUnavailableException(
+            detail=f"the event store is busy; retry in {RETRY_AFTER_S} s",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from exc
+    return accepted
+
+
+async def _accepted(request: Request[Any, Any, Any], accepted: Accepted) -> BatchResult:
+    """Wake the in-service processor for the durable batch and, with ``CONSENTRY_INGEST_WAIT``,
+    wait until it is processed (read-your-writes); a service without its own processor then
+    processes the queue itself."""
     if accepted.batch_id is None:
         return accepted.result
     processor = getattr(request.app.state, "ingest_processor", None)
@@ -180,7 +216,7 @@ async def _accepted(request: Request[Any, Any, Any], db: Db, accepted: Accepted)
 
 async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, kind: str) -> IngestOut:
     data = await read_json(request, MAX_EVENT_BYTES)
-    accepted = await accept_messages(
+    accept = accept_messages(
         db,
         VaultContext.from_settings(),
         principal,
@@ -188,7 +224,7 @@ async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, ki
         expected_type=kind,
         gpc=request.headers.get("sec-gpc") == "1",
     )
-    result = await _accepted(request, db, accepted)
+    result = await _accepted(request, await _accept(db, accept))
     if result.rejected:
         r = result.rejected[0]
         raise InvalidField(r.reason, field=r.field or "body")
@@ -208,7 +244,7 @@ class EventController(Controller):
         messages, encoded, defaults = _batch_parts(body)
         if defaults and json_depth(msgspec.json.encode(defaults)) > MAX_JSON_DEPTH:
             raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="context")
-        accepted = await accept_messages(
+        accept = accept_messages(
             db,
             VaultContext.from_settings(),
             principal,
@@ -218,7 +254,7 @@ class EventController(Controller):
             encoded=encoded,
             body=None if encoded is None else body,
         )
-        return _out(await _accepted(request, db, accepted))
+        return _out(await _accepted(request, await _accept(db, accept)))
 
     @post("/identify", operation_id="identify", status_code=200, operation_class=MessageOperation)
     async def identify(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
