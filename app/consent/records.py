@@ -344,14 +344,22 @@ def state_clause(person: Any, purpose: str, states: Iterable[str], now: When, af
 
 
 def per_person(
-    kind: str, columns: Mapping[str, Callable[[Any], ColumnElement[Any]]], name: str, among: Any = None
+    kind: str,
+    columns: Mapping[str, Callable[[Any], ColumnElement[Any]]],
+    name: str,
+    among: Any = None,
+    person: Any = None,
 ) -> Any:
     """A subquery of one row per person (``profile_id``) over ``consent_state`` (kind
     ``"state"``) or ``privacy_flag`` (``"flag"``): each named column is ``max`` of the given
     expression over the person's rows — the facts a population decision joins instead of
-    probing every person with EXISTS. ``among`` (a query of profile ids) limits it to those people."""
+    probing every person with EXISTS. ``among`` (a query of profile ids) limits it to those people.
+    With ``person`` (a column of the outer query) it is instead a LATERAL subquery of that one
+    person's row (no ``profile_id``; join it on true): read through the index per person."""
     t = table_of(ConsentState if kind == "state" else PrivacyFlag)
     cols = [func.max(build(t)).label(name) for name, build in columns.items()]
+    if person is not None:
+        return select(*cols).where(t.c.profile_id == person).lateral(name)
     q = select(t.c.profile_id, *cols)
     if among is not None:
         q = q.where(t.c.profile_id.in_(among))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, or_
+from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, or_, true
 
 from app.consent.records import (
     When,
@@ -174,19 +174,29 @@ class JoinedFacts:
         )  # the newest standing grant: it overrides a signal sent before it
         return and_(signal.is_not(None), or_(granted.is_(None), granted <= signal))
 
-    def joined(self, table: Any, person: Any, among: Any = None) -> Any:
+    def joined(self, table: Any, person: Any, among: Any = None, lateral: bool = False) -> Any:
         """``table`` (the population) with the facts used so far joined on ``person`` (build
         every expression that uses these facts first); ``among`` (a query of profile ids, the
-        people ``table`` holds) reads the facts of those people only, not of everyone."""
+        people ``table`` holds) reads the facts of those people only, not of everyone.
+        ``lateral`` (PostgreSQL, a few thousand people) reads each person's facts through the
+        index as a LATERAL subquery instead: the planner otherwise scans the whole consent table
+        and sorts it (1,000,000 people, 27,041 matched: 0.82-0.88 -> 0.34-0.51 s)."""
         self.frozen = True
         out = table
         for kind, names in self.columns.items():
             if names:
-                sub = per_person(kind, dict(names.values()), f"{self.prefix}{kind}_facts", among)
-                out = out.outerjoin(sub, sub.c.profile_id == person)
+                name = f"{self.prefix}{kind}_facts"
+                if lateral:
+                    out = out.outerjoin(per_person(kind, dict(names.values()), name, person=person), true())
+                else:
+                    sub = per_person(kind, dict(names.values()), name, among)
+                    out = out.outerjoin(sub, sub.c.profile_id == person)
         if self.uses_gpc:
-            sub = gpc_per_person(f"{self.prefix}gpc_facts", among)
-            out = out.outerjoin(sub, sub.c.profile_id == person)
+            if lateral:
+                out = out.outerjoin(gpc_per_person(f"{self.prefix}gpc_facts", person=person), true())
+            else:
+                sub = gpc_per_person(f"{self.prefix}gpc_facts", among)
+                out = out.outerjoin(sub, sub.c.profile_id == person)
         return out
 
 

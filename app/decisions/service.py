@@ -116,7 +116,7 @@ def _matched_query(rules: Rules, ask: Ask, sample: int) -> Any:
     ``_person_query`` (building the expression and its cache key cost every preview)."""
     hit = _MATCHED_QUERIES.get((id(rules), ask, sample))
     if hit is None or hit[0] is not rules:
-        decided = _over(_MATCHED, rules, ask, literal_column(":now"))
+        decided = _over(_MATCHED, rules, ask, literal_column(":now"), lateral=True)
         if len(_MATCHED_QUERIES) > 512:
             _MATCHED_QUERIES.clear()
         frozen = _frozen(_by_reason(decided, sample), "postgresql", person=False)
@@ -260,12 +260,13 @@ def _decided(session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within
     return _over(people.prefix_with("MATERIALIZED"), rules, ask, at)
 
 
-def _over(people: Any, rules: Rules, ask: Ask, at: Any) -> Any:
+def _over(people: Any, rules: Rules, ask: Ask, at: Any, lateral: bool = False) -> Any:
     """Query: (``id``, ``reason``) of the people in ``people`` (columns ``id``, ``region``),
-    their consent, flag and GPC facts read for them alone and joined per person."""
+    their consent, flag and GPC facts read for them alone and joined per person (``lateral``:
+    PostgreSQL, read per person through the index)."""
     joined = JoinedFacts(at)
     reason = reason_expr(rules, ask, people.c.id, people.c.region, at, joined)
-    source = joined.joined(people, people.c.id, select(people.c.id))
+    source = joined.joined(people, people.c.id, select(people.c.id), lateral=lateral)
     return select(people.c.id, reason.label("reason")).select_from(source)
 
 

@@ -211,11 +211,15 @@ async def mark_gpc(session: AsyncSession, keys: list[Key], at: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def gpc_per_person(name: str, among: Any = None) -> Any:
+def gpc_per_person(name: str, among: Any = None, person: Any = None) -> Any:
     """A subquery of one row per person who holds an id that sent GPC: ``profile_id`` and
     the newest signal's time ``gpc_at`` (for population decisions, joined); ``among`` (a
-    query of profile ids) limits it to those people."""
+    query of profile ids) limits it to those people. With ``person`` (an outer column) it is
+    a LATERAL subquery of that person's ``gpc_at`` alone (join it on true)."""
     t = Identifier.__table__  # type: ignore[attr-defined]
+    if person is not None:
+        newest = func.max(t.c.gpc_at).label("gpc_at")
+        return select(newest).where(t.c.profile_id == person, t.c.gpc_at.is_not(None)).lateral(name)
     q = select(t.c.profile_id, func.max(t.c.gpc_at).label("gpc_at")).where(t.c.gpc_at.is_not(None))
     if among is not None:
         q = q.where(t.c.profile_id.in_(among))
