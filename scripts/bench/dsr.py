@@ -60,11 +60,16 @@ async def _subject(name: str, events: int) -> str:
 
     ctx = VaultContext.from_settings()
     who = Principal(key_id="bench", role="ingest", name="bench", source="bench", trust="server")
-    phone = f"+1415555{int(uuid.uuid5(uuid.NAMESPACE_URL, name)) % 10_000:04d}"  # erased phones are suppressed
-    traits = {"email": f"{name}@example.com", "phone": phone, "firstName": name.title(), "country": "DE"}
-    async with unit_of_work() as s:
-        r = await ingest_messages(s, ctx, who, [{"type": "identify", "userId": name, "traits": traits}])
-        pid = str(r.profile_ids[0])
+    for attempt in range(50):  # an earlier run's erased person may have had this phone: suppressed, dropped
+        phone = f"+1415555{int(uuid.uuid5(uuid.NAMESPACE_URL, f'{name}/{attempt}')) % 10_000:04d}"
+        traits = {"email": f"{name}@example.com", "phone": phone, "firstName": name.title(), "country": "DE"}
+        async with unit_of_work() as s:
+            r = await ingest_messages(s, ctx, who, [{"type": "identify", "userId": name, "traits": traits}])
+        if r.profile_ids[0] is not None:
+            pid = str(r.profile_ids[0])
+            break
+    else:
+        raise SystemExit(f"{name}: every phone tried is suppressed by an earlier run's erasure")
     start = datetime.now(UTC) - timedelta(days=300)
     for first in range(0, events, 1000):
         batch = [
