@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
+import httpx
 from litestar.testing import TestClient
 from sqlalchemy import Connection
 
@@ -63,40 +68,56 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(
+    environ: dict[str, str], port: int, log: Path | None = None, wait: float = 120
+) -> subprocess.Popen[bytes]:
+    """A real ``consentry serve`` process on ``port``, once it answers ``/health`` (its output to
+    ``log``, or dropped). Fails if it exits first or does not answer within ``wait`` seconds."""
+    with log.open("wb") if log is not None else nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port)], env=environ, stdout=out, stderr=out
+        )
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering /health")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"server did not answer /health within {wait:.0f} s")
+        time.sleep(0.1)
+
+
 @contextmanager
 def live_server(environ: dict[str, str]) -> Iterator[str]:
     """A real ``consentry serve`` process on a free port; yields its base URL."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc = start_server(environ, port)  # 120 s: a loaded CI machine starts slowly
     try:
-        deadline = time.monotonic() + 120  # as the browser harness: a loaded CI machine starts slowly
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode} before answering /health")
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not answer /health within 120 s")
-            time.sleep(0.2)
-        yield base
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def fail_consent_forget_once(monkeypatch: Any) -> None:
+    """The consent store's ``forget`` raises (unreachable) the first time, then works: an
+    erasure's consent step fails once and succeeds when retried."""
+    from app.consent.holder import ConsentHolder
+
+    real = ConsentHolder.forget
+    failures = [True]
+
+    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
+        if failures.pop() if failures else False:
+            raise ConnectionError("store unreachable")
+        return await real(self, session, person)
+
+    monkeypatch.setattr(ConsentHolder, "forget", flaky)
 
 
 MARKETING = "marketing.advertising.first_party.targeted"

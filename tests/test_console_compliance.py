@@ -16,7 +16,7 @@ from litestar.testing import TestClient
 
 from tests.conftest import Env
 from tests.console_helpers import csrf_of, post_form, sign_in
-from tests.helpers import auth, client, make_keys
+from tests.helpers import auth, client, fail_consent_forget_once, make_keys
 from tests.test_dsr_erasure import with_dsr_dirs
 
 QUEUE = "/console/compliance/requests"
@@ -287,17 +287,7 @@ def test_no_console_form_sends_personal_data_in_a_url(env: Env) -> None:
 def test_a_failed_store_shows_on_the_checklist_and_is_retried_from_the_page(
     dsr_env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.consent.holder import ConsentHolder
-
-    real = ConsentHolder.forget
-    failures = [True]
-
-    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
-        if failures.pop() if failures else False:
-            raise ConnectionError("store unreachable")
-        return await real(self, session, person)
-
-    monkeypatch.setattr(ConsentHolder, "forget", flaky)
+    fail_consent_forget_once(monkeypatch)
     keys = make_keys()
     with client() as c:
         _ada(c, keys)

@@ -5,29 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Env
-from tests.helpers import auth, client, make_keys
+from tests.helpers import auth, client, fail_consent_forget_once, make_keys
 from tests.test_dsr_requests import _person, _verified, _view, policy_dir  # noqa: F401  (fixture)
 
 
 def test_no_certificate_while_a_store_failed(env: Env, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    from app.consent.holder import ConsentHolder
-
     keys = make_keys()
     h, auditor = auth(keys["compliance"]), auth(keys["auditor"])
-    real = ConsentHolder.forget
-    failures = [True]
-
-    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
-        if failures.pop() if failures else False:
-            raise ConnectionError("store unreachable")
-        return await real(self, session, person)
-
-    monkeypatch.setattr(ConsentHolder, "forget", flaky)
+    fail_consent_forget_once(monkeypatch)
     with client() as c:
         _person(c, keys, 13, email="ana@example.com")
         rid = _verified(c, keys, {"kind": "erasure", "regulation": "GDPR", "identifiers": {"email": "ana@example.com"}})

@@ -20,7 +20,7 @@ from app.dsr.deadlines import deadlines_at_receipt, extended_due, is_working_day
 from app.dsr.policy import load_policy, parse_policy
 from app.settings import get_settings
 from tests.conftest import Env, run
-from tests.helpers import auth, client, make_keys, sync_db
+from tests.helpers import auth, client, fail_consent_forget_once, make_keys, sync_db
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 RULES = load_policy(POLICIES).regulations
@@ -587,19 +587,9 @@ def test_an_erasure_request_runs_store_by_store_and_completes_with_a_certificate
 
 
 def test_a_failed_store_is_retried_on_its_own(env: Env, policy_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.consent.holder import ConsentHolder
-
     keys = make_keys()
     h = auth(keys["compliance"])
-    real = ConsentHolder.forget
-    failures = [True]
-
-    async def flaky(self: ConsentHolder, session: Any, person: Any) -> int:
-        if failures.pop() if failures else False:
-            raise ConnectionError("store unreachable")
-        return await real(self, session, person)
-
-    monkeypatch.setattr(ConsentHolder, "forget", flaky)
+    fail_consent_forget_once(monkeypatch)
     with client() as c:
         _person(c, keys, 12, email="max@example.com")
         rid = _verified(c, keys, {"kind": "erasure", "regulation": "GDPR", "identifiers": {"email": "max@example.com"}})

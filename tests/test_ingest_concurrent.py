@@ -4,8 +4,6 @@ every acknowledged event is stored exactly once."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests.conftest import Env
-from tests.helpers import client, free_port, make_keys, sync_db
+from tests.helpers import client, free_port, make_keys, start_server, sync_db
 
 CLIENTS = 16
 BATCHES = 32
@@ -39,22 +37,6 @@ def _batch(b: int) -> list[dict[str, Any]]:
     return events[::-1] if b % 2 else events
 
 
-def _serve(environ: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--port", str(port)], env=environ, stdout=out, stderr=out
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
-
-
 def _send(base: str, key: str, b: int) -> tuple[int, set[str], str]:
     batch = _batch(b)
     for _ in range(20):  # as the SDKs do: 503 and 429 are retried after Retry-After
@@ -73,7 +55,7 @@ def test_concurrent_batches_with_overlapping_ids_never_answer_500(env: Env, tmp_
     environ = {**env.environ(), "CONSENTRY_INGEST_WAIT": "0", "CONSENTRY_INGEST_PROCESSOR": "1"}
     environ["CONSENTRY_RATE_LIMIT"] = "0"
     log = tmp_path / "server.log"
-    proc = _serve(environ, port, log)
+    proc = start_server(environ, port, log, wait=60)
     try:
         with ThreadPoolExecutor(CLIENTS) as pool:
             answers = list(pool.map(lambda b: _send(f"http://127.0.0.1:{port}", keys["ingest"], b), range(BATCHES)))

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import PG_URL, Env
-from tests.helpers import auth, free_port, make_keys, sync_db
+from tests.helpers import auth, free_port, make_keys, start_server, sync_db
 
 pytestmark = pytest.mark.slow
 
@@ -31,24 +31,6 @@ def _count(sql: str) -> int:
 
 def _environ(env: Env, processor: bool) -> dict[str, str]:
     return {**env.environ(), "CONSENTRY_INGEST_WAIT": "0", "CONSENTRY_INGEST_PROCESSOR": "1" if processor else "0"}
-
-
-def _start_server(environ: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port)],
-        env=environ,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
 
 
 def _worker(environ: dict[str, str], once: bool = False) -> subprocess.Popen[bytes]:
@@ -121,7 +103,7 @@ class Load:
 
 @contextmanager
 def _server(environ: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    proc = _start_server(environ, port)
+    proc = start_server(environ, port, wait=60)
     try:
         yield proc
     finally:
@@ -159,7 +141,7 @@ def test_kill_9_of_the_service_under_load_loses_and_duplicates_nothing(env: Env)
     port = free_port()
     environ = _environ(env, True)
     load = Load(port, keys["ingest"])
-    server = _start_server(environ, port)
+    server = start_server(environ, port, wait=60)
     load.start()
     load.wait_for(15)
     os.kill(server.pid, signal.SIGKILL)  # accepting and processing, mid-group

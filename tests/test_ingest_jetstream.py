@@ -282,13 +282,14 @@ def test_a_command_line_import_goes_through_the_jetstream_inbox_and_a_rerun_stor
 def test_kill_9_of_the_service_with_its_processor_on_the_jetstream_inbox_loses_and_duplicates_nothing(
     js_env: Env,
 ) -> None:
-    from tests.test_ingest_crash import Load, _environ, _server, _start_server
+    from tests.helpers import start_server
+    from tests.test_ingest_crash import Load, _environ, _server
 
     keys = make_keys()
     port = free_port()
     environ = _environ(js_env, True)  # the service processes the stream in its child worker
     load = Load(port, keys["ingest"])
-    server = _start_server(environ, port)
+    server = start_server(environ, port, wait=60)
     load.start()
     load.wait_for(15)
     os.kill(server.pid, signal.SIGKILL)  # accepting and processing
