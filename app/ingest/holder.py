@@ -12,12 +12,10 @@ those older than ``outbox.KEEP`` (a day) and erasure removes a person's."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,7 +24,7 @@ from app.ingest import outbox
 from app.ingest.models import ConsentSignal, Event, InboxBatch, OutboxEntry
 from app.ingest.timeline import EVENT_HEAD, event_record
 from app.inventory import Person, TableHolder, cutoff_for, register, remove_rows
-from app.vault.cipher import FieldOpener
+from app.vault.cipher import FieldOpener, json_value
 from app.vault.service import DataKey
 
 INBOX_CATEGORY = "user.behavior"
@@ -95,10 +93,7 @@ def _decoded(text: str | None) -> dict[str, Any]:
     """A JSON column read as text: what the column type would have returned, as a new dict."""
     if text is None:
         return {}
-    try:
-        value = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        value = json.loads(text)  # what msgspec refuses (NaN, 1e400), as the column type read it
+    value = json_value(text)  # as the column type read it
     return value if value.__class__ is dict else dict(value)
 
 
