@@ -6,22 +6,19 @@ for a single decision, one entry with counts by reason for a population.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    Column,
-    MetaData,
     String,
-    Table,
     and_,
     bindparam,
     case,
     cast,
     column,
     func,
-    insert,
     literal,
     literal_column,
     null,
@@ -30,7 +27,8 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.access.service import Principal
 from app.consent.gate import decide
@@ -111,15 +109,17 @@ _MATCHED_QUERIES: dict[tuple[int, Ask, int], tuple[Rules, Any]] = {}
 
 
 def _matched_query(rules: Rules, ask: Ask, sample: int) -> Any:
-    """``_by_reason`` over the people in ``_MATCHED`` (PostgreSQL), the time (``:now``) bound
-    at execution: built once per rules, ask and sample size and frozen to its SQL text, like
-    ``_person_query`` (building the expression and its cache key cost every preview)."""
+    """``_by_reason`` over the people given as two arrays (PostgreSQL: ``:ids`` and their
+    ``:regions``), the time (``:now``) bound at execution: built once per rules, ask and
+    sample size and frozen to its SQL text, like ``_person_query`` (building the expression
+    and its cache key cost every preview)."""
     hit = _MATCHED_QUERIES.get((id(rules), ask, sample))
     if hit is None or hit[0] is not rules:
         decided = _over(_MATCHED, rules, ask, literal_column(":now"), lateral=True)
         if len(_MATCHED_QUERIES) > 512:
             _MATCHED_QUERIES.clear()
         frozen = _frozen(_by_reason(decided, sample), "postgresql", person=False)
+        frozen = frozen.bindparams(bindparam("ids", type_=ARRAY(String)), bindparam("regions", type_=ARRAY(String)))
         hit = _MATCHED_QUERIES[(id(rules), ask, sample)] = (rules, frozen)
     return hit[1]
 
@@ -202,11 +202,9 @@ async def decide_population(
     else:
         at = now or datetime.now(UTC)
         if within is not None and _postgres(session):
-            await _matched(session, within)
-            rows = (await session.execute(_matched_query(rules, ask, sample), {"now": at})).all()
-            await (await session.connection()).run_sync(_MATCHED.drop)
+            rows = await _decide_matched(session, _matched_query(rules, ask, sample), at, within, sample)
         else:
-            rows = (await session.execute(_by_reason(_decided(session, rules, ask, at, within), sample))).all()
+            rows = list((await session.execute(_by_reason(_decided(session, rules, ask, at, within), sample))).all())
         counts = {str(r): int(n) for r, n, pid in rows if pid is None}
         allowed = counts.pop("allowed", 0)
         out = PopulationVerdict(allowed + sum(counts.values()), allowed, counts, rules.version)
@@ -220,30 +218,66 @@ def _postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-_MATCHED = Table(
-    "decision_matched",
-    MetaData(),
-    Column("id", String(36)),
-    Column("region", String(8)),
-    prefixes=["TEMPORARY"],
-    postgresql_on_commit="DROP",  # dropped after use; this too if the caller commits first
+_MATCHED = (
+    func.unnest(literal_column("CAST(:ids AS VARCHAR[])"), literal_column("CAST(:regions AS VARCHAR[])"))
+    .table_valued("id", "region")
+    .render_derived(name="decision_matched")
 )
-"""The people a narrowed population decision is about (PostgreSQL, ``_matched``): one name,
-so the decision statement over it is compiled once per process, not at every preview."""
+"""The people a narrowed population decision is about (PostgreSQL, ``_decide_matched``), given
+as arrays: one name, so the decision statement over them is compiled once per process."""
+
+SPLIT_FROM = 4000
+"""From this many matched people, a PostgreSQL preview decides them in two halves at once, on
+its own connection and a second one (``_decide_matched``)."""
 
 
-async def _matched(session: AsyncSession, within: Any) -> None:
-    """The surviving people ``within`` selects (ids and regions), stored once in the temporary
-    table ``_MATCHED`` of this transaction (PostgreSQL; the caller drops it). A segment's
-    conditions on JSON values are estimated at a few rows whatever they match (3 for 27,041 in
-    1,000,000), and over so few rows the planner joined the consent facts by a nested loop that
-    read every aggregated row again for each person; from the stored table it knows their
-    number from its size. Not analysed: the facts are read per person through the index
-    (``JoinedFacts.joined(lateral=True)``), and ANALYZE cost more than it saved (1,000,000
-    people, idle: preview 1.19 -> 0.94 s without it)."""
+async def _decide_matched(session: AsyncSession, query: Any, at: datetime, within: Any, sample: int) -> list[Any]:
+    """``query``'s rows (``_by_reason``) for the surviving people ``within`` selects
+    (PostgreSQL). The matching people are read first, alone, so the planner may scan the events
+    in parallel and the consent facts are read for exactly those people (a segment's conditions
+    on JSON values are estimated at a few rows whatever they match: 3 for 27,041 in 1,000,000,
+    and over so few the planner read every consent row again for each person). Many people are
+    then decided in two halves side by side, the second on another connection of the pool:
+    the per-person reads are CPU-bound in the server, one core each. Each half sees what is
+    committed when it starts (read committed, as consecutive statements would); a transaction
+    that has itself written decides alone, so it sees its own writes."""
     _table, person, region, live = population()
-    await (await session.connection()).run_sync(_MATCHED.create)
-    await session.execute(insert(_MATCHED).from_select(["id", "region"], select(person, region).where(live, within)))
+    found = (await session.execute(select(person, region).where(live, within))).all()
+    ids, regions = [str(r[0]) for r in found], [r[1] for r in found]
+    side = session.bind if isinstance(session.bind, AsyncEngine) else None
+    if len(ids) < SPLIT_FROM or side is None or await _has_written(session):
+        return await _decide_part(session, query, at, ids, regions)
+    half = len(ids) // 2
+    async with side.connect() as other:
+        first, second = await asyncio.gather(
+            _decide_part(session, query, at, ids[:half], regions[:half]),
+            _decide_part(other, query, at, ids[half:], regions[half:]),
+        )
+    return _merged(first, second, sample)
+
+
+async def _decide_part(
+    db: AsyncSession | AsyncConnection, query: Any, at: datetime, ids: list[str], regions: list[Any]
+) -> list[Any]:
+    return list((await db.execute(query, {"ids": ids, "regions": regions, "now": at})).all())
+
+
+async def _has_written(session: AsyncSession) -> bool:
+    """Whether this transaction has written anything (PostgreSQL: it has a transaction id)."""
+    return (await session.execute(select(func.txid_current_if_assigned()))).scalar() is not None
+
+
+def _merged(first: list[Any], second: list[Any], sample: int) -> list[Any]:
+    """Two halves' ``_by_reason`` rows as one: counts added by reason, and the first ``sample``
+    allowed ids of both in id order (each half's first ``sample`` hold them)."""
+    counts: dict[str, int] = {}
+    ids: list[str] = []
+    for reason, n, pid in [*first, *second]:
+        if pid is None:
+            counts[reason] = counts.get(reason, 0) + int(n)
+        else:
+            ids.append(pid)
+    return [(r, n, None) for r, n in counts.items()] + [(None, 0, pid) for pid in sorted(ids)[:sample]]
 
 
 def _decided(session: AsyncSession, rules: Rules, ask: Ask, at: datetime, within: Any) -> Any:
