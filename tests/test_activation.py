@@ -27,7 +27,7 @@ from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
 from app.access.service import Principal
-from app.activation import unseal
+from app.activation import runs, unseal
 from app.activation.jobs import run_schedules
 from app.activation.recipients import notify_erasure, recipients_of
 from app.activation.service import send_to_destination, start_run
@@ -227,6 +227,33 @@ def test_a_webhook_gets_exactly_the_consented_members_with_the_allowed_fields_si
     with sync_db() as conn:
         rows = conn.execute(text("SELECT * FROM destination")).all()
         assert rows and all(SECRET[6:].encode() not in repr(r).encode() and SECRET[6:] not in repr(r) for r in rows)
+
+
+def test_a_large_run_decided_while_it_streams_sends_and_excludes_the_same_people(
+    exact: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large run opens its fields in worker processes and, on PostgreSQL, streams its screen
+    (people decided while the first chunks are opened): one person a chunk here, the same
+    people sent and excluded for the same reasons as a small run decided whole."""
+    keys = make_keys()
+    with client() as c, receiver() as hook:
+        ids = _people(c, keys, SHOP)
+        _consent(c, keys, ids[:3])
+        _consent(c, keys, ids[4:], restricted=True)
+        seg = _segment(c, keys)
+        dest = _destination(c, keys, kind="webhook", config={"url": hook.url, "batch_size": 2}, secret=SECRET)
+        whole = _activate(c, keys, seg, dest["id"])
+        sent = sorted(p["fields"]["email"] for p in hook.people())
+        hook.accepted.clear()
+        monkeypatch.setattr(unseal, "POOL_FROM", 0)
+        monkeypatch.setattr(runs, "CHUNK", 1)
+        monkeypatch.setattr(runs, "SCREEN_ROWS", 1)
+        streamed = _activate(c, keys, seg, dest["id"])
+        assert streamed["status"] == whole["status"] == "done", streamed
+        assert streamed["report"] == whole["report"]
+        assert whole["report"] == {"total": 5, "sent": 3, "failed": 0, "excluded": {"no consent": 1, "restricted": 1}}
+        assert sent == ["ada@example.com", "bob@example.com", "cy@example.com"]
+        assert sorted(p["fields"]["email"] for p in hook.people()) == sent
 
 
 async def _recipients(pid: str) -> list[dict[str, Any]]:

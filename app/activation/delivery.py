@@ -250,7 +250,7 @@ def cell(value: Any) -> str:
     if value is None:
         return ""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return text.replace("\r", " ").replace("\n", " ")
+    return text.replace("\r", " ").replace("\n", " ") if "\r" in text or "\n" in text else text
 
 
 def drop_lines(path: Path, fmt: str, lines: set[int]) -> int:

@@ -105,7 +105,8 @@ async def insert_recipients(session: AsyncSession, rows: list[tuple[Any, ...]]) 
     if session.get_bind().dialect.name == "postgresql":
         raw = await (await session.connection()).get_raw_connection()
         driver: Any = raw.driver_connection
-        records = [(*r[:FIELDS], json.dumps(r[FIELDS]), *r[FIELDS + 1 :]) for r in rows]
+        names = json_of(None, None)
+        records = [(*r[:FIELDS], names(r[FIELDS]), *r[FIELDS + 1 :]) for r in rows]
         await driver.copy_records_to_table("activation_recipient", records=records, columns=list(COLUMNS))
         return
     # SQLite: one executemany of plain values (the JSON and the time encoded as the column types do)
@@ -121,8 +122,9 @@ async def insert_recipients(session: AsyncSession, rows: list[tuple[Any, ...]]) 
 
 
 def json_of(t: Any, dialect: Any) -> Any:
-    """The JSON column's encoding of a list of names (cached per list)."""
-    encode = t.c.fields.type.bind_processor(dialect) or json.dumps
+    """The JSON column's encoding of a list of names (cached per list; ``json.dumps`` without
+    a table, as COPY takes it)."""
+    encode = (t.c.fields.type.bind_processor(dialect) if t is not None else None) or json.dumps
     cache: dict[tuple[str, ...], Any] = {}
 
     def one(names: list[str]) -> Any:

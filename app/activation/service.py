@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -97,6 +98,20 @@ async def screen(
     those: the population is joined to them, and their facts alone are read): the decision
     engine's reason, with restriction, suppression and (``profiling``) a refusal of profiling
     checked whatever the purpose's regime."""
+    allowed: list[str] = []
+    excluded: dict[str, str] = {}
+    q = screen_query(session, ask, profiling, now, where, among)
+    for pid, why in sorted((await session.execute(q)).all(), key=itemgetter(0)):  # ids are unique
+        if why == "allowed":
+            allowed.append(pid)
+        else:
+            excluded[pid] = str(why)
+    return allowed, excluded
+
+
+def screen_query(session: AsyncSession, ask: Ask, profiling: bool, now: datetime, where: Any, among: Any = None) -> Any:
+    """``screen``'s statement: (id, reason) of the people it is about (in id order on
+    PostgreSQL; SQLite's are sorted by the caller)."""
     rules = current_rules()
     table, person, region, live = population()
     joined = session.get_bind().dialect.name == "postgresql" or among is not None
@@ -114,15 +129,8 @@ async def screen(
         source = facts.joined(source, person, among)
     q = select(person, verdict).select_from(source).where(live, where)
     if among is None or session.get_bind().dialect.name == "postgresql":
-        q = q.order_by(person)  # SQLite would scan every profile in id order for it: sorted below
-    allowed: list[str] = []
-    excluded: dict[str, str] = {}
-    for pid, why in sorted((await session.execute(q)).all()):
-        if why == "allowed":
-            allowed.append(pid)
-        else:
-            excluded[pid] = str(why)
-    return allowed, excluded
+        q = q.order_by(person)  # SQLite would scan every profile in id order for it: sorted by the caller
+    return q
 
 
 def counts(excluded: dict[str, str]) -> dict[str, int]:

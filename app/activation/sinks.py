@@ -75,9 +75,8 @@ class FileSink:
         elif self.fmt == "csv":
             known = set(self.names)
             self.names += sorted({k for p in people for k in p.fields} - known)
-            w = csv.writer(buf, lineterminator="\n")
-            for p in people:
-                w.writerow([p.ref, *[cell(p.fields.get(k)) for k in self.names]])
+            names, w = self.names, csv.writer(buf, lineterminator="\n")
+            w.writerows([p.ref, *[cell(p.fields.get(k)) for k in names]] for p in people)
         else:
             for p in people:
                 buf.write(dumps({"id": p.ref, **p.fields}) + "\n")

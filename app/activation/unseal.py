@@ -23,7 +23,7 @@ from typing import Any
 from app.activation.delivery import Outbound, message_id
 from app.activation.proof import leaf
 from app.vault.blind_index import blind_index
-from app.vault.cipher import open_field, unwrap_key
+from app.vault.cipher import KeyUnwrapper, SubjectOpener
 
 POOL_FROM = 20_000
 """People from which a run opens its fields in worker processes (below: in the event loop)."""
@@ -48,14 +48,15 @@ class SealedChunk:
 def open_chunk(chunk: SealedChunk) -> list[Outbound]:
     """The people as the destination receives them, each with a fresh salt and its leaf;
     fields of a shredded origin (no key) are left out."""
-    data_keys: dict[str, bytes] = {}
+    unwrappers = {mv: KeyUnwrapper(master, mv) for mv, master in chunk.masters.items()}
+    openers: dict[str, SubjectOpener] = {}
     for origin, (mv, kv, wrapped) in chunk.keys.items():
-        data_keys[origin] = unwrap_key(chunk.masters[mv], mv, origin, kv, wrapped)
+        openers[origin] = SubjectOpener(unwrappers[mv].unwrap(origin, kv, wrapped), origin)
     values: dict[str, dict[str, Any]] = {}
     for pid, name, origin, kv, blob in chunk.fields:
-        dk = data_keys.get(origin)
-        if dk is not None:
-            values.setdefault(pid, {})[name] = open_field(dk, origin, name, kv, blob)
+        opener = openers.get(origin)
+        if opener is not None:
+            values.setdefault(pid, {})[name] = opener.open(name, kv, blob)
     salts = secrets.token_bytes(16 * len(chunk.people)).hex()
     at = f"activation:{chunk.destination_id}"
     out = []
@@ -112,7 +113,8 @@ def read_rows(
 
     if not categories:
         return [], {}
-    fields_q, stamps_q = sealed_fields_queries(tuple(categories))
+    dialect = conn.dialect.name
+    fields_q, stamps_q = sealed_fields_queries(tuple(categories), dialect)
     shown: dict[tuple[str, str], Any] = {}
     twice: set[str] = set()
     for r in conn.execute(fields_q, {"ids": ids}).all():
@@ -124,7 +126,8 @@ def read_rows(
     origins = sorted({r[2] for r in shown.values()})
     keys: dict[str, tuple[int, int, bytes]] = {}
     if origins:
-        keys = {pid: (mv, kv, w) for pid, mv, kv, w in conn.execute(wrapped_keys_query(), {"ids": origins}).all()}
+        rows = conn.execute(wrapped_keys_query(dialect), {"ids": origins}).all()
+        keys = {pid: (mv, kv, w) for pid, mv, kv, w in rows}
     return [tuple(r[:5]) for r in shown.values()], keys
 
 

@@ -36,7 +36,7 @@ from app.vault.blind_index import blind_index
 from app.vault.cipher import open_field, seal_field
 from app.vault.keyring import KeyMaterial, key_material
 from app.vault.normalize import normalize_date, normalize_email, normalize_phone, normalize_text
-from app.vault.service import DataKey, subject_key, subject_keys
+from app.vault.service import DataKey, ids_bound, subject_key, subject_keys
 
 MAX_TRAITS = 200
 F = TypeVar("F")
@@ -235,17 +235,17 @@ async def unfold_profile(
 # --- observed values --------------------------------------------------------------------
 
 
-def sealed_fields_queries(categories: Sequence[str]) -> tuple[Select[Any], Select[Any]]:
+def sealed_fields_queries(categories: Sequence[str], dialect: str = "") -> tuple[Select[Any], Select[Any]]:
     """Two reads of the sealed fields of the given categories (a category or any below it) of
-    the people bound as the expanding parameter ``ids``: the fields, and the same with their
-    precedence stamps (for ``current_fields``). Compiled once whatever the number of ids."""
+    the people bound as ``ids`` (``ids_bound``: an array on PostgreSQL): the fields, and the
+    same with their precedence stamps (for ``current_fields``). Compiled once whatever the
+    number of ids."""
     t = table_of(ProfileField)
     within = or_(*(or_(t.c.category == c, t.c.category.startswith(c + ".", autoescape=True)) for c in categories))
     cols = (t.c.profile_id, t.c.name, t.c.origin_id, t.c.key_version, t.c.ciphertext)
-    ids: Any = bindparam("ids", expanding=True)
-    fields = sa_select(*cols).where(t.c.profile_id.in_(ids), within)
+    fields = sa_select(*cols).where(ids_bound(t.c.profile_id, dialect), within)
     stamps = sa_select(*cols, t.c.source, t.c.trust, t.c.observed_at, t.c.updated_at).where(
-        t.c.profile_id.in_(ids), within
+        ids_bound(t.c.profile_id, dialect), within
     )
     return fields, stamps
 

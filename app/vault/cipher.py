@@ -105,3 +105,28 @@ class FieldOpener:
         if aad is None:
             aad = self._aads[key_version] = _field_aad(self._profile_id, self._field, key_version)
         return json_value(_decrypt(self._aead, blob, aad, f"field '{self._field}'", self._field))
+
+
+class KeyUnwrapper:
+    """Unwraps many data keys wrapped under one master key version with one AES-GCM object
+    (a run's chunk of people), held only as long as this unwrapper."""
+
+    def __init__(self, master: bytes, master_version: int) -> None:
+        self._aead, self._version = AESGCM(master), master_version
+
+    def unwrap(self, profile_id: str, key_version: int, wrapped: bytes) -> bytes:
+        """As ``unwrap_key``: the data key, or ``IntegrityFailure`` if it was tampered with or moved."""
+        return _decrypt(self._aead, wrapped, _wrap_aad(profile_id, key_version, self._version), "data key")
+
+
+class SubjectOpener:
+    """Opens the fields sealed under one profile's data key (its email, name…) with one
+    AES-GCM object, held only as long as this opener."""
+
+    def __init__(self, data_key: bytes, profile_id: str) -> None:
+        self._aead, self._profile_id = AESGCM(data_key), profile_id
+
+    def open(self, field: str, key_version: int, blob: bytes) -> Any:
+        """As ``open_field``: the decrypted JSON value, or ``IntegrityFailure`` naming the field."""
+        aad = _field_aad(self._profile_id, field, key_version)
+        return json_value(_decrypt(self._aead, blob, aad, f"field '{field}'", field))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, insert, select, update
+from sqlalchemy import ARRAY, ColumnElement, Select, String, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,12 +44,21 @@ async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) 
         await session.execute(insert(SubjectKey.__table__), rows)  # type: ignore[attr-defined]
 
 
-def wrapped_keys_query() -> Select[Any]:
+def ids_bound(column: Any, dialect: str = "") -> ColumnElement[bool]:
+    """``column`` is one of the ids bound at execution as ``ids`` (a list): one array
+    parameter on PostgreSQL (``= ANY``), which it parses and plans faster than an IN list of
+    thousands of parameters; an expanding IN elsewhere. Compiled once whatever the number."""
+    if dialect == "postgresql":
+        return column == any_(bindparam("ids", type_=ARRAY(String())))
+    return column.in_(bindparam("ids", expanding=True))  # type: ignore[no-any-return]
+
+
+def wrapped_keys_query(dialect: str = "") -> Select[Any]:
     """The wrapped subject keys (profile_id, master_version, key_version, wrapped_key) of the
-    people bound as the expanding parameter ``ids``; a shredded subject has no row."""
+    people bound as ``ids`` (``ids_bound``); a shredded subject has no row."""
     k = table_of(SubjectKey)
-    ids: Any = bindparam("ids", expanding=True)
-    return select(k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key).where(k.c.profile_id.in_(ids))
+    cols = (k.c.profile_id, k.c.master_version, k.c.key_version, k.c.wrapped_key)
+    return select(*cols).where(ids_bound(k.c.profile_id, dialect))
 
 
 def _unwrap(ring: MasterKeyring, row: Any) -> DataKey:

@@ -261,7 +261,7 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
     from app.decisions.engine import Ask
     from scripts.bench.decisions import pid
 
-    real = svc.screen
+    real, real_query = svc.screen, getattr(svc, "screen_query", None)
 
     async def no_consent(session: Any, ask: Ask, profiling: bool, now: datetime, where: Any, among: Any = None) -> Any:
         from sqlalchemy import select
@@ -275,6 +275,16 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
         ids = (await session.execute(q.order_by(person))).scalars().all()
         return list(ids), {}
 
+    def no_consent_query(session: Any, ask: Ask, profiling: bool, now: datetime, where: Any, among: Any = None) -> Any:
+        """The streamed screen's statement (a large run on PostgreSQL) without the filter."""
+        from sqlalchemy import literal, select
+
+        from app.profiles.service import population
+
+        _t, person, _r, live = population()
+        q = select(person, literal("allowed")).where(live, where)
+        return (q if among is None else q.where(person.in_(among))).order_by(person)
+
     dests = {kind: await destination(kind, url) for kind in ("file", "webhook")}
     times: dict[str, list[float]] = {}
     values: dict[str, Any] = {}
@@ -285,10 +295,11 @@ async def measure(url: str, members: int, repeat: int, only: set[str]) -> dict[s
                 if only and label not in only:
                     continue
                 svc.screen = real if filtered else no_consent  # type: ignore[assignment]
+                svc.screen_query = real_query if filtered else no_consent_query  # type: ignore[assignment]
                 took, values[label], ids = await one_run(dests[kind])
                 sent = sent if sent and not filtered else ids
                 times.setdefault(label, []).append(took)
-            svc.screen = real
+            svc.screen, svc.screen_query = real, real_query  # type: ignore[assignment]
             label = "raw file write" if kind == "file" else "raw POSTs"
             if only and label not in only:
                 continue
