@@ -14,7 +14,7 @@ import msgspec
 from sqlalchemy import JSON, DateTime, Engine, Table, TypeDecorator, create_engine, event, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.settings import get_settings
 
@@ -226,11 +226,28 @@ def _insert_plan(table: Table, dialect: Any, names: tuple[str, ...]) -> tuple[st
             json_type = column_type if isinstance(column_type, JSON) else getattr(column_type, "impl", None)
             if isinstance(json_type, JSON):
                 converters.append(_json_null if json_type.none_as_null else _json_text)
+            elif isinstance(column_type, UtcDateTime) and dialect.name == "sqlite":
+                converters.append(_sqlite_utc(column_type._cached_bind_processor(dialect)))
             else:
                 converters.append(column_type._cached_bind_processor(dialect))
         columns = ", ".join(f'"{n}"' for n in names)
         plan = _insert_plans[key] = (f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})', converters)
     return plan
+
+
+def _sqlite_utc(general: Any) -> Callable[[Any], Any]:
+    """``UtcDateTime``'s SQLite bind processing for a ``datetime`` (converted to UTC, then
+    SQLite's storage form ``YYYY-MM-DD HH:MM:SS.ffffff``) in one step; anything else goes
+    through the type's own processors (same text, half the cost)."""
+
+    def convert(value: Any) -> Any:
+        if type(value) is not datetime:
+            return general(value)
+        if value.tzinfo is not UTC:
+            value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+        return value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
+
+    return convert
 
 
 def _json_text(value: Any) -> str:
@@ -261,4 +278,33 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, 
         for i, convert in converted:
             values[i] = convert(values[i])
         params.append(tuple(values))
+    if len(params) >= COPY_ROWS and conn.dialect.driver == "asyncpg" and await _copy(conn, table, names, params):
+        return
     await conn.exec_driver_sql(sql, params)
+
+
+COPY_ROWS = 200
+"""From this many rows, ``insert_rows`` on PostgreSQL writes with ``COPY`` (binary), which
+costs the server and the driver a fraction of an INSERT per row."""
+
+
+async def _copy(conn: AsyncConnection, table: Table, names: tuple[str, ...], records: list[tuple[Any, ...]]) -> bool:
+    """``COPY`` the converted rows into ``table`` in the connection's transaction (the values
+    go through the same asyncpg codecs as bound parameters). False: no transaction is open
+    yet (COPY would run outside it), the caller inserts as usual. Errors are raised as the
+    INSERT's would be (SQLAlchemy ``DBAPIError`` with the SQLSTATE; no values in the text)."""
+    raw = await conn.get_raw_connection()
+    adapted, driver = raw.dbapi_connection, raw.driver_connection
+    if adapted is None or driver is None or getattr(adapted, "_transaction", None) is None:
+        return False
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        try:
+            await driver.copy_records_to_table(table.name, records=records, columns=list(names))
+        except Exception as exc:
+            adapted._handle_exception(exc)  # the driver's error as the dialect's DBAPI error
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            f'COPY "{table.name}"', None, exc, dbapi.Error, hide_parameters=True, dialect=conn.dialect
+        ) from exc
+    return True

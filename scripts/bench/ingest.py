@@ -550,7 +550,7 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
             if time.monotonic() > deadline:
                 raise BenchError(f"consentry serve not healthy after 180 s:\n{_tail(log.read_text())}")
             time.sleep(0.2)
-        cmd = [sys.executable, str(SCRIPT), "--client", base, key]
+        cmd = [sys.executable, str(SCRIPT), "--sender", base, key]
         url = environ["CONSENTRY_DATABASE_URL"]
         before = _event_count(url)  # the in-process figure's events are in the same database
         run("HTTP warm-up", [*cmd, "20", "99", "8"], environ, tree)
@@ -580,7 +580,7 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
         }
         if args.lag_rate:
             before = _event_count(url)
-            lag_cmd = [sys.executable, str(SCRIPT), "--client", base, key]
+            lag_cmd = [sys.executable, str(SCRIPT), "--sender", base, key]
             try:
                 figures["lag_p50"], figures["lag_p95"] = _lag(
                     url, before, lag_cmd, environ, tree, args.lag_rate, args.lag_seconds
@@ -670,10 +670,10 @@ def _fmt(values: list[float]) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--client" and sys.argv[4] == "--paced":
+    if len(sys.argv) > 1 and sys.argv[1] == "--sender" and sys.argv[4] == "--paced":
         paced_main(sys.argv[2], sys.argv[3], int(sys.argv[5]), 11, float(sys.argv[6]))
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "--client":
+    if len(sys.argv) > 1 and sys.argv[1] == "--sender":
         client_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--ceiling":
