@@ -228,7 +228,7 @@ async def _run(lease: Lease) -> service.SendResult:
             await _forget_earlier(run.id)
         earlier = await _earlier(session, run.id)
         with unseal.Opener(pooled=await _members(session, seg.id) >= unseal.POOL_FROM) as opener:
-            starting = asyncio.ensure_future(opener.start())  # workers start while the people are decided
+            opener.begin()  # workers start while the people are decided
             profiling = service._profiling(seg.purpose, run.purpose)
             clock = time.perf_counter()
             ask, now, among = service.ask_for(dest), datetime.now(UTC), candidates(seg.id, run.id)
@@ -241,7 +241,6 @@ async def _run(lease: Lease) -> service.SendResult:
                 log.info("activation_screened", run=run.id, allowed=len(allowed), seconds=_since(clock))
                 await lease.beat(total=len(earlier.sent) + earlier.failed + len(allowed) + len(excluded))
                 chunks = _listed(allowed)
-            await starting
             sink = await _stream(session, lease, dest, earlier, chunks, excluded, opener)
     refusal = _refusal(dest, sink.count() + len(earlier.sent))
     got = await sink.close(refuse=refusal is not None)

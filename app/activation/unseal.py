@@ -136,6 +136,7 @@ class Opener:
 
     def __init__(self, pooled: bool) -> None:
         self.pool: ProcessPoolExecutor | None = None
+        self.started: asyncio.Future[None] | None = None
         if pooled:
             context = multiprocessing.get_context("forkserver")
             # workers fork from a server that imported this module alone: never the service's
@@ -143,20 +144,35 @@ class Opener:
             context.set_forkserver_preload([__name__])
             self.pool = ProcessPoolExecutor(WORKERS, mp_context=context)
 
+    def begin(self) -> None:
+        """Start the workers in a thread: the first chunk handed over waits for them, the event
+        loop does not (a worker is spawned by the submitting thread, which waits for the fork
+        server: 0.5-1.8 s for the first, loaded, which held the run's screen up)."""
+        if self.pool is not None and self.started is None:
+            self.started = asyncio.ensure_future(asyncio.to_thread(self._spawn))
+            self.started.add_done_callback(_seen)  # a run that ends first closes the pool under it
+
+    def _spawn(self) -> None:
+        assert self.pool is not None
+        for started in [self.pool.submit(_ready) for _ in range(WORKERS)]:
+            started.result()
+
     async def start(self) -> None:
-        """Start the workers (in a thread: starting them must not hold the event loop up)."""
-        if self.pool is not None:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(loop.run_in_executor(self.pool, _ready) for _ in range(WORKERS)))
+        """Start the workers (``begin``) and wait until they are up."""
+        self.begin()
+        if self.started is not None:
+            await self.started
 
     async def open(self, chunk: SealedChunk) -> list[Outbound]:
         if self.pool is None:
             return open_chunk(chunk)
+        await self.start()
         return await asyncio.get_running_loop().run_in_executor(self.pool, open_chunk, chunk)
 
     async def fetch(self, job: FetchJob) -> list[Outbound]:
         """Read and open a chunk in a worker (``pooled`` only)."""
         assert self.pool is not None, "fetch needs worker processes"
+        await self.start()
         return await asyncio.get_running_loop().run_in_executor(self.pool, fetch_chunk, job)
 
     def close(self) -> None:
@@ -172,6 +188,11 @@ class Opener:
 
 def _ready() -> bool:
     return True
+
+
+def _seen(started: asyncio.Future[None]) -> None:
+    if not started.cancelled():
+        started.exception()  # retrieved: what failed is raised to whoever waits for the workers
 
 
 def split(ids: Sequence[str], size: int) -> list[list[str]]:
