@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, literal, not_, or_, select, text, union
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, literal, not_, select, text, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.access.service import SYSTEM, Principal
@@ -103,10 +103,14 @@ async def refresh_traits(
     chunks = [None] if profile_ids is None else _chunks(sorted(set(profile_ids)))
     for chunk in chunks:
         await _clear(session, chunk, [k.name for k in kept])
-        if chunk is not None:
-            await _drop_kept(session, chunk, kept, now)
+        if chunk is None:
+            for t in traits:
+                counts[t.name] += await _compute(session, t, None, now)
+            continue
+        alive, scored = await _scopes(session, chunk, now)
+        await _drop_kept(session, chunk, kept, alive, scored)
         for t in traits:
-            counts[t.name] += await _compute(session, t, chunk, now)
+            counts[t.name] += await _compute_named(session, t, scored if t.profiling else alive, now)
     await record(
         session,
         actor,
@@ -193,15 +197,22 @@ async def _clear(session: AsyncSession, chunk: Collection[str] | None, kept: Col
     await session.execute(stmt)
 
 
-async def _drop_kept(session: AsyncSession, chunk: Collection[str], kept: list[TraitDef], now: datetime) -> None:
-    """Of the values kept for ``chunk``, delete those of merged-away ids and the profiling
-    ones of people refusing profiling."""
+async def _drop_kept(
+    session: AsyncSession, chunk: Collection[str], kept: list[TraitDef], alive: list[str], scored: list[str]
+) -> None:
+    """Of the values kept for ``chunk``, delete those of merged-away ids (not in ``alive``) and
+    the profiling ones of people refusing profiling (alive, not ``scored``): by key, and
+    only when there are such people."""
     if not kept:
         return
     t = table_of(TraitValue)
+    gone = sorted(set(chunk) - set(alive))
+    if gone:
+        await session.execute(delete(t).where(t.c.profile_id.in_(gone)))
+    refusing = sorted(set(alive) - set(scored))
     profiling = [k.name for k in kept if k.profiling]
-    gone = or_(not_(_alive(t.c.profile_id)), and_(t.c.name.in_(profiling), refused(t.c.profile_id, now)))
-    await session.execute(delete(t).where(t.c.profile_id.in_(list(chunk)), gone))
+    if refusing and profiling:
+        await session.execute(delete(t).where(t.c.profile_id.in_(refusing), t.c.name.in_(profiling)))
 
 
 def _alive(pid: Any) -> ColumnElement[bool]:
@@ -231,6 +242,31 @@ async def _compute(session: AsyncSession, t: TraitDef, chunk: Collection[str] | 
     written = select(func.count()).select_from(tv).where(tv.c.name == t.name)  # SQLite: no count after WITH
     if chunk is not None:
         written = written.where(tv.c.profile_id.in_(list(chunk)))
+    return int((await session.execute(written)).scalar() or 0)
+
+
+async def _scopes(session: AsyncSession, chunk: Collection[str], now: datetime) -> tuple[list[str], list[str]]:
+    """Of ``chunk``, the surviving ids, and those of them not refusing profiling: looked up
+    once per chunk by key, so the trait statements read only the events of these people."""
+    _profile, person, _region, live = population()
+    q = select(person, refused(person, now)).where(person.in_(list(chunk)), live).order_by(person)
+    rows = (await session.execute(q)).all()
+    return [str(p) for p, _r in rows], [str(p) for p, r in rows if not r]
+
+
+async def _compute_named(session: AsyncSession, t: TraitDef, people: list[str], now: datetime) -> int:
+    """Insert one trait's values for ``people`` (surviving; for a profiling trait, none
+    refusing it: ``_scopes``); returns rows."""
+    if not people:
+        return 0
+    q = TraitQuery(now, people, session.get_bind().dialect.name)(t).subquery("computed")
+    rows = select(q.c.pid, literal(t.name), q.c.value, literal(now, UtcDateTime()))
+    tv = table_of(TraitValue)
+    result = await session.execute(insert(tv).from_select(["profile_id", "name", "value", "computed_at"], rows))
+    n = int(getattr(result, "rowcount", -1))
+    if n >= 0:
+        return n
+    written = select(func.count()).select_from(tv).where(tv.c.name == t.name, tv.c.profile_id.in_(people))
     return int((await session.execute(written)).scalar() or 0)
 
 
