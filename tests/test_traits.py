@@ -3,16 +3,19 @@ profiling refusal, merged-away profiles, incremental refresh, and their use in s
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, text
+from sqlalchemy import event, insert, select, text
 
-from app.db import unit_of_work
+from app.db import get_engine, unit_of_work
 from app.ingest.event_reads import events_table
 from app.inventory import Person
 from app.profiles.service import population
@@ -438,3 +441,56 @@ def test_a_broken_definition_is_a_policy_problem(tmp_path: Path) -> None:
     assert (problem.file, problem.problem) == ("computed_traits.yaml", "churn: kind must be one of " + ", ".join(KINDS))
     assert check_traits_policy(get_settings().policy_dir) == []
     assert check_traits_policy(tmp_path / "none") == []  # no file: no traits
+
+
+@contextmanager
+def _statement_plans() -> Iterator[list[tuple[str, list[str]]]]:
+    """The plan of every statement that reads (INSERT … SELECT included) run while inside."""
+    engine = get_engine().sync_engine
+    plans: list[tuple[str, list[str]]] = []
+
+    def before(conn: Any, _cursor: Any, statement: str, parameters: Any, _ctx: Any, many: bool) -> None:
+        reads = "SELECT" in statement.upper() or statement.lstrip().upper().startswith("DELETE")
+        if many or not reads:
+            return
+        cur = conn.connection.dbapi_connection.cursor()
+        if conn.dialect.name == "sqlite":
+            cur.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = [str(r[-1]) for r in cur.fetchall()]
+        else:
+            cur.execute("SET LOCAL enable_seqscan = off")  # tiny test tables: only a missing index scans now
+            cur.execute("EXPLAIN " + statement, parameters)
+            plan = [str(r[0]) for r in cur.fetchall()]
+        cur.close()
+        plans.append((statement, plan))
+
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield plans
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_refresh_of_named_people_reads_only_their_rows(shop: Env) -> None:
+    """The outbox follower refreshes the people an ingest group touched: its cost must not
+    grow with the store, so no statement reads a whole person table, nor (SQLite, which has
+    no statistics) every event of a name instead of the named people's events."""
+    run(_refresh())
+
+    async def named() -> list[tuple[str, list[str]]]:
+        with _statement_plans() as plans:
+            await _refresh([ID["A"], ID["B"], ID["M"], ID["R"]])
+        return plans
+
+    plans = run(named())
+    sqlite = shop.sqlite_path is not None
+    pattern = r"\bSCAN (\w+)|USING (?:COVERING )?INDEX (ix_event_name_time)" if sqlite else r"Seq Scan on (\w+)"
+    person_tables = {"event", "profile", "trait_value", "privacy_flag"}
+    wide = []
+    for statement, plan in plans:
+        for line in plan:
+            m = re.search(pattern, line)
+            if m and ({g for g in m.groups() if g} & (person_tables | {"ix_event_name_time"})):
+                wide.append((statement.split("\n")[0][:120], line.strip()))
+    assert len(plans) > 10
+    assert not wide, wide

@@ -71,6 +71,15 @@ class iso_time(FunctionElement[str]):
     inherit_cache = True
 
 
+class unindexed(FunctionElement[str]):
+    """SQLite: a column its planner may not search by index (``+x``; PostgreSQL: ``x``). A
+    refresh of named people must find their events by person: without statistics SQLite
+    prefers ``name = ?`` and read every event of that name in the store."""
+
+    type = String()
+    inherit_cache = True
+
+
 class half_up(FunctionElement[int]):
     """A non-negative number rounded to a whole number, halves up."""
 
@@ -116,6 +125,18 @@ def _iso_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
 def _iso_pg(el: Any, compiler: Any, **kw: Any) -> str:
     (x,) = _args(el, compiler, **kw)
     return f"""to_char({x} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+
+
+@compiles(unindexed)
+def _unindexed(el: Any, compiler: Any, **kw: Any) -> str:
+    (x,) = _args(el, compiler, **kw)
+    return str(x)
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
+    (x,) = _args(el, compiler, **kw)
+    return f"+{x}"
 
 
 @compiles(half_up, "sqlite")
@@ -165,10 +186,14 @@ class TraitQuery:
     def _mine(self, e: Any) -> list[Any]:
         return [e.c.profile_id.in_(list(self.scope))] if self.scope is not None else []
 
+    def _name(self, e: Any, scoped: bool = True) -> Any:
+        """The event name column, searched by index unless the events are read by person."""
+        return unindexed(e.c.name) if scoped and self.scope is not None else e.c.name
+
     def _matching(self, t: TraitDef, e: Any | None = None, scoped: bool = True) -> list[Any]:
         """The trait's events: name, ``where`` and window (and the scope)."""
         e = self.e if e is None else e
-        out = [e.c.name == t.event] if t.event else []
+        out = [self._name(e, scoped) == t.event] if t.event else []
         for prop, values in t.where:
             texts = [v for v in values if isinstance(v, str)]
             numbers = [float(v) for v in values if not isinstance(v, str)]
@@ -283,7 +308,7 @@ class TraitQuery:
         signed = case((e.c.name == t.refund_event, -x), else_=x)
         names = [n for n in (t.event, t.refund_event) if n]
         q = select(e.c.profile_id.label("pid"), wrapped(func.sum(signed)).label("value"))
-        return q.where(e.c.name.in_(names), x.isnot(None), *self._mine(e)).group_by(e.c.profile_id)
+        return q.where(self._name(e).in_(names), x.isnot(None), *self._mine(e)).group_by(e.c.profile_id)
 
     def _churn(self, t: TraitDef) -> Select[Any]:
         e = self.e
@@ -323,7 +348,7 @@ class TraitQuery:
         score = case((total > 100, 100), else_=total)
         names = sorted({c.event for c in t.components})
         q = select(e.c.profile_id.label("pid"), wrapped(score).label("value"))
-        return q.where(e.c.name.in_(names), *self._mine(e)).group_by(e.c.profile_id)
+        return q.where(self._name(e).in_(names), *self._mine(e)).group_by(e.c.profile_id)
 
     def _items(self, t: TraitDef, scoped: bool) -> Any:
         """(order event id, pid, item id) for every item of every matching order."""
