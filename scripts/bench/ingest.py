@@ -5,6 +5,7 @@ identity resolution on; optionally against a baseline tree in the same run.
         [--database-url postgresql://postgres@127.0.0.1:5432/bench_pg] [--workers 1]
     .venv/bin/python scripts/bench/ingest.py --baseline-tree /work/bench-base [--rounds 2]
         [--batches 150] [--import-rows 20000] [--database-url …]
+    .venv/bin/python scripts/bench/ingest.py --stored-events 5000000   # on a store holding 5 M events
 
 HTTP: 100-event batches (20% identify with traits, 55% track, 25% page) over 50,000
 distinct people, sent to a real ``consentry serve`` with 8 concurrent connections by wrk
@@ -342,6 +343,48 @@ def ceiling_main(url: str, n: int) -> None:
     print(RESULT, n * 100 / elapsed)
 
 
+def _stored_event(rng: random.Random) -> Any:
+    """One prefilled person's event maker (population.PersonEvents): shop events over a year."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2025, 11, 1, tzinfo=UTC)
+    skus = [f"SKU-{rng.randrange(500)}" for _ in range(3)]
+
+    def event(rng: random.Random, k: int) -> tuple[str, str, Any]:
+        name = rng.choice(("Product Viewed", "Order Completed", "Page Viewed"))
+        props = json.dumps({"sku": rng.choice(skus), "price": rng.randrange(100, 20000) / 100})
+        return name, props, start + timedelta(minutes=rng.randrange(525_600))
+
+    return event
+
+
+def prefill_main(events: int) -> None:
+    """Store ``events`` events (10 a person on average) with their people, identifiers and
+    registered message ids, in bulk, before a measurement: the "stored events" of the issue's
+    at-0-and-at-5,000,000 figures (``--stored-events``). Runs in the measured tree's environment."""
+    from app.db import create_sync_engine
+    from scripts.bench import population as pop
+
+    people = max(events // 10, 1)
+    engine = create_sync_engine()
+    postgres = engine.dialect.name == "postgresql"
+    stored = 0
+    with engine.begin() as conn:
+        data = pop.rows(people, seed=23)
+        for table, cols in pop.COLUMNS.items():
+            pop.insert(conn, table, cols, data[table], postgres)
+        del data
+        for chunk in pop.events(people, 10, _stored_event, seed=29):
+            pop.insert(conn, "event", pop.EVENT_COLS, chunk, postgres)
+            ids = [(row[3], row[4], row[8]) for row in chunk]
+            pop.insert(conn, "ingested_message", ("source", "message_id", "received_at"), ids, postgres)
+            stored += len(chunk)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("VACUUM ANALYZE" if postgres else "ANALYZE")
+    engine.dispose()
+    print(RESULT, stored)
+
+
 def inprocess_main(tree: str, n: int) -> None:
     """The pipeline without HTTP, in a process of its own that imports ``tree``'s ``app``."""
     import_tree(Path(tree).resolve())
@@ -434,7 +477,14 @@ def free_port() -> int:
         return port
 
 
-def _event_count(url: str, sql: str = "SELECT count(*) FROM event") -> int:
+EVENT_COUNT: dict[str, Any] = {"sql": "SELECT count(*) FROM event", "poll": 0.02}
+"""How the stored events are counted while polling; on a prefilled store (``--stored-events``)
+SQLite reads ``max(rowid)`` (events are only appended, so it equals the count) and
+PostgreSQL counts every 0.25 s, so that polling a 5 M-row table does not load the machine."""
+
+
+def _event_count(url: str, sql: str | None = None) -> int:
+    sql = sql or EVENT_COUNT["sql"]
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
@@ -458,7 +508,7 @@ def _visible_times(url: str, totals: list[int], proc: subprocess.Popen[str], tim
         count, now = _event_count(url), time.time()
         while len(seen) < len(totals) and count >= totals[len(seen)]:
             seen.append(now)
-        time.sleep(0.02)
+        time.sleep(float(EVENT_COUNT["poll"]))
     if len(seen) < len(totals):
         raise BenchError(f"only {_event_count(url)} of {totals[-1]} events stored after {timeout:.0f} s")
     return seen
@@ -643,6 +693,13 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
             reset_postgres(args.database_url)
         run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, tree)
         figures: dict[str, float] = {}
+        if args.stored_events:
+            sqlite = not args.database_url
+            EVENT_COUNT.update(sql="SELECT max(rowid) FROM event" if sqlite else EVENT_COUNT["sql"])
+            EVENT_COUNT.update(poll=0.02 if sqlite else 0.25)
+            t0 = time.perf_counter()
+            out = run("prefill", [sys.executable, str(SCRIPT), "--prefill", str(args.stored_events)], environ, tree)
+            print(f"  {name}: {float(_result(out)):,.0f} events stored first ({time.perf_counter() - t0:.0f} s)")
         n = max(args.batches // 3, 10)
         url = environ["CONSENTRY_DATABASE_URL"]
         ceiling = [sys.executable, str(SCRIPT), "--ceiling", url, str(args.batches)]
@@ -685,6 +742,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--accept":
         accept_main(sys.argv[2], sys.argv[3], int(sys.argv[4]))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--prefill":
+        prefill_main(int(sys.argv[2]))
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
         probe_main(sys.argv[2])
         return
@@ -707,6 +767,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds (default 2 with --baseline-tree, else 1)")
     parser.add_argument("--lag-rate", type=float, default=5000, help="events/s of the paced lag client (0: skip)")
     parser.add_argument("--lag-seconds", type=float, default=20, help="how long the paced client sends")
+    parser.add_argument(
+        "--stored-events",
+        type=int,
+        default=0,
+        help="events (10 a person, with identifiers and message ids) stored in bulk before measuring (e.g. 5000000)",
+    )
     args = parser.parse_args()
     compare = args.baseline_tree is not None
     if args.batches is None:
