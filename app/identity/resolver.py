@@ -46,6 +46,10 @@ shared memory" and was then processed batch by batch. Two digests in one bucket 
 serialise their batches (a false conflict), never admit two at once."""
 
 
+def _origin(row: dict[str, Any]) -> str:
+    return str(row["origin_id"])
+
+
 @dataclass
 class Resolution:
     profile_id: str
@@ -292,7 +296,13 @@ class Resolver:
         joined: dict[str, set[str]] = defaultdict(set)
         kept: list[Ident] = []
         refused: list[tuple[Ident, str]] = []
-        for i in self._order(idents, trusted):
+        ordered = self._order(idents, trusted)
+        for i in ordered:
+            joined[i.kind].add(i.digest)
+        if self._over_caps(joined) is None:  # the usual case: all within the caps, none refused
+            ordered, kept = [], ordered  # (caps only fill up: every prefix is within them too)
+        joined = defaultdict(set)
+        for i in ordered:
             fresh = i.digest not in joined[i.kind]
             joined[i.kind].add(i.digest)
             reason = self._over_caps(joined)
@@ -367,6 +377,8 @@ class Resolver:
         """Write new profiles, their keys, identifier links and claims (bulk inserts)."""
         await create_profiles(self.session, self.pending_profiles)
         await store_subject_keys(self.session, self.pending_keys)
+        # a profile's links side by side (in their order): the primary key's pages fill in sequence
+        self.pending_links.sort(key=_origin)
         for model, rows in ((Identifier, self.pending_links), (IdentityClaim, self.pending_claims)):
             if rows:
                 await insert_rows(self.session, table_of(model), rows)

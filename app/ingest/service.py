@@ -30,12 +30,13 @@ from app.ingest.models import ConsentSignal, Event
 from app.ingest.outbox import publish
 from app.ingest.spec import Message, Rejection, validate
 from app.ledger.service import record, record_group
-from app.pii.fields import FieldPolicy, Splitter, name_key, split_traits_by_policy
+from app.pii.fields import FieldPolicy, Split, Splitter, name_key, split_traits_by_policy
 from app.pii.review import cached_field_policy, current_field_policy, record_sightings
 from app.profiles.precedence import Stamp
 from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
 from app.settings import get_settings
 from app.vault.cipher import seal_field
+from app.vault.memo import memo
 from app.vault.service import DataKey
 
 EXTERNAL_ID_TRAITS = ("crm_id", "shop_id", "loyalty_id", "pos_customer_id")
@@ -141,7 +142,7 @@ def _prepare(ctx: VaultContext, msg: Message, fp: FieldPolicy | None = None) -> 
             if rule is not None and rule.name in ("email", "phone") and rule.name not in link_only:
                 with contextlib.suppress(InvalidField):
                     link_only[rule.name] = (rule, normalize_trait(rule, value, region, rule.name))
-    props = Splitter(fp, ctx.policies.properties_not_personal).split(msg.properties, "properties")
+    props = _split_properties(ctx, fp, msg.properties)
     idents = extract_identifiers(ctx, msg, {**link_only, **personal})
     unknown: Counter[tuple[str, str]] = Counter()
     categories = dict(props.categories)
@@ -154,6 +155,33 @@ def _prepare(ctx: VaultContext, msg: Message, fp: FieldPolicy | None = None) -> 
     return Prepared(
         msg, idents, personal, plain, props.plain, props.sealed, props.flagged, unknown=unknown, categories=categories
     )
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _split_properties(ctx: VaultContext, fp: FieldPolicy, properties: dict[str, Any]) -> Split:
+    """``properties`` split into plain and sealed parts; within a processor's group (a memo
+    scope) flat properties seen before (the same names, types and values: a page's path and
+    title, a product's sku and price) reuse the first split, read-only, instead of passing
+    the detectors again."""
+    table = memo("properties_split") if properties else None
+    key: tuple[Any, ...] | None = None
+    if table is not None:
+        items = []
+        for name, value in properties.items():
+            if type(value) not in _SCALARS:
+                break
+            items.append((name, type(value), repr(value) if type(value) is float else value))
+        else:
+            key = (fp, *items)  # types kept apart: 1, 1.0 and True are equal keys otherwise
+            found: Split | None = table.get(key)
+            if found is not None:
+                return found
+    split = Splitter(fp, ctx.policies.properties_not_personal).split(properties, "properties")
+    if key is not None and table is not None:
+        table[key] = split
+    return split
 
 
 def _check_event_name(fp: FieldPolicy, msg: Message) -> None:

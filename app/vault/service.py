@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Select, String, any_, bindparam, delete, insert, select, update
+from sqlalchemy import ARRAY, ColumnElement, Select, String, any_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import table_of
+from app.db import insert_rows, table_of
 from app.errors import SubjectErased
 from app.vault.cipher import new_data_key, unwrap_key, wrap_key
 from app.vault.keyring import MasterKeyring
@@ -40,8 +40,8 @@ def new_subject_key(ring: MasterKeyring, profile_id: str) -> tuple[DataKey, dict
 
 async def store_subject_keys(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
     """Insert new key rows (from ``new_subject_key``) in one statement."""
-    if rows:
-        await session.execute(insert(SubjectKey.__table__), rows)  # type: ignore[attr-defined]
+    if rows:  # through the driver (COPY on PostgreSQL): thousands of rows per processor group
+        await insert_rows(session, table_of(SubjectKey), rows)
 
 
 def ids_bound(column: Any, dialect: str = "") -> ColumnElement[bool]:
