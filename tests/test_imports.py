@@ -142,6 +142,61 @@ def test_killing_an_import_midway_and_rerunning_gives_exactly_one_clean_run(env:
     assert _count("SELECT count(*) FROM identifier WHERE kind = 'email'") == people
 
 
+def test_a_file_accepted_by_several_processes_gives_every_reject_in_line_order_and_exact_counts(env: Env) -> None:
+    data = env.tmp / "many.csv"
+    rows, people = 600, 150
+    bad = {i for i in range(rows) if i % 37 == 5}  # spread over most of the 30 chunks
+    with data.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["email", "first_name"])
+        for i in range(rows):
+            w.writerow([f"not-an-address-{i}" if i in bad else f"p{i % people}@example.com", f"P{i % people}"])
+    args = [str(data), "--source", "crm", "--chunk", "20", "--quiet"]
+    out = _cli(env, *args)
+    assert out.returncode == 0, out.stderr
+    assert f"rows read: {rows}" in out.stdout and f"rows rejected: {len(bad)}" in out.stdout
+    assert f"events stored: {rows - len(bad)}" in out.stdout
+    lines = [r[0] for r in list(csv.reader((env.tmp / "many.csv.rejects.csv").open()))[1:]]
+    assert lines == [str(i + 2) for i in sorted(bad)]  # the file's line numbers, in order, each once
+    assert "not-an-address" not in (env.tmp / "many.csv.rejects.csv").read_text()
+    assert _count("SELECT count(*) FROM event") == rows - len(bad)
+    assert _count("SELECT count(*) FROM profile WHERE merged_into IS NULL") == people
+
+    again = _cli(env, *args)
+    assert "events stored: 0" in again.stdout and f"duplicates: {rows - len(bad)}" in again.stdout
+    assert len(list(csv.reader((env.tmp / "many.csv.rejects.csv").open()))) == len(bad) + 1
+
+
+def _processes_reading(path: Path) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path).encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_after_kill_9_of_an_import_nothing_goes_on_accepting_its_rows(env: Env) -> None:
+    data = env.tmp / "killed.csv"
+    _big_csv(data, 6000, 900)
+    args = [sys.executable, "-m", "app", "import", str(data), "--source", "crm", "--chunk", "50", "--quiet"]
+    proc = subprocess.Popen(args, env=env.environ(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _count("SELECT count(*) FROM ingested_message") < 300:
+        assert proc.poll() is None and time.monotonic() < deadline, "import ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.2)
+    accepted = _count("SELECT count(*) FROM ingested_message")
+    time.sleep(1.5)
+    assert _count("SELECT count(*) FROM ingested_message") == accepted < 6000
+    assert _processes_reading(data) == []
+
+
 def test_http_upload_is_stored_encrypted_imported_in_the_background_and_pollable(env: Env) -> None:
     keys = make_keys()
     body = (

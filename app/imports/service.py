@@ -7,20 +7,27 @@ message ids, so re-running an interrupted or finished import stores nothing twic
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import hashlib
 import inspect
 import io
 import json
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import IO, Any
 
 import ijson
 
 from app.access.service import Principal
-from app.db import unit_of_work
+from app.db import dispose_engines, unit_of_work
 from app.errors import InvalidField
 from app.imports.mapping import Mapping, row_to_message
 from app.ingest.inbox import accept_messages
@@ -188,6 +195,7 @@ async def run_import(
     rejects: IO[str] | None = None,
     chunk_size: int = 1000,
     progress: Callable[[int], Any] | None = None,
+    workers: int | None = None,
 ) -> ImportSummary:
     """Import every row; rejected rows go to ``rejects`` as CSV (line, field, reason).
 
@@ -195,22 +203,221 @@ async def run_import(
     then); once every row is accepted, the inbox is processed (by this call, alongside any
     processor the service runs). ``progress`` is called (and awaited, if async) with the
     rows done after each chunk, and with 0 after each processed group.
+
+    ``workers``: processes accepting chunks side by side (default: one per core, at most
+    ``MAX_WORKERS``) when ``stream`` is a file on disk read from its start and no database
+    connection is open yet (the command line); otherwise this process accepts every chunk.
     """
     ctx = VaultContext.from_settings()
     summary = ImportSummary()
     writer = csv.writer(rejects) if rejects is not None else None
     if writer is not None:
         writer.writerow(["line", "field", "reason"])
-    for chunk in _chunks(read_rows(stream, fmt), chunk_size):
-        rejected = await _accept_chunk(ctx, mapping, principal, file_id, chunk, summary)
+
+    async def done(rejected: list[tuple[int, str, str]], rows: int) -> None:
         if writer is not None:
             writer.writerows([[line, spreadsheet_safe(f), spreadsheet_safe(r)] for line, f, r in sorted(rejected)])
-        await _report(progress, len(chunk))
+        await _report(progress, rows)
+
+    path = _own_file(stream)
+    count = _worker_count(workers) if path is not None else 1
+    if path is not None and count > 1:
+        await _accept_in_workers(path, fmt, mapping, principal, file_id, chunk_size, count, summary, done, progress)
+    else:
+        for chunk in _chunks(read_rows(stream, fmt), chunk_size):
+            await done(await _accept_chunk(ctx, mapping, principal, file_id, chunk, summary), len(chunk))
     while (stored := await process_next(ctx)).batches:  # the same processor as events (with whatever else is queued)
         summary.profiles_created += stored.profiles_created
         summary.profiles_updated += stored.profiles_updated
         await _report(progress, 0)
     return summary
+
+
+# --- accepting in worker processes -----------------------------------------------------------
+#
+# Checking a row (shape, identifiers, phone numbers parsed) costs several times what writing it
+# does, and one process uses one core. An import of a file on disk forks workers that each
+# read the file and accept every ``count``-th chunk, each chunk in its own transaction as
+# above (SQLite's write lock is held only for the chunk's statements; the checks run
+# outside it). The parent writes the rejects in line order and reports progress, then
+# processes the inbox. A worker dies with its parent (kill -9 included): what it committed
+# is accepted, the rest is accepted by the next run, whose ids make the committed rows
+# duplicates.
+
+MAX_WORKERS = 4
+
+
+def _worker_count(workers: int | None) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if sys.platform != "linux" or multiprocessing.parent_process() is not None:
+        return 1
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def _own_file(stream: IO[str]) -> Path | None:
+    """The regular file ``stream`` reads, when it has read nothing yet and this process holds no
+    database connection (a fork must not share one); None otherwise."""
+    from app import db
+
+    name = getattr(stream, "name", None)
+    if not isinstance(name, str) or db._async_engines or not os.path.isfile(name):
+        return None
+    try:
+        if stream.tell() != 0:
+            return None
+    except (OSError, ValueError):
+        return None
+    return Path(name)
+
+
+async def _accept_in_workers(
+    path: Path,
+    fmt: str,
+    mapping: Mapping,
+    principal: Principal,
+    file_id: str,
+    chunk_size: int,
+    count: int,
+    summary: ImportSummary,
+    done: Callable[[list[tuple[int, str, str]], int], Any],
+    progress: Callable[[int], Any] | None,
+) -> None:
+    """Accept every chunk of ``path`` in ``count`` forked workers (results in chunk order);
+    on PostgreSQL the workers then process the inbox side by side."""
+    context = multiprocessing.get_context("fork")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    procs: list[Any] = []
+    inbound: dict[Connection, int] = {}
+    parent = os.getpid()
+    together = _shares_the_inbox()
+    barrier = context.Barrier(count)
+    try:
+        for k in range(count):
+            recv, send = context.Pipe(duplex=False)
+            share = _Share(path, fmt, mapping, principal, file_id, chunk_size, k, count, parent, together, barrier)
+            args = (share, send)
+            proc = context.Process(target=_worker_main, args=args, name=f"import-worker-{k}", daemon=True)
+            proc.start()  # from this (the main) thread: the child's death signal is tied to it
+            send.close()
+            procs.append(proc)
+            inbound[recv] = k
+        results: dict[int, tuple[ImportSummary, list[tuple[int, str, str]]]] = {}
+        following = 0
+        failure: str | None = None
+        while inbound and failure is None:
+            for conn in await asyncio.to_thread(wait, list(inbound)):
+                assert isinstance(conn, Connection)
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    failure = f"import worker {inbound.pop(conn)} stopped"
+                    continue
+                if message[0] == "chunk":
+                    _, index, part, rejected = message
+                    results[index] = (part, rejected)
+                elif message[0] == "processed":  # a group of the inbox, by a worker (PostgreSQL)
+                    summary.profiles_created += message[1]
+                    summary.profiles_updated += message[2]
+                    await _report(progress, 0)
+                elif message[0] == "done":
+                    del inbound[conn]
+                else:
+                    failure = message[1]
+            while following in results:
+                part, rejected = results.pop(following)
+                _add(summary, part)
+                await done(rejected, part.rows_read)
+                following += 1
+        for index in sorted(results):  # a worker failed: what the others accepted is final too
+            part, rejected = results.pop(index)
+            _add(summary, part)
+            await done(rejected, part.rows_read)
+        if failure is not None:
+            raise RuntimeError(failure)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+            proc.join()
+
+
+def _add(summary: ImportSummary, part: ImportSummary) -> None:
+    for name, value in part.__dict__.items():
+        setattr(summary, name, getattr(summary, name) + value)
+
+
+def _shares_the_inbox() -> bool:
+    """Can several processes process the inbox side by side? PostgreSQL's claim skips the rows
+    another worker locked; on SQLite they would claim the same rows and wait for one writer."""
+    from app.db import is_sqlite
+    from app.settings import get_settings
+
+    return not is_sqlite(get_settings().database_url)
+
+
+@dataclass
+class _Share:
+    """What a worker accepts (chunks ``k``, ``k + count``, …) and whether it then processes."""
+
+    path: Path
+    fmt: str
+    mapping: Mapping
+    principal: Principal
+    file_id: str
+    chunk_size: int
+    k: int
+    count: int
+    parent: int
+    process: bool
+    barrier: Any
+    """Passed by every worker once all chunks are accepted: processing starts after accepting."""
+
+
+def _worker_main(share: _Share, send: Connection) -> None:
+    _die_with(share.parent)
+    try:
+        asyncio.run(_work(share, send))
+        send.send(("done",))
+    except BaseException as exc:  # reported by kind (the message may quote a value: scrubbed)
+        from app.logs import scrub_text
+
+        send.send(("failed", f"import worker {share.k}: " + scrub_text(f"{type(exc).__name__}: {exc}")[:500]))
+    finally:
+        send.close()
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to kill this process when its parent ends (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the request was made
+        os._exit(1)
+
+
+async def _work(share: _Share, send: Connection) -> None:
+    """Accept the worker's chunks (each worker reads the file whole); then, where processors
+    share the inbox, process it with the others."""
+    ctx = VaultContext.from_settings()
+    try:
+        with open_text(share.path) as stream:
+            for index, chunk in enumerate(_chunks(read_rows(stream, share.fmt), share.chunk_size)):
+                if index % share.count != share.k:
+                    continue
+                if os.getppid() != share.parent:
+                    return
+                part = ImportSummary()
+                rejected = await _accept_chunk(ctx, share.mapping, share.principal, share.file_id, chunk, part)
+                send.send(("chunk", index, part, rejected))
+        if share.process:
+            share.barrier.wait()
+            while (stored := await process_next(ctx)).batches:
+                send.send(("processed", stored.profiles_created, stored.profiles_updated))
+    finally:
+        await dispose_engines()
 
 
 async def _report(progress: Callable[[int], Any] | None, rows: int) -> None:
