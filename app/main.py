@@ -29,6 +29,7 @@ from app.dsr.routes import DsrController
 from app.imports.routes import ImportController
 from app.ingest import jetstream
 from app.ingest.browser import BrowserCollectionController
+from app.ingest.inbox import close_writers, resume_spool
 from app.ingest.processor import Processor, service_processor
 from app.ingest.routes import EventController, IngestController
 from app.inputs import input_checks_middleware
@@ -99,6 +100,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.ingest_processor = processor
     if processor is not None:
         processor.start()
+    await resume_spool()  # accepted batches a killed service left in the accept spool
     log.info("service_started", scheduler=bool(scheduler), ingest_processor=bool(processor))
     try:
         yield
@@ -108,6 +110,7 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if scheduler is not None:
             scheduler.shutdown(wait=False)
         await jetstream.close()  # the JetStream inbox's connection, if this loop made one
+        await close_writers()  # the accept writers' own connections
         await dispose_engines()
 
 

@@ -11,19 +11,24 @@ deletes them in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import structlog
 from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.access.service import Principal
 from app.consent.gate import authorize, decide
-from app.db import table_of
+from app.db import private_path, table_of
 from app.errors import InvalidField, NotFound
 from app.identity.service import is_blocked_value
 from app.ingest.models import InboxBatch
@@ -42,9 +47,11 @@ from app.ingest.spec import (
 from app.pii.fields import FieldPolicy
 from app.pii.review import current_field_policy
 from app.profiles.service import VaultContext, normalize_trait
+from app.settings import get_settings
 from app.vault.blobs import open_blob, seal_blob
 
 PURPOSE = "ingest-inbox"
+log = structlog.get_logger("consentry.ingest")
 RAW = b"\x00raw-batch\n"
 """Prefix of a blob holding a ``/v1/batch`` body exactly as received (every message accepted,
 each with its own id); without it a blob is ``{"m": messages, "d": defaults, "r": ids required}``."""
@@ -91,6 +98,80 @@ async def accept_messages(
     ``require_ids=False`` (imports): a message may come without userId/anonymousId.
     ``encoded``: each message's JSON as received (its size and nesting are read from it);
     ``body``: the request body holding them, sealed as it is when every message is accepted."""
+    req = await checked_request(
+        session,
+        ctx,
+        principal,
+        raw_messages,
+        defaults=defaults,
+        gpc=gpc,
+        expected_type=expected_type,
+        require_ids=require_ids,
+        encoded=encoded,
+        body=body,
+    )
+    return await accept_checked(session, req)
+
+
+@dataclass
+class AcceptRequest:
+    """A request's messages checked (CPU only, nothing written yet): its rejects, and the
+    message ids to register with the index of the message each names."""
+
+    ctx: VaultContext
+    principal: Principal
+    now: datetime
+    result: BatchResult
+    unique: dict[str, int]
+    """Message id → index of its first message, in the batch's order."""
+    valid: int
+    """Messages that passed the checks (a repeated id counts each time)."""
+    raw_messages: list[Any]
+    defaults: dict[str, Any]
+    require_ids: bool
+    expected_type: str | None
+    gpc: bool
+    raw_body: bytes | None
+    """The body as received, when it can be sealed as it is (every message accepted)."""
+
+    @property
+    def source(self) -> str:
+        return self.principal.source or self.principal.name
+
+    def outcome(self, fresh: list[tuple[str, int]]) -> BatchResult:
+        """The answer once ``fresh`` (id, index) were registered by this request."""
+        self.result.accepted, self.result.duplicates = len(fresh), self.valid - len(fresh)
+        return self.result
+
+    def blob(self, keep: list[tuple[str, int]]) -> dict[str, Any] | bytes:
+        """What the inbox row holds for the kept messages: the body as received when it is all
+        of them, else the kept messages with their ids."""
+        if self.raw_body is not None and len(keep) == len(self.raw_messages):
+            return RAW + self.raw_body
+        messages = [{**self.raw_messages[index], "messageId": mid} for mid, index in keep]
+        return {"m": messages, "d": self.defaults, "r": self.require_ids}
+
+    def sealed(self, keep: list[tuple[str, int]]) -> tuple[dict[str, Any], int, bytes]:
+        return sealed_batch(
+            self.ctx, self.principal, self.now, self.blob(keep), len(keep), self.expected_type, self.gpc
+        )
+
+
+async def checked_request(
+    session: AsyncSession,
+    ctx: VaultContext,
+    principal: Principal,
+    raw_messages: list[Any],
+    *,
+    defaults: dict[str, Any] | None = None,
+    gpc: bool = False,
+    expected_type: str | None = None,
+    require_ids: bool = True,
+    encoded: list[bytes] | None = None,
+    body: bytes | None = None,
+) -> AcceptRequest:
+    """Authorize and check a request's messages (``session`` is only read, or written by a
+    refused authorization): what ``accept_checked`` or the accept writer then stores."""
     now = datetime.now(UTC)
     if not decide(principal, None).allowed:
         await authorize(session, principal, "ingest.events", [], None)
@@ -101,19 +182,36 @@ async def accept_messages(
     unique: dict[str, int] = {}
     for index, mid in valid:
         unique.setdefault(mid, index)
-    source = principal.source or principal.name
+    whole = body is not None and len(unique) == len(raw_messages) and not check.made_ids
+    return AcceptRequest(
+        ctx,
+        principal,
+        now,
+        result,
+        unique,
+        len(valid),
+        raw_messages,
+        defaults or {},
+        require_ids,
+        expected_type,
+        gpc,
+        body if whole else None,
+    )
+
+
+async def accept_checked(session: AsyncSession, req: AcceptRequest) -> Accepted:
+    """Register a checked request's fresh ids and append its row, in the caller's transaction."""
     # registered in one order whatever the batch's: two PostgreSQL requests sharing ids wait for
     # each other instead of deadlocking (each holds the ids it inserted until it commits)
-    fresh = await _new_message_ids(session, source, sorted(unique), now)
-    keep = [(mid, index) for mid, index in unique.items() if mid in fresh]
-    result.accepted, result.duplicates = len(keep), len(valid) - len(keep)
+    fresh = await _new_message_ids(session, req.source, sorted(req.unique), req.now)
+    keep = [(mid, index) for mid, index in req.unique.items() if mid in fresh]
+    result = req.outcome(keep)
     if not keep:
         return Accepted(result, None)
-    if body is not None and len(keep) == len(raw_messages) and not check.made_ids:
-        return Accepted(result, await append(session, ctx, principal, now, RAW + body, len(keep), expected_type, gpc))
-    messages = [{**raw_messages[index], "messageId": mid} for mid, index in keep]
-    batch = {"m": messages, "d": defaults or {}, "r": require_ids}
-    return Accepted(result, await append(session, ctx, principal, now, batch, len(keep), expected_type, gpc))
+    batch_id = await append(
+        session, req.ctx, req.principal, req.now, req.blob(keep), len(keep), req.expected_type, req.gpc
+    )
+    return Accepted(result, batch_id)
 
 
 QUICK_BYTES = MAX_EVENT_BYTES // 5
@@ -494,6 +592,13 @@ async def status(session: AsyncSession, failures: int = 50) -> dict[str, Any]:
     queued = by_status.get("queued", (0, 0, None))
     failed = by_status.get("failed", (0, 0, None))
     oldest = queued[2]
+    bind = session.bind
+    database = bind.url.database if isinstance(bind, AsyncEngine) and bind.dialect.name == "sqlite" else None
+    if database and database != ":memory:":  # accepted batches waiting in the spool count as queued
+        spooled, events, first = spool_status(database)
+        if spooled:
+            oldest = min(oldest, first) if oldest and first else (oldest or first)
+            queued = (queued[0] + spooled, queued[1] + events, oldest)
     lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0.0
     rows = (
         await session.execute(
@@ -537,3 +642,522 @@ async def wait_processed(
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(poll)
+
+
+# --- group commit --------------------------------------------------------------------------
+#
+# Each service process accepts through one writer: the requests that wait while a group is
+# being written are written together as the next group, in one transaction (their message ids
+# registered with one statement per source, one inbox row each, one commit), and each is then
+# answered. Accepts never wait for each other in SQLite's busy handler (which sleeps 1..100 ms
+# between tries) and share their commits.
+
+
+class StoreBusy(Exception):
+    """The store did not take a group's write in time (SQLite's write lock held by another
+    process for ``BUSY_WAIT_S``; PostgreSQL deadlocks each time): answer 503, retry later."""
+
+
+BUSY_WAIT_S = 30.0
+"""How long a group waits for SQLite's write lock (the service's busy timeout is also 30 s)."""
+BUSY_POLL_S = 0.001
+"""How often a waiting group tries SQLite's write lock again (the busy handler's sleeps grow to 100 ms)."""
+MAX_GROUP = 64
+"""Requests written in one transaction at most."""
+_INSERT_COLUMNS = (*BOUND, "key_version", "sealed", "status", "attempts")
+_SQL = {
+    "sqlite": (
+        "INSERT INTO ingested_message (source, message_id, received_at) SELECT ?, value, ? "
+        "FROM json_each(?) WHERE true ON CONFLICT DO NOTHING RETURNING message_id",
+        f"INSERT INTO ingest_inbox ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})",
+    ),
+    "postgresql": (
+        "INSERT INTO ingested_message (source, message_id, received_at) SELECT $1, m, $2 "
+        "FROM unnest($3::text[]) AS m ON CONFLICT DO NOTHING RETURNING message_id",
+        f"INSERT INTO ingest_inbox ({', '.join(_INSERT_COLUMNS)}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, len(_INSERT_COLUMNS) + 1))}) RETURNING id",
+    ),
+}
+
+
+@dataclass
+class _Item:
+    req: AcceptRequest
+    future: asyncio.Future[Accepted]
+    whole: tuple[dict[str, Any], int, bytes] | None = None
+    """The row sealed for the usual case, every id of the request fresh (sealed before the
+    transaction, so the write lock is held for the statements only)."""
+
+
+def _registrations(items: list[_Item]) -> list[tuple[str, list[str], datetime]]:
+    """(source, its ids in sorted order, the earliest request's time) of a group: one
+    registration statement per source. Sorted, so two PostgreSQL groups sharing ids wait
+    for each other instead of deadlocking."""
+    by_source: dict[str, tuple[set[str], datetime]] = {}
+    for item in items:
+        ids, at = by_source.get(item.req.source, (set(), item.req.now))
+        ids.update(item.req.unique)
+        by_source[item.req.source] = (ids, min(at, item.req.now))
+    return [(source, sorted(ids), at) for source, (ids, at) in by_source.items()]
+
+
+Sealed = tuple[dict[str, Any], int, bytes]
+
+
+def _rows(items: list[_Item], fresh: dict[str, set[str]]) -> list[tuple[list[str], Sealed | None]]:
+    """Each request's counts (an id fresh in the store goes to the group's first request naming
+    it; the others count it a duplicate), and its kept ids and row (None: nothing new to store)."""
+    taken: dict[str, set[str]] = {}
+    out: list[tuple[list[str], Sealed | None]] = []
+    for item in items:
+        req, own = item.req, taken.setdefault(item.req.source, set())
+        new = fresh.get(req.source, set())
+        keep = [(mid, index) for mid, index in req.unique.items() if mid in new and mid not in own]
+        own.update(mid for mid, _ in keep)
+        req.outcome(keep)
+        kept = [mid for mid, _ in keep]
+        if not keep:
+            out.append((kept, None))
+        elif len(keep) == len(req.unique) and item.whole is not None:
+            out.append((kept, item.whole))
+        else:
+            out.append((kept, req.sealed(keep)))
+    return out
+
+
+def _values(sealed: tuple[dict[str, Any], int, bytes], sqlite: bool) -> tuple[Any, ...]:
+    clear, version, blob = sealed
+    values = [clear[k] for k in BOUND]
+    if sqlite:  # SQLite's storage of UtcDateTime and Boolean
+        values[0] = values[0].astimezone(UTC).isoformat(" ", "microseconds")[:26]
+        values[BOUND.index("gpc")] = int(values[BOUND.index("gpc")])
+    return (*values, version, blob, "queued", 0)
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
+SPOOL_SUFFIX = "-spool"
+"""The accept spool of an SQLite store: the file beside it (``consentry.db-spool``)."""
+_SPOOL_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS spool_batch (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL, "
+    "key_id TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL, source TEXT, trust TEXT NOT NULL, "
+    "events INTEGER NOT NULL, kind TEXT, gpc INTEGER NOT NULL, key_version INTEGER NOT NULL, "
+    "sealed BLOB NOT NULL, sender TEXT NOT NULL, ids TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS spool_message (source TEXT NOT NULL, message_id TEXT NOT NULL, "
+    "PRIMARY KEY (source, message_id)) WITHOUT ROWID",
+)
+_SPOOL_COLUMNS = (*BOUND, "key_version", "sealed")
+_SPOOL_SQL = {
+    "pending": "SELECT EXISTS (SELECT 1 FROM spool_batch)",
+    "stored": "SELECT message_id FROM ingested_message WHERE source = ? "
+    "AND message_id IN (SELECT value FROM json_each(?))",
+    "hold": "INSERT INTO spool_message (source, message_id) SELECT ?, value FROM json_each(?) WHERE true "
+    "ON CONFLICT DO NOTHING RETURNING message_id",
+    "append": f"INSERT INTO spool_batch ({', '.join(_SPOOL_COLUMNS)}, sender, ids) "
+    f"VALUES ({', '.join('?' for _ in _SPOOL_COLUMNS)}, ?, ?)",
+    "heads": f"SELECT id, {', '.join(_SPOOL_COLUMNS)}, sender, ids FROM spool_batch ORDER BY id LIMIT ?",
+    "forget": "DELETE FROM spool_message WHERE source = ? AND message_id IN (SELECT value FROM json_each(?))",
+    "moved": "DELETE FROM spool_batch WHERE id <= ?",
+}
+MOVE_BATCHES = 500
+"""Spooled rows moved to the inbox in one transaction at most."""
+
+
+def spool_path(database: str) -> str:
+    return database + SPOOL_SUFFIX
+
+
+def _sqlite_time(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """An autocommit-mode connection (its owner begins and commits) that never waits in
+    SQLite's busy handler: a busy lock raises at once and the owner tries again shortly."""
+    conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=0"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def _begin(conn: sqlite3.Connection, deadline: float) -> None:
+    """Take the write lock (BEGIN IMMEDIATE), trying every ``BUSY_POLL_S`` until ``deadline``."""
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise StoreBusy("the event store's write lock stayed taken") from exc
+            time.sleep(BUSY_POLL_S)
+
+
+def _rollback(*conns: sqlite3.Connection) -> None:
+    for conn in conns:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+class _SqliteStore:
+    """The accept writer's SQLite connections, used from a worker thread by one group at a time.
+
+    A group is written into the inbox (``ingest_inbox``, ``ingested_message``) when its write
+    lock is free at once. When another process holds it (the processor stores a group in one
+    transaction that can last a second), the group goes to the *spool* instead, a small SQLite
+    file beside the store (``SPOOL_SUFFIX``) whose write lock only accepting processes take:
+    its ids registered there (fresh: in neither the store nor the spool) and its row appended,
+    in one transaction. ``move`` then carries spooled rows into the inbox in the store's
+    transaction, registering their ids there, and deletes them from the spool after.
+
+    Exactly once: every accept takes the spool's write lock first and reads both registers
+    under it; ``move`` deletes from the spool (under its lock) only after the store committed,
+    so an id is always in one of them. A move cut short after the store's commit is done again
+    and finds its ids registered: those rows are not appended twice. While the spool holds rows,
+    groups go there too, so the inbox keeps the order of acceptance."""
+
+    def __init__(self, path: str, spooling: bool = True) -> None:
+        self.path = path
+        self.spool = spool_path(path)
+        self.spooling = spooling
+        """False: a group always waits for the store's lock (read-your-writes: ``INGEST_WAIT``)."""
+        self.conns: dict[str, sqlite3.Connection] = {}
+        self.mover: asyncio.Task[None] | None = None
+
+    def _conn(self, name: str) -> sqlite3.Connection:
+        conn = self.conns.get(name)
+        if conn is None:
+            if name.endswith("spool") and not Path(self.spool).exists():
+                private_path(Path(self.spool).parent, directory=True)
+                Path(self.spool).touch(mode=0o600, exist_ok=True)
+            conn = self.conns[name] = _connect(self.spool if name.endswith("spool") else self.path)
+            if name.endswith("spool"):
+                for ddl in _SPOOL_SCHEMA:
+                    conn.execute(ddl)
+                for suffix in ("", "-wal", "-shm"):
+                    private_path(Path(self.spool + suffix))
+        return conn
+
+    def write(self, items: list[_Item]) -> tuple[list[int | None], bool]:
+        """One transaction for the group, in the inbox or the spool; (row ids, spooled?)."""
+        deadline = time.monotonic() + BUSY_WAIT_S
+        spool, store = self._conn("spool"), self._conn("store")
+        while True:
+            try:
+                _begin(spool, deadline)
+                try:
+                    return self._write(spool, store, items)
+                finally:
+                    _rollback(store, spool)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreBusy("the event store's write lock stayed taken") from exc
+                time.sleep(BUSY_POLL_S)
+
+    def _write(self, spool: sqlite3.Connection, store: sqlite3.Connection, items: list[_Item]) -> Any:
+        direct = not spool.execute(_SPOOL_SQL["pending"]).fetchone()[0]
+        if direct and not self.spooling:
+            _begin(store, time.monotonic() + BUSY_WAIT_S)
+        elif direct:
+            try:
+                store.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                direct = False
+        if direct:
+            out = self._append(store, items)
+            store.execute("COMMIT")
+            return out, False
+        fresh: dict[str, set[str]] = {}
+        for source, ids, _at in _registrations(items):
+            listed = msgspec.json.encode(ids).decode()
+            stored = {r[0] for r in store.execute(_SPOOL_SQL["stored"], (source, listed))}
+            if stored:
+                listed = msgspec.json.encode([i for i in ids if i not in stored]).decode()
+            fresh[source] = {r[0] for r in spool.execute(_SPOOL_SQL["hold"], (source, listed))}
+        if store.in_transaction:  # the read's snapshot
+            store.execute("ROLLBACK")
+        for item, (kept, sealed) in zip(items, _rows(items, fresh), strict=True):
+            if sealed is not None:
+                values = (*_values(sealed, True)[: len(_SPOOL_COLUMNS)], item.req.source, msgspec.json.encode(kept))
+                spool.execute(_SPOOL_SQL["append"], values)
+        spool.execute("COMMIT")
+        return [None] * len(items), True
+
+    def _append(self, store: sqlite3.Connection, items: list[_Item]) -> list[int | None]:
+        register, append_row = _SQL["sqlite"]
+        fresh: dict[str, set[str]] = {}
+        for source, ids, at in _registrations(items):
+            found = store.execute(register, (source, _sqlite_time(at), msgspec.json.encode(ids).decode())).fetchall()
+            fresh[source] = {r[0] for r in found}
+        return [
+            None if sealed is None else store.execute(append_row, _values(sealed, True)).lastrowid
+            for _kept, sealed in _rows(items, fresh)
+        ]
+
+    def move(self, ctx: VaultContext) -> int:
+        """Carry up to ``MOVE_BATCHES`` spooled rows into the inbox (waiting for the store's
+        write lock as long as it takes); the number of rows moved."""
+        store, spool = self._conn("mover-store"), self._conn("mover-spool")
+        deadline = time.monotonic() + 3600
+        try:
+            _begin(store, deadline)
+            rows = spool.execute(_SPOOL_SQL["heads"], (MOVE_BATCHES,)).fetchall()  # no lock needed to read
+            if not rows:
+                return 0
+            register, append_row = _SQL["sqlite"]
+            by_source: dict[str, list[str]] = {}
+            first: dict[str, str] = {}  # registered as received (the spooled rows' earliest time)
+            for row in rows:
+                by_source.setdefault(row[-2], []).extend(msgspec.json.decode(row[-1]))
+                first[row[-2]] = min(first.get(row[-2], row[1]), row[1])
+            fresh: dict[str, set[str]] = {}
+            for source, ids in by_source.items():
+                found = store.execute(register, (source, first[source], msgspec.json.encode(sorted(ids)).decode()))
+                fresh[source] = {r[0] for r in found}
+            for row in rows:
+                listed = msgspec.json.decode(row[-1])
+                keep = [i for i in listed if i in fresh[row[-2]]]
+                if len(keep) == len(listed):
+                    store.execute(append_row, (*row[1:-2], "queued", 0))
+                elif keep:  # some were registered meanwhile by another way in: the others only
+                    store.execute(append_row, _narrowed(ctx, row, set(keep)))
+            _begin(spool, deadline)  # held from here to the store's commit only: accepts wait that long at most
+            for source, ids in by_source.items():
+                spool.execute(_SPOOL_SQL["forget"], (source, msgspec.json.encode(ids).decode()))
+            spool.execute(_SPOOL_SQL["moved"], (rows[-1][0],))
+            store.execute("COMMIT")
+            spool.execute("COMMIT")  # a crash before this: moved again, its ids found registered
+            return len(rows)
+        finally:
+            _rollback(store, spool)
+
+    async def run(self, items: list[_Item]) -> list[int | None]:
+        ids, spooled = await asyncio.to_thread(self.write, items)
+        if spooled:
+            self.start_moving(items[0].req.ctx)
+        return ids
+
+    def start_moving(self, ctx: VaultContext) -> None:
+        if self.mover is None or self.mover.done():
+            self.mover = asyncio.get_running_loop().create_task(self._move(ctx))
+
+    async def _move(self, ctx: VaultContext) -> None:
+        """Move until the spool is empty (the store's lock may be held by the processor meanwhile)."""
+        try:
+            while await asyncio.to_thread(self.move, ctx):
+                pass
+        except Exception as exc:  # tried again after the next spooled group
+            log.error("inbox_spool_move_failed", error_type=type(exc).__name__)
+
+    async def close(self) -> None:
+        if self.mover is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.mover, 30)
+        for conn in self.conns.values():
+            conn.close()
+        self.conns.clear()
+
+
+def _narrowed(ctx: VaultContext, row: Any, keep: set[str]) -> tuple[Any, ...]:
+    """A spooled row's values with only the messages whose ids are in ``keep``, sealed again."""
+    clear = dict(zip(_SPOOL_COLUMNS, row[1:-2], strict=True))
+    clear["received_at"] = datetime.fromisoformat(clear["received_at"]).replace(tzinfo=UTC)
+    plain = open_blob(ctx.keys.master, PURPOSE, clear["key_version"], clear["sealed"], _binding(clear))
+    batch = _batch_of(plain)
+    batch["m"] = [m for m in batch["m"] if m.get("messageId") in keep]
+    clear["events"] = len(batch["m"])
+    version, sealed = seal_blob(ctx.keys.master, PURPOSE, msgspec.json.encode(batch), _binding(clear))
+    clear.update(key_version=version, sealed=sealed)
+    return (*_values((clear, version, sealed), True)[: len(BOUND)], version, sealed, "queued", 0)
+
+
+def spool_status(database: str) -> tuple[int, int, datetime | None]:
+    """(rows, events, oldest receipt) waiting in an SQLite store's spool."""
+    path = spool_path(database)
+    if not Path(path).exists():
+        return 0, 0, None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        n, events, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(events), 0), min(received_at) FROM spool_batch"
+        ).fetchone()
+    except sqlite3.OperationalError:  # no table yet
+        return 0, 0, None
+    finally:
+        conn.close()
+    return int(n), int(events), datetime.fromisoformat(oldest).replace(tzinfo=UTC) if oldest else None
+
+
+class _PostgresStore:
+    """The writer's own asyncpg connection (reopened after a failure)."""
+
+    RETRIES = 5
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.conn: Any = None
+
+    async def run(self, items: list[_Item]) -> list[int | None]:
+        import asyncpg
+
+        for attempt in range(self.RETRIES):
+            if self.conn is None:
+                self.conn = await asyncpg.connect(self.dsn)
+            try:
+                return await self._write(self.conn, items)
+            except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+                if attempt == self.RETRIES - 1:
+                    raise StoreBusy("the event store kept deadlocking") from exc
+                await asyncio.sleep(0.005 * 2**attempt)
+            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError):
+                await self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _write(self, conn: Any, items: list[_Item]) -> list[int | None]:
+        register, append_row = _SQL["postgresql"]
+        async with conn.transaction():
+            fresh: dict[str, set[str]] = {}
+            for source, ids, at in _registrations(items):
+                fresh[source] = {r[0] for r in await conn.fetch(register, source, at, ids)}
+            out: list[int | None] = []
+            for _kept, sealed in _rows(items, fresh):
+                out.append(None if sealed is None else int(await conn.fetchval(append_row, *_values(sealed, False))))
+            return out
+
+    async def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+
+class AcceptWriter:
+    """Writes checked requests in groups, one transaction each (see above)."""
+
+    def __init__(self, store: _SqliteStore | _PostgresStore) -> None:
+        self.store = store
+        self.queue: list[_Item] = []
+        self.task: asyncio.Task[None] | None = None
+
+    async def accept(self, req: AcceptRequest) -> Accepted:
+        """Register ``req``'s fresh ids and append its row with the requests waiting beside
+        it; answered once committed (``StoreBusy``: nothing of it was stored)."""
+        loop = asyncio.get_running_loop()
+        item = _Item(req, loop.create_future())
+        self.queue.append(item)
+        if self.task is None or self.task.done():
+            self.task = loop.create_task(self._run())
+        return await asyncio.shield(item.future)  # a client gone mid-write leaves the group alone
+
+    async def _run(self) -> None:
+        while self.queue:
+            group, self.queue = self.queue[:MAX_GROUP], self.queue[MAX_GROUP:]
+            try:
+                await self._write(group)
+            except BaseException as exc:  # (cancelled at shutdown): no request is left waiting
+                for item in group:
+                    _settle(item, exc=exc if isinstance(exc, Exception) else StoreBusy("shutting down"))
+                raise
+
+    async def _write(self, group: list[_Item]) -> None:
+        sealed: list[_Item] = []
+        for item in group:
+            try:
+                if item.whole is None and item.req.unique:
+                    item.whole = item.req.sealed(list(item.req.unique.items()))
+                sealed.append(item)
+            except Exception as exc:
+                _settle(item, exc=exc)
+        group = sealed
+        if not group:
+            return
+        try:
+            ids = await self.store.run(group)
+        except Exception as exc:
+            if len(group) == 1 or isinstance(exc, StoreBusy):
+                for item in group:
+                    _settle(item, exc=exc)
+                return
+            for item in group:  # one request's part failed: each alone, the others are stored
+                await self._write([item])
+            return
+        for item, batch_id in zip(group, ids, strict=True):
+            _settle(item, Accepted(item.req.result, batch_id))
+
+    async def close(self) -> None:
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+        await self.store.close()
+
+
+def _settle(item: _Item, accepted: Accepted | None = None, exc: BaseException | None = None) -> None:
+    if item.future.done():
+        return
+    if accepted is None:
+        item.future.set_exception(exc or AssertionError("nothing to answer"))
+    else:
+        item.future.set_result(accepted)
+
+
+_writers: dict[tuple[str, int], AcceptWriter] = {}
+
+
+def accept_writer() -> AcceptWriter | None:
+    """This event loop's writer for the configured database; None where requests write in their
+    own transaction (the JetStream inbox, an in-memory or URI-named SQLite database)."""
+    from app.ingest import jetstream
+
+    if jetstream.enabled():
+        return None
+    url = get_settings().database_url
+    key = (url, id(asyncio.get_running_loop()))
+    writer = _writers.get(key)
+    if writer is None:
+        u = make_url(url)
+        if u.get_backend_name() == "sqlite":
+            if not u.database or u.database == ":memory:" or u.database.startswith("file:") or u.query:
+                return None
+            store: _SqliteStore | _PostgresStore = _SqliteStore(u.database, get_settings().ingest_wait_s <= 0)
+        else:
+            store = _PostgresStore(u.set(drivername="postgresql").render_as_string(hide_password=False))
+        writer = _writers[key] = AcceptWriter(store)
+    return writer
+
+
+async def close_writers() -> None:
+    """Close this event loop's writers (the service's shutdown)."""
+    loop = id(asyncio.get_running_loop())
+    for key in [k for k in _writers if k[1] == loop]:
+        await _writers.pop(key).close()
+
+
+async def resume_spool() -> None:
+    """At start-up: move what a previous run of the service left in the spool (killed before
+    its mover finished), beside the requests."""
+    writer = accept_writer()
+    if writer is not None and isinstance(writer.store, _SqliteStore) and spool_status(writer.store.path)[0]:
+        writer.store.start_moving(VaultContext.from_settings())
+
+
+async def move_spool() -> int:
+    """Move everything waiting in the configured SQLite store's spool into the inbox (``consentry
+    worker``: what a stopped service left there); the number of rows moved."""
+    u = make_url(get_settings().database_url)
+    if u.get_backend_name() != "sqlite" or not u.database or not spool_status(u.database)[0]:
+        return 0
+    store, ctx, moved = _SqliteStore(u.database), VaultContext.from_settings(), 0
+    try:
+        while n := await asyncio.to_thread(store.move, ctx):
+            moved += n
+    finally:
+        await store.close()
+    return moved

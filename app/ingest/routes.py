@@ -17,11 +17,21 @@ from litestar.params import FromPath
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.access.service import Principal
 from app.db import RETRYABLE, session_maker, sqlstate
 from app.deps import Caller, Db
 from app.errors import InvalidField, NotFound, UnreadableBody
 from app.ingest import jetstream
-from app.ingest.inbox import Accepted, accept_messages, requeue, status, wait_processed
+from app.ingest.inbox import (
+    Accepted,
+    StoreBusy,
+    accept_checked,
+    accept_writer,
+    checked_request,
+    requeue,
+    status,
+    wait_processed,
+)
 from app.ingest.processor import drain
 from app.ingest.service import BatchResult
 from app.ingest.spec import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_JSON_DEPTH, TYPES, json_depth
@@ -177,9 +187,18 @@ def _overloaded(exc: Exception) -> bool:
     return isinstance(exc, DBAPIError) and sqlstate(exc) in RETRYABLE
 
 
+def _busy(exc: Exception) -> ServiceUnavailableException:
+    log.warning("ingest_store_busy", error_type=type(exc).__name__, exc_info=True)
+    return ServiceUnavailableException(
+        detail=f"the event store is busy; retry in {RETRY_AFTER_S} s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 async def _accept(db: Db, accept: Awaitable[Accepted]) -> Accepted:
-    """Run ``accept`` and commit it: a busy store is a 503 with Retry-After (the transaction is
-    rolled back, so nothing was acknowledged and a retry is safe), never a 500."""
+    """Run ``accept`` (in the request's transaction) and commit it: a busy store is a 503 with
+    Retry-After (the transaction is rolled back, so nothing was acknowledged and a retry is
+    safe), never a 500."""
     try:
         accepted = await accept
         await db.commit()
@@ -187,24 +206,36 @@ async def _accept(db: Db, accept: Awaitable[Accepted]) -> Accepted:
         if not _overloaded(exc):
             raise
         await db.rollback()
-        log.warning("ingest_store_busy", error_type=type(exc).__name__, exc_info=True)
-        raise ServiceUnavailableException(
-            detail=f"the event store is busy; retry in {RETRY_AFTER_S} s",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from exc
+        raise _busy(exc) from exc
     return accepted
+
+
+async def _accept_grouped(db: Db, principal: Principal, messages: list[Any], **options: Any) -> Accepted:
+    """Check the messages, then store them durably through this process's accept writer (with
+    the requests waiting beside them, one commit; ``inbox.AcceptWriter``), or in the request's
+    own transaction where there is none. A busy store is a 503 with Retry-After."""
+    req = await checked_request(db, VaultContext.from_settings(), principal, messages, **options)
+    writer = accept_writer()
+    if writer is None:
+        return await _accept(db, accept_checked(db, req))
+    try:
+        return await writer.accept(req)
+    except StoreBusy as exc:
+        raise _busy(exc) from exc
 
 
 async def _accepted(request: Request[Any, Any, Any], accepted: Accepted) -> BatchResult:
     """Wake the in-service processor for the durable batch and, with ``CONSENTRY_INGEST_WAIT``,
     wait until it is processed (read-your-writes); a service without its own processor then
     processes the queue itself."""
-    if accepted.batch_id is None:
+    if not accepted.result.accepted:
         return accepted.result
     processor = getattr(request.app.state, "ingest_processor", None)
     if processor is not None:
         processor.wake()
     wait = get_settings().ingest_wait_s
+    if accepted.batch_id is None:  # spooled (never with a wait: see inbox._SqliteStore)
+        return accepted.result
     if wait > 0 and processor is None:
         await drain()
     if wait > 0 and jetstream.enabled():
@@ -216,15 +247,8 @@ async def _accepted(request: Request[Any, Any, Any], accepted: Accepted) -> Batc
 
 async def _single(request: Request[Any, Any, Any], db: Db, principal: Caller, kind: str) -> IngestOut:
     data = await read_json(request, MAX_EVENT_BYTES)
-    accept = accept_messages(
-        db,
-        VaultContext.from_settings(),
-        principal,
-        [data],
-        expected_type=kind,
-        gpc=request.headers.get("sec-gpc") == "1",
-    )
-    result = await _accepted(request, await _accept(db, accept))
+    gpc = request.headers.get("sec-gpc") == "1"
+    result = await _accepted(request, await _accept_grouped(db, principal, [data], expected_type=kind, gpc=gpc))
     if result.rejected:
         r = result.rejected[0]
         raise InvalidField(r.reason, field=r.field or "body")
@@ -244,9 +268,8 @@ class EventController(Controller):
         messages, encoded, defaults = _batch_parts(body)
         if defaults and json_depth(msgspec.json.encode(defaults)) > MAX_JSON_DEPTH:
             raise UnreadableBody(f"the body is nested deeper than {MAX_JSON_DEPTH} levels", field="context")
-        accept = accept_messages(
+        accepted = await _accept_grouped(
             db,
-            VaultContext.from_settings(),
             principal,
             messages,
             defaults=defaults,
@@ -254,7 +277,7 @@ class EventController(Controller):
             encoded=encoded,
             body=None if encoded is None else body,
         )
-        return _out(await _accepted(request, await _accept(db, accept)))
+        return _out(await _accepted(request, accepted))
 
     @post("/identify", operation_id="identify", status_code=200, operation_class=MessageOperation)
     async def identify(self, request: Request[Any, Any, Any], db: Db, principal: Caller) -> IngestOut:
