@@ -107,6 +107,76 @@ def test_cli_imports_customers_and_orders_with_rejects_and_reruns_store_nothing_
     assert order["timestamp"].startswith("2026-11-01T02:00:00")
 
 
+def test_a_mapping_decided_once_builds_the_same_messages_and_refusals_as_row_by_row() -> None:
+    from app.errors import InvalidField
+    from app.imports.mapping import load_mapping, message_builder, row_to_message
+
+    events = load_mapping(
+        text="kind: events\nevent_column: what\ntimestamp_column: at\n"
+        "identifiers: {uid: user_id, anon: anonymous_id, dev: device_id, mail: email, crm: 'external:crm_id'}\n"
+        "traits: {name: firstName, vip: {trait: vip, type: bool}}\n"
+        "properties: {sku: sku, price: {property: price, type: float}, qty: {property: quantity, type: int}}\n"
+    )
+    customers = load_mapping(text=CUSTOMERS_MAP)
+    rows: list[dict[str, Any]] = [
+        {
+            "uid": " u1 ",
+            "anon": "",
+            "dev": "d1",
+            "mail": "a@b.cn",
+            "crm": 7,
+            "name": " Li ",
+            "vip": "yes",
+            "what": "Order",
+            "at": "2026-11-01T10:00:00Z",
+            "sku": "S",
+            "price": "1,299.5",
+            "qty": "2",
+        },
+        {
+            "uid": None,
+            "anon": "a1",
+            "dev": "  ",
+            "crm": "C9",
+            "name": "",
+            "vip": "",
+            "what": "X",
+            "at": "",
+            "sku": None,
+            "price": "",
+            "qty": None,
+            "extra": "ignored",
+        },
+        {
+            "customer_id": "C1",
+            "email": " x@y.com ",
+            "mobile": "138 0013 8000",
+            "first_name": "李娜",
+            "tier": "gold",
+            "birthday": "1991-04-05",
+        },
+        {"customer_id": "", "email": None, "mobile": 13800138000, "first_name": 5, "tier": " ", "birthday": None},
+        {"price": "cheap", "what": "Y"},
+        {"vip": "maybe", "what": "Y"},
+        {"birthday": "someday"},
+        {"at": "yesterday", "what": "Y"},
+        {},
+    ]
+
+    def outcome(build: Any, *args: Any) -> Any:
+        try:
+            return build(*args)
+        except InvalidField as exc:
+            return ("refused", exc.field, exc.detail)
+
+    for m in (events, customers):
+        fast = message_builder(m)
+        for row in rows:
+            assert outcome(fast, row, "f:1") == outcome(row_to_message, m, row, "f:1")
+    assert outcome(message_builder(events), rows[4], "f:1") == ("refused", "price", "is not a valid float")
+    assert outcome(message_builder(events), rows[0], "f:1")["context"]["externalIds"] == [{"type": "crm_id", "id": 7}]
+
+
 def _big_csv(path: Path, rows: int, people: int) -> None:
     with path.open("w", encoding="utf-8", newline="") as fh:
         w = csv.writer(fh)

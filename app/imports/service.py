@@ -29,8 +29,8 @@ import ijson
 from app.access.service import Principal
 from app.db import dispose_engines, unit_of_work
 from app.errors import InvalidField
-from app.imports.mapping import Mapping, row_to_message
-from app.ingest.inbox import accept_messages
+from app.imports.mapping import Mapping, message_builder
+from app.ingest.inbox import accept_checked, accept_messages, checked_request
 from app.ingest.processor import process_next
 from app.profiles.service import VaultContext
 
@@ -245,11 +245,15 @@ async def run_import(
 # duplicates.
 
 MAX_WORKERS = 4
+WORKERS_VARIABLE = "CONSENTRY_IMPORT_WORKERS"
+"""Accepting processes of a command-line import (default: one per core, at most ``MAX_WORKERS``)."""
 
 
 def _worker_count(workers: int | None) -> int:
+    if workers is None and os.environ.get(WORKERS_VARIABLE, "").strip().isdigit():
+        workers = int(os.environ[WORKERS_VARIABLE])
     if workers is not None:
-        return max(1, workers)
+        return max(1, min(MAX_WORKERS, workers))
     if sys.platform != "linux" or multiprocessing.parent_process() is not None:
         return 1
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
@@ -293,10 +297,13 @@ async def _accept_in_workers(
     parent = os.getpid()
     together = _shares_the_inbox()
     barrier = context.Barrier(count)
+    turn = None if together else context.Lock()
     try:
         for k in range(count):
             recv, send = context.Pipe(duplex=False)
-            share = _Share(path, fmt, mapping, principal, file_id, chunk_size, k, count, parent, together, barrier)
+            share = _Share(
+                path, fmt, mapping, principal, file_id, chunk_size, k, count, parent, together, barrier, turn
+            )
             args = (share, send)
             proc = context.Process(target=_worker_main, args=args, name=f"import-worker-{k}", daemon=True)
             proc.start()  # from this (the main) thread: the child's death signal is tied to it
@@ -373,6 +380,9 @@ class _Share:
     process: bool
     barrier: Any
     """Passed by every worker once all chunks are accepted: processing starts after accepting."""
+    turn: Any
+    """Taken to write a chunk on SQLite (one writer: a worker waiting for the store's lock would
+    sleep in SQLite's busy handler, 1 to 100 ms at a time); None on PostgreSQL."""
 
 
 def _worker_main(share: _Share, send: Connection) -> None:
@@ -410,7 +420,9 @@ async def _work(share: _Share, send: Connection) -> None:
                 if os.getppid() != share.parent:
                     return
                 part = ImportSummary()
-                rejected = await _accept_chunk(ctx, share.mapping, share.principal, share.file_id, chunk, part)
+                rejected = await _accept_chunk(
+                    ctx, share.mapping, share.principal, share.file_id, chunk, part, share.turn
+                )
                 send.send(("chunk", index, part, rejected))
         if share.process:
             share.barrier.wait()
@@ -434,24 +446,33 @@ async def _accept_chunk(
     file_id: str,
     chunk: list[tuple[int, Any]],
     summary: ImportSummary,
+    turn: Any = None,
 ) -> list[tuple[int, str, str]]:
-    """Accept one chunk's rows durably (a re-run finds them duplicates); returns its rejects."""
+    """Accept one chunk's rows durably (a re-run finds them duplicates); returns its rejects.
+    ``turn``: a lock the workers of an import take to write (checks run outside it)."""
     messages: list[dict[str, Any]] = []
     lines: list[int] = []
     rejected: list[tuple[int, str, str]] = []
     id_column = mapping.id_column
     fallback = file_id[:16]
+    row_to_message = message_builder(mapping)
     for line, row in chunk:
         try:
             if row is None:
                 raise InvalidField("the row could not be parsed", field="row")
             row_id = str(row.get(id_column) or "") if id_column else ""
-            messages.append(row_to_message(mapping, row, row_id or f"{fallback}:{line}"))
+            messages.append(row_to_message(row, row_id or f"{fallback}:{line}"))
             lines.append(line)
         except InvalidField as exc:
             rejected.append((line, exc.field or "", exc.detail))
     async with unit_of_work() as session:
-        result = (await accept_messages(session, ctx, principal, messages, require_ids=False)).result
+        if turn is None:
+            result = (await accept_messages(session, ctx, principal, messages, require_ids=False)).result
+        else:
+            req = await checked_request(session, ctx, principal, messages, require_ids=False)
+            with turn:  # the workers take SQLite's write lock in turn: none sleeps in its busy handler
+                result = (await accept_checked(session, req)).result
+                await session.commit()
     summary.rows_read += len(chunk)
     summary.events_stored += result.accepted
     summary.duplicates += result.duplicates
