@@ -35,6 +35,7 @@ from app.pii.review import cached_field_policy, current_field_policy, record_sig
 from app.profiles.precedence import Stamp
 from app.profiles.service import Observation, VaultContext, apply_observations, normalize_trait
 from app.settings import get_settings
+from app.vault.blind_index import blind_index
 from app.vault.cipher import seal_field
 from app.vault.memo import memo
 from app.vault.service import DataKey
@@ -84,13 +85,15 @@ class Prepared:
 def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tuple[Any, Any]]) -> list[Ident]:
     """Every identifier a message carries, normalised, minus blocked junk values."""
     out: list[Ident] = []
+    blocked = ctx.policies.identity.blocked_values
+    index_key = ctx.keys.index_key
 
     def add(kind: str, value: Any) -> None:
         if value is None or isinstance(value, dict | list):
             return
         text = str(value).strip()
-        if not is_blocked_value(ctx.policies.identity, text):
-            out.append(make_ident(ctx, kind, text))
+        if text.lower() not in blocked:  # is_blocked_value, the policy looked up once per message
+            out.append(Ident(kind, text, blind_index(index_key, kind, text)))
 
     add("user_id", msg.user_id)
     add("anonymous_id", msg.anonymous_id)

@@ -412,8 +412,16 @@ def _field_row(dk: DataKey, o: Observation, now: datetime) -> dict[str, Any]:
         "source": o.stamp.source,
         "trust": o.stamp.trust,
         "observed_at": o.stamp.at,
-        **birth_indexes(key_material(get_settings()).index_key, o.name, o.value),
+        **(
+            birth_indexes(key_material(get_settings()).index_key, o.name, o.value)
+            if o.name == "birthday"
+            else _NO_BIRTH
+        ),
     }
+
+
+_NO_BIRTH: dict[str, str | None] = {"birth_year_index": None, "birth_md_index": None}
+"""``birth_indexes`` of any trait but a birthday."""
 
 
 def birth_indexes(index_key: bytes, name: str, value: Any) -> dict[str, str | None]:

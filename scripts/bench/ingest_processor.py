@@ -9,7 +9,8 @@ this one, alternating, on a fresh database each time.
 
 The batches are ``make_batches`` of ``scripts/bench/ingest.py`` (100 events each: 20% identify
 with traits, 55% track, 25% page, over 50,000 people), accepted through ``POST /v1/batch`` in
-process (``ingest.py --accept``). Each worker process imports its tree, tunes the garbage
+process (seed 17; ``--warm N``: first N batches of seed 5, drained untimed, so the measured
+ones meet people already known). Each worker process imports its tree, tunes the garbage
 collector as ``consentry worker`` does, waits for the others, then runs the drain loop
 (no outbox followers). Printed: events/s (wall, first start to last end) and CPU µs/event.
 ``--profile FILE``: also write a profile of one drain of this tree: pyinstrument's text for
@@ -36,16 +37,17 @@ from scripts.bench.ingest import (  # noqa: E402
     KEYS_CREATE,
     RESULT,
     BenchError,
+    _asgi_post,
     _result,
     check_tree,
     import_tree,
+    make_batches,
     reset_postgres,
     run,
     tree_environ,
 )
 
 SCRIPT = Path(__file__).resolve()
-INGEST = SCRIPT.with_name("ingest.py")
 
 
 async def _drain(go: Path, profile: str) -> dict[str, float]:
@@ -81,6 +83,54 @@ async def _drain(go: Path, profile: str) -> dict[str, float]:
         prof.dump_stats(profile)
     await dispose_engines()
     return {"start": t0, "end": t1, "cpu": c1 - c0, "events": out.events, "set_aside": len(out.set_aside)}
+
+
+async def _fill(key: str, n: int, seed: int) -> int:
+    """``n`` batches of ``make_batches(seed)`` through ``POST /v1/batch`` in this process
+    (the app's accept path, the processor off)."""
+    import base64
+
+    from app.main import create_app
+
+    app = create_app()
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "lifespan.startup"})
+    life = asyncio.create_task(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, inbox.get, outbox.put)
+    )
+    await outbox.get()
+    token = base64.b64encode(f"{key}:".encode()).decode()
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Basic {token}".encode())]
+    for body in make_batches(n, seed=seed):
+        status, answer = await _asgi_post(app, "/v1/batch", body, headers)
+        if status != 200:
+            raise SystemExit(f"/v1/batch answered {status}: {answer[:300]!r}")
+    await inbox.put({"type": "lifespan.shutdown"})
+    await outbox.get()
+    await life
+    return n * 100
+
+
+def fill_main(tree: str, key: str, n: int, seed: int) -> None:
+    import_tree(Path(tree).resolve())
+    os.environ["CONSENTRY_INGEST_PROCESSOR"] = "off"
+    print(RESULT, asyncio.run(_fill(key, n, seed)))
+
+
+def warm_main(tree: str) -> None:
+    """Drain what is queued, untimed (the warm-up's people become known)."""
+    import_tree(Path(tree).resolve())
+
+    async def go() -> int:
+        from app.db import dispose_engines
+        from app.ingest.processor import drain
+
+        stored = await drain()
+        await dispose_engines()
+        return stored
+
+    print(RESULT, asyncio.run(go()))
 
 
 def drain_main(tree: str, go: str, profile: str) -> None:
@@ -153,7 +203,8 @@ def same_rows(trees: list[Path], batches: int) -> None:
         environ["CONSENTRY_INGEST_PROCESSOR"] = "off"
         run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, trees[0])
         key = run("keys create", [*KEYS_CREATE, "bench"], environ, trees[0]).strip().splitlines()[-1].strip()
-        run("filling", [sys.executable, str(INGEST), "--accept", str(trees[0]), key, str(batches)], environ, trees[0])
+        fill = [sys.executable, str(SCRIPT), "--fill", str(trees[0]), key, str(batches), "17"]
+        run("filling", fill, environ, trees[0])
         digests = []
         for i, tree in enumerate(trees):
             db = work / f"drained-{i}.db"
@@ -180,7 +231,10 @@ def measure(tree: Path, environ: dict[str, str], args: argparse.Namespace, tmp: 
         reset_postgres(args.database_url)
     run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, tree)
     key = run("keys create", [*KEYS_CREATE, "bench"], environ, tree).strip().splitlines()[-1].strip()
-    fill = [sys.executable, str(INGEST), "--accept", str(tree), key, str(args.batches)]
+    if args.warm:  # people the measured batches find known (their identifiers held)
+        run("warm-up fill", [sys.executable, str(SCRIPT), "--fill", str(tree), key, str(args.warm), "5"], environ, tree)
+        run("warm-up drain", [sys.executable, str(SCRIPT), "--warm", str(tree)], environ, tree)
+    fill = [sys.executable, str(SCRIPT), "--fill", str(tree), key, str(args.batches), "17"]
     run("filling the inbox", fill, environ, tree)
     go = tmp / "go"
     cmd = [sys.executable, str(SCRIPT), "--drain", str(tree), str(go), profile]
@@ -207,6 +261,12 @@ def measure(tree: Path, environ: dict[str, str], args: argparse.Namespace, tmp: 
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--fill":
+        fill_main(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--warm":
+        warm_main(sys.argv[2])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--fixed-drain":
         fixed_drain_main(sys.argv[2])
         return
@@ -219,6 +279,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes draining at once")
     parser.add_argument("--baseline-tree", type=Path, help="checkout of the baseline commit to compare against")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=0,
+        help="batches (another seed) accepted and drained first, untimed: the measured ones meet known people",
+    )
     parser.add_argument("--profile", default="", help="write a cProfile of this tree's drain (one worker) here")
     parser.add_argument(
         "--same-rows",
