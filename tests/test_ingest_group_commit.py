@@ -254,3 +254,27 @@ def test_kill_9_of_the_service_with_batches_in_the_spool_loses_and_duplicates_no
     assert run(drain()) == 100
     stored = _events()
     assert len(stored) == len(set(stored)) and set(stored) == acked
+
+
+@SQLITE_ONLY
+def test_a_spooled_message_whose_id_was_registered_another_way_meanwhile_is_not_moved(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import (or the browser route) registering the same id in the store while the batch
+    waits in the spool: the moved row holds the other messages only, sealed again."""
+    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")
+    get_settings.cache_clear()
+    with _StoreLock():
+        out = run(_accept_together([_messages("a", [1, 2, 3])]))
+    assert out[0].result.accepted == 3 and _spooled() == 1
+    with sync_db() as conn:
+        conn.execute(
+            text("INSERT INTO ingested_message (source, message_id, received_at) VALUES ('group-src', 'm2', :at)"),
+            {"at": "2026-11-27 00:00:00.000000"},
+        )
+    store = inbox._SqliteStore(get_settings().database_url.removeprefix("sqlite:///"))
+    assert store.move(VaultContext.from_settings()) == 1
+    run(store.close())
+    assert list(run(_stored_messages()).values()) == [["m1", "m3"]]
+    assert _count("SELECT events FROM ingest_inbox") == 2 and _spooled() == 0
+    assert run(drain()) == 2

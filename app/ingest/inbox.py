@@ -15,6 +15,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -782,8 +783,9 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-def _begin(conn: sqlite3.Connection, deadline: float) -> None:
-    """Take the write lock (BEGIN IMMEDIATE), trying every ``BUSY_POLL_S`` until ``deadline``."""
+def _begin(conn: sqlite3.Connection, deadline: float, stop: Callable[[], bool] = lambda: False) -> None:
+    """Take the write lock (BEGIN IMMEDIATE), trying every ``BUSY_POLL_S`` until ``deadline``
+    (or ``stop()``)."""
     while True:
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -791,7 +793,7 @@ def _begin(conn: sqlite3.Connection, deadline: float) -> None:
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or stop():
                 raise StoreBusy("the event store's write lock stayed taken") from exc
             time.sleep(BUSY_POLL_S)
 
@@ -826,6 +828,8 @@ class _SqliteStore:
         """False: a group always waits for the store's lock (read-your-writes: ``INGEST_WAIT``)."""
         self.conns: dict[str, sqlite3.Connection] = {}
         self.mover: asyncio.Task[None] | None = None
+        self.closing = False
+        """Set at shutdown: a move waiting for a lock gives up (the next start moves the rest)."""
 
     def _conn(self, name: str) -> sqlite3.Connection:
         conn = self.conns.get(name)
@@ -907,7 +911,7 @@ class _SqliteStore:
         store, spool = self._conn("mover-store"), self._conn("mover-spool")
         deadline = time.monotonic() + 3600
         try:
-            _begin(store, deadline)
+            _begin(store, deadline, lambda: self.closing)
             rows = spool.execute(_SPOOL_SQL["heads"], (MOVE_BATCHES,)).fetchall()  # no lock needed to read
             if not rows:
                 return 0
@@ -951,15 +955,18 @@ class _SqliteStore:
     async def _move(self, ctx: VaultContext) -> None:
         """Move until the spool is empty (the store's lock may be held by the processor meanwhile)."""
         try:
-            while await asyncio.to_thread(self.move, ctx):
-                pass
+            moved = 1
+            while moved and not self.closing:
+                moved = await asyncio.to_thread(self.move, ctx)
         except Exception as exc:  # tried again after the next spooled group
-            log.error("inbox_spool_move_failed", error_type=type(exc).__name__)
+            if not self.closing:
+                log.error("inbox_spool_move_failed", error_type=type(exc).__name__)
 
     async def close(self) -> None:
-        if self.mover is not None:
+        self.closing = True
+        if self.mover is not None:  # a move in hand finishes (its thread cannot be cancelled)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.mover, 30)
+                await asyncio.shield(self.mover)
         for conn in self.conns.values():
             conn.close()
         self.conns.clear()
