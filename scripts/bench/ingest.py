@@ -17,8 +17,9 @@ is seen. The store-only ceiling is measured on the same database in the same run
 each batch and write its events with one ``executemany`` and one commit per batch, nothing
 else. "accepted" is how fast the answers come back; "processed" how
 fast the events are stored in profiles (the inbox drained: first send to last event
-visible; for a tree without an inbox the two are the same). Lag: a client paced at
-``--lag-rate`` events/s for ``--lag-seconds``; for each batch, the time from its planned
+visible; for a tree without an inbox the two are the same). Lag: once the service has
+settled after the burst (its CPU under 5% of a core for 2 s running: the followers' backlog
+done), a client paced at ``--lag-rate`` events/s for ``--lag-seconds``; for each batch, the time from its planned
 send to its events being visible (p50, p95 in ms); the inbox is processed in order, so a
 batch is visible once the event count covers it. Also the same kind of batches through the pipeline in-process
 (no HTTP), which shows what the HTTP layer costs. Import: rows/s for a generated CSV of
@@ -531,6 +532,21 @@ def _lag(
     return statistics.median(lags), lags[int(0.95 * (len(lags) - 1))]
 
 
+def settle(pid: int, idle: float = 0.05, limit: float = 600) -> float:
+    """Wait until the service (with its processor and followers) uses under ``idle`` of a core
+    over two seconds running, at most ``limit`` seconds: the lag is measured at a sustained
+    rate on a settled service, not on the followers' backlog left by the throughput burst.
+    Returns the seconds waited."""
+    t0 = time.monotonic()
+    quiet, last = 0, tree_cpu(pid)
+    while quiet < 2 and time.monotonic() - t0 < limit:
+        time.sleep(1)
+        now = tree_cpu(pid)
+        quiet = quiet + 1 if now - last < idle else 0
+        last = now
+    return time.monotonic() - t0
+
+
 def tree_cpu(pid: int) -> float:
     """CPU seconds used so far by a process and its descendants (the service and its processor)."""
     kids: dict[int, list[int]] = {}
@@ -629,6 +645,8 @@ def http_bench(tree: Path, environ: dict[str, str], args: argparse.Namespace, lo
             "server_cpu": server_cpu / elapsed * 100,
         }
         if args.lag_rate:
+            waited = settle(server.pid)
+            print(f"  {tree.name}: service settled {waited:.0f} s after the burst", flush=True)
             before = _event_count(url)
             lag_cmd = [sys.executable, str(SCRIPT), "--sender", base, key]
             try:
