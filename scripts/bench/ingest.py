@@ -6,6 +6,8 @@ identity resolution on; optionally against a baseline tree in the same run.
     .venv/bin/python scripts/bench/ingest.py --baseline-tree /work/bench-base [--rounds 2]
         [--batches 150] [--import-rows 20000] [--database-url …]
     .venv/bin/python scripts/bench/ingest.py --stored-events 5000000   # on a store holding 5 M events
+    .venv/bin/python scripts/bench/ingest.py --baseline-tree /tmp/same-commit \
+        --stored-events 5000000 --baseline-stored-events 0   # 0 vs 5 M stored, same code
 
 HTTP: 100-event batches (20% identify with traits, 55% track, 25% page) over 50,000
 distinct people, sent to a real ``consentry serve`` with 8 concurrent connections by wrk
@@ -711,12 +713,14 @@ def measure(name: str, tree: Path, args: argparse.Namespace, work: Path, csv_fil
             reset_postgres(args.database_url)
         run("consentry db upgrade", [sys.executable, "-m", "app", "db", "upgrade"], environ, tree)
         figures: dict[str, float] = {}
-        if args.stored_events:
+        stored = args.stored_events if name == "current" else args.baseline_stored_events
+        if args.stored_events or args.baseline_stored_events:  # both sides poll alike
             sqlite = not args.database_url
             EVENT_COUNT.update(sql="SELECT max(rowid) FROM event" if sqlite else EVENT_COUNT["sql"])
             EVENT_COUNT.update(poll=0.02 if sqlite else 0.25)
+        if stored:
             t0 = time.perf_counter()
-            out = run("prefill", [sys.executable, str(SCRIPT), "--prefill", str(args.stored_events)], environ, tree)
+            out = run("prefill", [sys.executable, str(SCRIPT), "--prefill", str(stored)], environ, tree)
             print(f"  {name}: {float(_result(out)):,.0f} events stored first ({time.perf_counter() - t0:.0f} s)")
         n = max(args.batches // 3, 10)
         url = environ["CONSENTRY_DATABASE_URL"]
@@ -791,7 +795,15 @@ def main() -> None:
         default=0,
         help="events (10 a person, with identifiers and message ids) stored in bulk before measuring (e.g. 5000000)",
     )
+    parser.add_argument(
+        "--baseline-stored-events",
+        type=int,
+        help="the same for the baseline tree (default: --stored-events); with a baseline tree of the same"
+        " commit, --stored-events 5000000 --baseline-stored-events 0 measures what a full store costs",
+    )
     args = parser.parse_args()
+    if args.baseline_stored_events is None:
+        args.baseline_stored_events = args.stored_events
     compare = args.baseline_tree is not None
     if args.batches is None:
         args.batches = 150 if compare else 300
