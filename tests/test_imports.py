@@ -107,6 +107,44 @@ def test_cli_imports_customers_and_orders_with_rejects_and_reruns_store_nothing_
     assert order["timestamp"].startswith("2026-11-01T02:00:00")
 
 
+def _minor_flags(admin: str, emails: list[str]) -> dict[str, list[str]]:
+    """Each person's minor flags (privacy_flag rows), by email."""
+    out = {}
+    with client() as c:
+        for email in emails:
+            found = c.post("/v1/profiles/lookup", json={"email": email}, headers=auth(admin)).json()["profiles"]
+            with sync_db() as conn:
+                q = text("SELECT flag FROM privacy_flag WHERE profile_id = :p ORDER BY flag")
+                out[email] = list(conn.execute(q, {"p": found[0]["id"]}).scalars())
+    return out
+
+
+def test_imported_birthdays_set_and_clear_minor_flags_as_each_persons_last_row_says(env: Env) -> None:
+    """Children are flagged and adults are not; a person twice in one file ends as their later
+    row says (a teen then an adult, an adult then a child); a flagged child imported again as
+    an adult loses the flags."""
+    today = datetime.now(UTC).date()
+
+    def born(years: int) -> str:
+        return today.replace(year=today.year - years, day=min(today.day, 28)).isoformat()
+
+    first = env.tmp / "first.csv"
+    rows = [("kid", 10), ("adult", 30), ("teen", 15), ("teen", 40), ("grown", 40), ("grown", 12)]
+    first.write_text("customer_id,email,birthday\n" + "".join(f"{n},{n}@example.com,{born(age)}\n" for n, age in rows))
+    second = env.tmp / "second.csv"
+    second.write_text(f"customer_id,email,birthday\nkid,kid@example.com,{born(30)}\n")
+    (env.tmp / "c.yaml").write_text(CUSTOMERS_MAP)
+    admin = make_keys()["admin"]
+    emails = [f"{n}@example.com" for n in ("kid", "adult", "teen", "grown")]
+    out = _cli(env, str(first), "--source", "crm", "--mapping", str(env.tmp / "c.yaml"))
+    assert out.returncode == 0 and "events stored: 6" in out.stdout, out.stdout + out.stderr
+    both = ["minor_under_14", "minor_under_16"]
+    assert _minor_flags(admin, emails) == {emails[0]: both, emails[1]: [], emails[2]: [], emails[3]: both}
+    out = _cli(env, str(second), "--source", "crm", "--mapping", str(env.tmp / "c.yaml"))
+    assert out.returncode == 0 and "events stored: 1" in out.stdout, out.stdout + out.stderr
+    assert _minor_flags(admin, emails[:1]) == {emails[0]: []}
+
+
 def test_a_mapping_decided_once_builds_the_same_messages_and_refusals_as_row_by_row() -> None:
     from app.errors import InvalidField
     from app.imports.mapping import load_mapping, message_builder, row_to_message

@@ -12,7 +12,8 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, TypeVar
+from functools import lru_cache
+from typing import Any, NamedTuple, TypeVar
 
 import phonenumbers
 from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, false, or_, update
@@ -23,7 +24,7 @@ from sqlmodel import col, select
 from app.access.service import Principal
 from app.consent.gate import Decision, authorize
 from app.consent.policy import PolicySet, TraitRule, load_policies, normal_name
-from app.consent.records import set_minor_flags
+from app.consent.records import MINOR_AGES, birthday_at, flags_clause, set_minor_flags
 from app.db import insert_rows, table_of
 from app.errors import IntegrityFailure, InvalidField, NotFound
 from app.inventory import Person
@@ -67,9 +68,9 @@ class ProfileView:
     """Which source set each trait, and when."""
 
 
-@dataclass(frozen=True)
-class Observation:
-    """One observed trait value for a person: personal (``category`` set) or plain; ``None`` removes."""
+class Observation(NamedTuple):
+    """One observed trait value for a person: personal (``category`` set) or plain; ``None``
+    removes (a named tuple: a group of imported customers makes several per row)."""
 
     profile_id: str
     name: str
@@ -281,10 +282,14 @@ async def apply_observations(
     if not pids:
         return set()
     f = table_of(ProfileField).c
-    held = await session.execute(
-        sa_select(f.profile_id, f.name, f.source, f.trust, f.observed_at, f.updated_at).where(f.profile_id.in_(pids))
-    )
-    current = {k: _field_stamp(row) for k, row in current_fields(held.all(), authority).items()}
+    held = (
+        await session.execute(
+            sa_select(f.profile_id, f.name, f.origin_id, f.source, f.trust, f.observed_at, f.updated_at).where(
+                f.profile_id.in_(pids)
+            )
+        )
+    ).all()
+    current = {k: _field_stamp(row) for k, row in current_fields(held, authority).items()}
     profiles = {
         pid: (dict(t), dict(s))
         for pid, t, s in (
@@ -322,9 +327,10 @@ async def apply_observations(
             wipe.add(k)  # a removal or a correction drops every origin's value, not only the person's own
         fields[k] = None if o.value is None else _field_row(keys[o.profile_id], o, now)
         changed.add(o.profile_id)
-    await _write_fields(session, fields, wipe)
-    await _write_plain(session, {pid: profiles[pid] for pid in changed if pid in profiles}, now)
-    await _write_regions(session, observations)
+    await _write_fields(session, fields, wipe, {(r.origin_id, r.name) for r in held})
+    await _write_profiles(
+        session, {pid: profiles[pid] for pid in changed if pid in profiles}, _regions(observations), now
+    )
     await _write_minor_flags(session, observations)
     return changed
 
@@ -339,11 +345,36 @@ def born_on(birthday: str) -> date | None:
 
 async def _write_minor_flags(session: AsyncSession, observations: list[Observation]) -> None:
     """A birthday sets or clears the consent domain's minor flags (under 14, under 16), so
-    decisions need no decryption to know a minor needs a guardian's consent."""
-    for o in observations:
-        if o.name != "birthday" or not (o.value is None or isinstance(o.value, str)):
-            continue
-        await set_minor_flags(session, o.profile_id, born_on(o.value) if o.value else None, o.stamp.source or "profile")
+    decisions need no decryption to know a minor needs a guardian's consent. An adult's
+    birthday changes nothing for a person who holds no minor flag (read once for all)."""
+    born = [
+        (o, born_on(o.value) if o.value else None)
+        for o in observations
+        if o.name == "birthday" and (o.value is None or isinstance(o.value, str))
+    ]
+    if not born:
+        return
+    now = datetime.now(UTC)  # before set_minor_flags' own: a minor to us is never an adult to it
+    flagged = await _minor_flagged(session, {o.profile_id for o, _b in born})
+    for o, day in born:
+        minor = day is not None and any(birthday_at(day, age) > now for age in MINOR_AGES.values())
+        if minor or o.profile_id in flagged:
+            await set_minor_flags(session, o.profile_id, day, o.stamp.source or "profile")
+        if minor:
+            flagged.add(o.profile_id)
+        else:
+            flagged.discard(o.profile_id)
+
+
+async def _minor_flagged(session: AsyncSession, profile_ids: Collection[str]) -> set[str]:
+    """The profiles among these that hold a minor flag (lapsed or not)."""
+    t = table_of(Profile)
+    ids = sorted(profile_ids)
+    out: set[str] = set()
+    for start in range(0, len(ids), 1000):
+        q = sa_select(t.c.id).where(t.c.id.in_(ids[start : start + 1000]), flags_clause(t.c.id, MINOR_AGES))
+        out.update((await session.execute(q)).scalars())
+    return out
 
 
 REGION_TRAITS = frozenset({"region", "country", "countrycode"})
@@ -357,10 +388,16 @@ def region_of(o: Observation) -> str | None:
         return None
     if o.name == "phone":
         return phone_region(o.value)
-    if normal_name(o.name) in REGION_TRAITS:
+    if _region_trait(o.name):
         code = o.value.strip().upper()
         return code if _REGION.match(code) else None
     return None
+
+
+@lru_cache(maxsize=1024)
+def _region_trait(name: str) -> bool:
+    """Does this trait name an explicit region (``region``, ``country``, ``countryCode``…)?"""
+    return normal_name(name) in REGION_TRAITS
 
 
 def phone_region(e164: str) -> str | None:
@@ -373,8 +410,9 @@ def phone_region(e164: str) -> str | None:
     return None
 
 
-async def _write_regions(session: AsyncSession, observations: list[Observation]) -> None:
-    """Keep ``profile.region``: an explicit region beats one read from a phone number."""
+def _regions(observations: list[Observation]) -> dict[str, str]:
+    """The region each profile's ``profile.region`` takes: an explicit region beats one read
+    from a phone number, the later observation of the same rank the earlier."""
     regions: dict[str, tuple[int, str]] = {}
     for o in observations:
         region = region_of(o)
@@ -382,12 +420,7 @@ async def _write_regions(session: AsyncSession, observations: list[Observation])
             rank = 0 if o.name == "phone" else 1
             if o.profile_id not in regions or rank >= regions[o.profile_id][0]:
                 regions[o.profile_id] = (rank, region)
-    if regions:
-        table = table_of(Profile)
-        await session.execute(
-            update(table).where(table.c.id == bindparam("pid")).values(region=bindparam("r")),
-            [{"pid": pid, "r": r} for pid, (_rank, r) in sorted(regions.items())],
-        )
+    return {pid: r for pid, (_rank, r) in regions.items()}
 
 
 def _set_plain(traits: dict[str, Any], sources: dict[str, Any], o: Observation) -> None:
@@ -434,7 +467,7 @@ def birth_indexes(index_key: bytes, name: str, value: Any) -> dict[str, str | No
         return {"birth_year_index": None, "birth_md_index": None}
     return {
         "birth_year_index": blind_index(index_key, "birth_year", str(born.year)),
-        "birth_md_index": blind_index(index_key, "birth_md", born.strftime("%m-%d")),
+        "birth_md_index": blind_index(index_key, "birth_md", f"{born.month:02d}-{born.day:02d}"),  # %m-%d
     }
 
 
@@ -479,34 +512,62 @@ def birthday_clause(person: Any, today: date) -> ColumnElement[bool]:
 
 
 async def _write_fields(
-    session: AsyncSession, fields: Mapping[tuple[str, str], dict[str, Any] | None], wipe: set[tuple[str, str]]
+    session: AsyncSession,
+    fields: Mapping[tuple[str, str], dict[str, Any] | None],
+    wipe: set[tuple[str, str]],
+    stored: Collection[tuple[str, str]],
 ) -> None:
     """Replace the person's own row for each kept value; for (person, trait) pairs in ``wipe``
-    first drop every origin's row."""
+    first drop every origin's row. ``stored``: the (origin, trait) keys of the rows the people
+    hold. A row written for the person's own profile replaces one only if it is among them:
+    the rows of a surviving profile's origin belong to it (``app.inventory``)."""
     if not fields:
         return
     table = table_of(ProfileField)
     for pid, name in sorted(wipe):
         await session.execute(delete(table).where(table.c.profile_id == pid, table.c.name == name))
-    rows = [row for row in fields.values() if row is not None]
-    if rows:
+    rows = sorted((row for row in fields.values() if row is not None), key=_primary_key)  # the index pages in order
+    replaced = [
+        {"o": r["origin_id"], "n": r["name"]}
+        for r in rows
+        if r["origin_id"] != r["profile_id"] or (r["origin_id"], r["name"]) in stored
+    ]
+    if replaced:
         by_key = delete(table).where(table.c.origin_id == bindparam("o"), table.c.name == bindparam("n"))
-        await session.execute(by_key, [{"o": r["origin_id"], "n": r["name"]} for r in rows])  # by primary key
-        await insert_rows(session, table, rows)
+        await session.execute(by_key, replaced)  # by primary key
+    await insert_rows(session, table, rows)
 
 
-async def _write_plain(
-    session: AsyncSession, profiles: Mapping[str, tuple[dict[str, Any], dict[str, Any]]], now: datetime
+def _primary_key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["origin_id"], row["name"]
+
+
+async def _write_profiles(
+    session: AsyncSession,
+    profiles: Mapping[str, tuple[dict[str, Any], dict[str, Any]]],
+    regions: Mapping[str, str],
+    now: datetime,
 ) -> None:
-    if not profiles:
-        return
+    """Update the changed profiles' plain traits (and ``updated_at``) and the profiles' regions,
+    one statement for those that take both."""
     table = table_of(Profile)
-    await session.execute(
-        update(table)
-        .where(table.c.id == bindparam("pid"))
-        .values(traits=bindparam("t"), trait_sources=bindparam("s"), updated_at=bindparam("u")),
-        [{"pid": pid, "t": t, "s": s, "u": now} for pid, (t, s) in sorted(profiles.items())],
-    )
+    by_id = update(table).where(table.c.id == bindparam("pid"))
+    plain: dict[str, Any] = {"traits": bindparam("t"), "trait_sources": bindparam("s"), "updated_at": bindparam("u")}
+    both = [
+        {"pid": pid, "t": t, "s": s, "u": now, "r": regions[pid]}
+        for pid, (t, s) in sorted(profiles.items())
+        if pid in regions
+    ]
+    if both:
+        await session.execute(by_id.values(**plain, region=bindparam("r")), both)
+    only_plain = [
+        {"pid": pid, "t": t, "s": s, "u": now} for pid, (t, s) in sorted(profiles.items()) if pid not in regions
+    ]
+    if only_plain:
+        await session.execute(by_id.values(**plain), only_plain)
+    only_region = [{"pid": pid, "r": r} for pid, r in sorted(regions.items()) if pid not in profiles]
+    if only_region:
+        await session.execute(by_id.values(region=bindparam("r")), only_region)
 
 
 # --- reading ----------------------------------------------------------------------------
