@@ -247,7 +247,24 @@ def _sqlite_utc(general: Any) -> Callable[[Any], Any]:
             value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
         return value.isoformat(" ", "microseconds")[:26]  # without its "+00:00"
 
+    convert.times = True  # type: ignore[attr-defined]  # equal instants give the same text: memoisable
     return convert
+
+
+def _per_value(convert: Callable[[Any], Any], done: dict[Any, Any]) -> Callable[[Any], Any]:
+    """A time column's converter that converts each distinct value once per statement, ``done``
+    shared by its time columns (a group's rows repeat their batch's receipt and event times, a
+    new row its creation time); others as they are."""
+    if not getattr(convert, "times", False):
+        return convert
+
+    def once(value: Any) -> Any:
+        found = done.get(value)
+        if found is None:
+            found = done[value] = convert(value)
+        return found
+
+    return once
 
 
 def _json_text(value: Any) -> str:
@@ -271,7 +288,8 @@ async def insert_rows(session: AsyncSession, table: Table, rows: list[dict[str, 
         return
     conn = await session.connection()
     sql, converters = _insert_plan(table, conn.dialect, names)
-    converted = [(i, convert) for i, convert in enumerate(converters) if convert is not None]
+    times: dict[Any, Any] = {}
+    converted = [(i, _per_value(convert, times)) for i, convert in enumerate(converters) if convert is not None]
     params = []
     for row in rows:
         values = [row[n] for n in names]

@@ -77,6 +77,22 @@ def test_bulk_rows_store_the_same_values_as_single_rows(env: Env) -> None:
     ]
 
 
+def test_times_repeated_across_rows_and_columns_are_stored_as_given(env: Env) -> None:
+    """A statement converts each distinct time once (shared by its time columns): the same
+    instant written in another zone, naive (read as UTC) or aware, and a time a microsecond
+    apart each keep their own value."""
+    tokyo = timezone(timedelta(hours=9))
+    times = [AT, AT.astimezone(tokyo), AT.replace(tzinfo=None), AT + timedelta(microseconds=1), AT]
+    rows = _rows(len(times), "times")
+    for row, at in zip(rows, times, strict=True):
+        row["occurred_at"], row["received_at"] = at, times[-1 - rows.index(row)]
+    _insert(rows)
+    stored = _stored("times")
+    expected = [AT, AT, AT, AT + timedelta(microseconds=1), AT]
+    assert [r["occurred_at"] for r in stored] == expected
+    assert [r["received_at"] for r in stored] == expected[::-1]
+
+
 @pytest.mark.parametrize("n", [3, COPY_ROWS + 10])
 def test_a_conflicting_bulk_write_is_an_integrity_error_and_stores_nothing(env: Env, n: int) -> None:
     _insert(_rows(1, f"dup{n}"))

@@ -29,7 +29,7 @@ from app.access.service import Principal
 from app.db import insert_rows, table_of
 from app.identity.merges import merge_profiles
 from app.identity.models import Identifier, IdentityClaim, identifier_aad_name
-from app.identity.service import Ident, Key, holders_of
+from app.identity.service import Ident, Key, holders_of, new_id
 from app.ledger.service import record_each
 from app.profiles.service import VaultContext, create_profiles, lock_profile_rows, new_profile_row
 from app.vault.cipher import seal_field
@@ -80,6 +80,8 @@ class Resolver:
     merges: int = 0
     capped: dict[str, str | None] = field(default_factory=dict)
     """profile id → the cap its identifiers already exceed (None: none), until it changes."""
+    _ranks: dict[tuple[str, bool], tuple[int, int]] = field(default_factory=dict)
+    _least_cap: int | None = None
 
     @property
     def policy(self) -> Any:
@@ -215,13 +217,30 @@ class Resolver:
     def _order(self, idents: list[Ident], trusted: bool) -> list[Ident]:
         """Priority order; an untrusted source is placed by its user id and device ids first,
         so what it claims beyond them is checked against the profile they lead to."""
+        ranks = self._ranks
 
         def rank(i: Ident) -> tuple[int, int]:
-            rule = self.policy.rule(i.kind)
-            tier = 0 if trusted or i.kind == "user_id" else (1 if rule.stitch_only else 2)
-            return (tier, rule.priority)
+            found = ranks.get((i.kind, trusted))
+            if found is None:
+                rule = self.policy.rule(i.kind)
+                tier = 0 if trusted or i.kind == "user_id" else (1 if rule.stitch_only else 2)
+                found = ranks[(i.kind, trusted)] = (tier, rule.priority)
+            return found
 
         return sorted(set(idents), key=rank)
+
+    def _within_caps(self, ordered: list[Ident]) -> bool:
+        """Do these distinct identifiers fit in one profile by the caps? Known at once when each
+        kind comes once, with at most one external id, and no cap is below one."""
+        if self._least_cap is None:
+            self._least_cap = min((r.cap for r in self.policy.rules.values()), default=0)
+        kinds = {i.kind for i in ordered}
+        if self._least_cap >= 1 and len(kinds) == len(ordered) and sum(k.startswith("external:") for k in kinds) <= 1:
+            return True
+        joined: dict[str, set[str]] = defaultdict(set)
+        for i in ordered:
+            joined[i.kind].add(i.digest)
+        return self._over_caps(joined) is None
 
     # --- resolving ----------------------------------------------------------------------
 
@@ -293,15 +312,12 @@ class Resolver:
     async def _new_person(self, idents: list[Ident], at: datetime, trusted: bool) -> Resolution:
         """Identifiers nobody holds yet: a new profile with those the caps allow (the full
         rules' outcome when no identifier has an owner, without their per-identifier scans)."""
-        joined: dict[str, set[str]] = defaultdict(set)
         kept: list[Ident] = []
         refused: list[tuple[Ident, str]] = []
         ordered = self._order(idents, trusted)
-        for i in ordered:
-            joined[i.kind].add(i.digest)
-        if self._over_caps(joined) is None:  # the usual case: all within the caps, none refused
+        if self._within_caps(ordered):  # the usual case: all within the caps, none refused
             ordered, kept = [], ordered  # (caps only fill up: every prefix is within them too)
-        joined = defaultdict(set)
+        joined: dict[str, set[str]] = defaultdict(set)
         for i in ordered:
             fresh = i.digest not in joined[i.kind]
             joined[i.kind].add(i.digest)
@@ -344,7 +360,7 @@ class Resolver:
             )
 
     async def _create(self) -> str:
-        pid = str(uuid.uuid4())
+        pid = new_id()
         now = datetime.now(UTC)
         self.pending_profiles.append(new_profile_row(pid, now))
         self.keys[pid], key_row = new_subject_key(self.ctx.keys.master, pid)

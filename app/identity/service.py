@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,15 @@ Key = tuple[str, str]
 """(kind, digest)"""
 
 KIND_CATEGORY = {"email": "user.contact.email", "phone": "user.contact.phone_number"}
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def new_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` (the same text from the
+    same random bytes) but without building a ``UUID`` object: a group makes one per event
+    and per new person."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 class Ident:

@@ -76,13 +76,15 @@ def _reason(exc: BaseException) -> str:
 
 
 async def _prepare(session: AsyncSession, ctx: VaultContext, batches: list[Claimed]) -> tuple[list[Prepared], Any]:
-    """Validate and prepare the claimed messages again, as when they were accepted (CPU only)."""
+    """Validate and prepare the claimed messages again, as when they were accepted (CPU only);
+    what the field policy decides is checked again (it may have changed since), their size not."""
     fp = await current_field_policy(session, ctx.policies, ctx.keys.index_key)
     principal = batches[0].principal
     group: list[Prepared] = []
     dropped = BatchResult()
     for b in batches:
-        prepared = _validated(ctx, principal, b.messages, dropped, b.defaults, b.kind, b.require_ids, b.received_at, fp)
+        args = (b.defaults, b.kind, b.require_ids, b.received_at, fp)
+        prepared = _validated(ctx, principal, b.messages, dropped, *args, sized=True)
         for p in prepared:
             p.gpc = b.gpc
         group += prepared

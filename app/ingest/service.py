@@ -4,10 +4,11 @@ identities → encrypt → store → audit, with the database work done per batc
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -23,7 +24,7 @@ from app.db import UtcDateTime, insert_rows, retry_conflicts, table_of
 from app.entities.service import observe, seen_of
 from app.errors import InvalidField
 from app.identity.resolver import Resolver
-from app.identity.service import Ident, is_blocked_value, make_ident, user_hash_valid
+from app.identity.service import Ident, is_blocked_value, make_ident, new_id, user_hash_valid
 from app.identity.suppression import refuse_suppressed
 from app.ingest.consent_signals import decode_consent_strings, device_keys, event_choices, record_event_signals
 from app.ingest.models import ConsentSignal, Event
@@ -58,6 +59,10 @@ class BatchResult:
     """Messages refused because they carry an identifier of an erased person (suppression list)."""
 
 
+NO_NAMES: Mapping[Any, Any] = MappingProxyType({})
+"""An empty mapping no message may change, shared by the many with nothing to list."""
+
+
 @dataclass
 class Prepared:
     msg: Message
@@ -68,10 +73,10 @@ class Prepared:
     personal_props: dict[str, Any]
     undeclared: list[str] = field(default_factory=list)
     """Property names that were not declared personal data but look like it."""
-    unknown: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unknown: Mapping[tuple[str, str], int] = field(default_factory=lambda: NO_NAMES)
     """Names sealed as ``user.unknown``, by (name, scope), for review."""
-    categories: dict[str, str] = field(default_factory=dict)
-    """Path → data category of each sealed property and trait."""
+    categories: Mapping[str, str] = field(default_factory=dict)
+    """Path → data category of each sealed property and trait (read only, sealed with the event)."""
     trusted: bool = False
     """Did a ``server`` source (or a verified user hash) send it?"""
     consent_strings: dict[str, Any] = field(default_factory=dict)
@@ -105,8 +110,9 @@ def extract_identifiers(ctx: VaultContext, msg: Message, personal: dict[str, tup
     if isinstance(device, dict):
         add("device_id", device.get("id") or device.get("advertisingId"))
     ctx_traits = msg.context.get("traits")
-    sources: list[dict[str, Any]] = [msg.traits, ctx_traits if isinstance(ctx_traits, dict) else {}]
-    for traits in sources:
+    for traits in (msg.traits, ctx_traits if isinstance(ctx_traits, dict) else None):
+        if not traits:  # most events (tracks, pages) carry none
+            continue
         for name in EXTERNAL_ID_TRAITS:
             if name in traits:
                 add(f"external:{name}", traits[name])
@@ -147,14 +153,16 @@ def _prepare(ctx: VaultContext, msg: Message, fp: FieldPolicy | None = None) -> 
                     link_only[rule.name] = (rule, normalize_trait(rule, value, region, rule.name))
     props = _split_properties(ctx, fp, msg.properties)
     idents = extract_identifiers(ctx, msg, {**link_only, **personal})
-    unknown: Counter[tuple[str, str]] = Counter()
-    categories = dict(props.categories)
+    unknown: Mapping[tuple[str, str], int] = NO_NAMES
+    categories = props.categories  # read only: a split may be shared (``_split_properties``)
     if msg.type in ("identify", "group"):
-        unknown.update((name, scope) for name in traits.unknown)
-        categories.update({f"traits.{name}": rule.category for name, (rule, _v) in personal.items()})
+        if traits.unknown:
+            unknown = Counter((name, scope) for name in traits.unknown)
+        categories = {**categories, **{f"traits.{name}": rule.category for name, (rule, _v) in personal.items()}}
     else:
         personal, plain = {}, {}  # only identify sets profile traits; group traits stay on the event
-    unknown.update((name, "properties") for name in props.unknown)
+    if props.unknown:
+        unknown = Counter(unknown) + Counter((name, "properties") for name in props.unknown)
     return Prepared(
         msg, idents, personal, plain, props.plain, props.sealed, props.flagged, unknown=unknown, categories=categories
     )
@@ -275,10 +283,13 @@ def _validated(
     require_ids: bool,
     now: datetime,
     fp: FieldPolicy | None = None,
+    sized: bool = False,
 ) -> list[Prepared]:
+    """The messages that pass, prepared; the others' rejects go to ``result`` by index.
+    ``sized``: they were accepted into the inbox (``validate``'s size checks passed then)."""
     prepared: list[Prepared] = []
     for i, raw in enumerate(raw_messages):
-        checked = validate(raw, i, now, defaults, expected_type, require_ids)
+        checked = validate(raw, i, now, defaults, expected_type, require_ids, sized)
         if isinstance(checked, Rejection):
             result.rejected.append(checked)
             continue
@@ -465,16 +476,6 @@ def _observations(source: str, final: list[tuple[Prepared, str]]) -> list[Observ
             if value is not None:
                 out.append(Observation(pid, name, None, value, stamp))
     return out
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-
-
-def new_id() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` but without building a
-    ``UUID`` object (a group makes one per event)."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def _event_rows(

@@ -169,6 +169,23 @@ def _text(msg: dict[str, Any], name: str, required: bool = False) -> str | None:
     return value.strip()
 
 
+def _check_size(raw: dict[str, Any]) -> None:
+    """The message's size and nesting as JSON, and no NUL character in it."""
+    try:
+        encoded = msgspec.json.encode(raw)
+    except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:  # lone surrogates, odd numbers
+        raise Invalid("", "the message holds text or numbers JSON cannot carry") from exc
+    size = len(encoded)
+    if size > MAX_EVENT_BYTES:
+        raise Invalid("", f"message is {size} bytes; the limit is {MAX_EVENT_BYTES}")
+    if json_depth(encoded) > MAX_JSON_DEPTH:
+        raise Invalid("", f"is nested deeper than {MAX_JSON_DEPTH} levels")
+    if b"\\u0000" in encoded:  # NUL cannot be stored (PostgreSQL refuses it): name the field it is in
+        for name, value in raw.items():
+            if has_nul(name) or has_nul(value):
+                raise Invalid(name if name in SPEC_FIELDS else "", "contains a NUL character")
+
+
 def validate(
     raw: Any,
     index: int,
@@ -176,28 +193,20 @@ def validate(
     defaults: dict[str, Any] | None = None,
     expected_type: str | None = None,
     require_ids: bool = True,
+    sized: bool = False,
 ) -> Message | Rejection:
     """Check one message against the Spec; ``defaults`` are the batch's context/sentAt.
 
     Imports pass ``require_ids=False``: their rows are identified by email, phone or
-    external ids instead of a userId/anonymousId.
+    external ids instead of a userId/anonymousId. ``sized``: the message and its defaults
+    passed the size, nesting and NUL checks when they were accepted (the inbox holds them
+    sealed), which depend on nothing else: not checked again.
     """
     try:
         if not isinstance(raw, dict):
             raise Invalid("", "each message must be an object")
-        try:
-            encoded = msgspec.json.encode(raw)
-        except (UnicodeEncodeError, TypeError, ValueError, OverflowError) as exc:  # lone surrogates, odd numbers
-            raise Invalid("", "the message holds text or numbers JSON cannot carry") from exc
-        size = len(encoded)
-        if size > MAX_EVENT_BYTES:
-            raise Invalid("", f"message is {size} bytes; the limit is {MAX_EVENT_BYTES}")
-        if json_depth(encoded) > MAX_JSON_DEPTH:
-            raise Invalid("", f"is nested deeper than {MAX_JSON_DEPTH} levels")
-        if b"\\u0000" in encoded:  # NUL cannot be stored (PostgreSQL refuses it): name the field it is in
-            for name, value in raw.items():
-                if has_nul(name) or has_nul(value):
-                    raise Invalid(name if name in SPEC_FIELDS else "", "contains a NUL character")
+        if not sized:
+            _check_size(raw)
         defaults = defaults or {}
         mtype = raw.get("type") or expected_type
         if mtype not in TYPES:
@@ -210,7 +219,7 @@ def validate(
         message_id = _ident(raw.get("messageId"), "messageId") or f"auto-{uuid.uuid4()}"
         if len(message_id) > MAX_MESSAGE_ID_LEN:
             raise Invalid("messageId", f"is longer than {MAX_MESSAGE_ID_LEN} characters")
-        if "context" in defaults and has_nul(defaults["context"]):
+        if not sized and "context" in defaults and has_nul(defaults["context"]):
             raise Invalid("context", "contains a NUL character")
         context = {**_object(defaults, "context"), **_object(raw, "context")}
         timestamp = parse_time(raw.get("timestamp") or raw.get("originalTimestamp"), "timestamp")
