@@ -202,13 +202,19 @@ the spool: 14,200 -> 21,600 events/s accepted; it slows processing on a loaded m
 
 
 def _worker_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    if args.parent is not None:  # first: even after kill -9 of the service, nothing goes on writing
+        from app.ingest.followers import die_with
+
+        die_with(args.parent)
     if args.nice is None:
         args.nice = CHILD_NICE if args.parent is not None else 0
     return args
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    """Process the ingest inbox in the foreground (several may run: they share the queue)."""
+    """Process the ingest inbox in the foreground (several may run: they share the queue);
+    ``--followers-only``: run the outbox followers alone (the service's second child)."""
+    from app.ingest.followers import FollowerLoop, inbox_behind
     from app.ingest.inbox import move_spool
     from app.ingest.processor import Processor
     from app.process import tune_garbage_collector
@@ -217,8 +223,11 @@ async def _worker(args: argparse.Namespace) -> int:
     tune_garbage_collector()
     if args.nice:  # the service's own processor: its requests come first, the inbox absorbs a burst
         os.nice(args.nice)
+    if args.followers_only:
+        await FollowerLoop([apply_outbox_job], behind=inbox_behind).run(parent=args.parent)
+        return 0
     await move_spool()  # batches a stopped service left in its accept spool (SQLite)
-    followers: list[Callable[[], Awaitable[Any]]] = [apply_outbox_job]
+    followers: list[Callable[[], Awaitable[Any]]] = [] if args.no_followers else [apply_outbox_job]
     if args.parent is None:  # (the service moves its own spool)
         followers.insert(0, move_spool)
     processor = Processor(idle=args.idle, followers=followers)
@@ -439,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--once", action="store_true", help="stop when the inbox is empty")
     wk.add_argument("--idle", type=float, default=0.2, help="seconds between polls of an empty inbox")
     wk.add_argument("--parent", type=int, help="stop when this process is gone (the service that started it)")
+    only = wk.add_mutually_exclusive_group()
+    only.add_argument(
+        "--no-followers", action="store_true", help="only process the inbox (another process runs the followers)"
+    )
+    only.add_argument(
+        "--followers-only", action="store_true", help="only apply the outbox to segments (no inbox processing)"
+    )
     wk.add_argument(
         "--nice",
         type=int,

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import retry_conflicts, session_maker
 from app.errors import DomainError
+from app.ingest.followers import Follower, next_run, run_followers
 from app.ingest.inbox import Claimed, claim, hold, opened, record_failure, remove
 from app.ingest.service import BatchResult, Prepared, _validated, store_prepared
 from app.pii.review import current_field_policy, record_sightings
@@ -186,11 +187,14 @@ class Processor:
 
     idle: float = 0.5
     max_events: int = GROUP_EVENTS
-    followers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    followers: list[Follower] = field(default_factory=list)
     """Run after storing, at most every ``follow_every`` seconds: consumers of the outbox
     (the service and ``consentry worker`` add the segments' one; ingest never imports them)."""
     follow_every: float = 0.5
-    _followed: float = 0.0
+    follow_rest: float = 1.0
+    """A followers' run that took ``t`` seconds is followed by a pause of at least ``rest * t``:
+    under a sustained load they take at most half the loop (see ``FollowerLoop``)."""
+    _follow_next: float = 0.0
     _following: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -241,9 +245,8 @@ class Processor:
         """Start the followers, one run at a time, beside processing (a slow consumer never
         holds ingestion up; rows it has not read wait in the outbox)."""
         busy = self._following is not None and not self._following.done()
-        if not self.followers or busy or time.monotonic() - self._followed < self.follow_every:
+        if not self.followers or busy or time.monotonic() < self._follow_next:
             return
-        self._followed = time.monotonic()
         self._following = asyncio.get_running_loop().create_task(self._run_followers())
 
     async def _settle(self, again: bool = False) -> None:
@@ -252,41 +255,44 @@ class Processor:
             await self._following
             self._following = None
         if again and self.followers:
-            await self._run_followers()
+            await run_followers(self.followers)
 
     async def _run_followers(self) -> None:
-        for follower in self.followers:
-            try:
-                await follower()
-            except Exception as exc:  # a consumer's failure never stops ingestion; it retries next time
-                log.error("outbox_consumer_error", reason=_reason(exc))
+        started = time.monotonic()
+        await run_followers(self.followers)
+        self._follow_next = next_run(started, time.monotonic() - started, self.follow_every, self.follow_rest)
 
 
 @dataclass
 class ChildProcessor:
-    """The service's processor as a ``consentry worker`` child process: the service answers
-    requests on one core while the inbox is processed on another. The child stops with the
-    service, and by itself when the service is gone (even after ``kill -9``)."""
+    """The service's processor as ``consentry worker`` child processes: one processes the
+    inbox (``--no-followers``), one runs the outbox followers (``--followers-only``), so the
+    service answers requests and the followers run on one core while the inbox is processed
+    on another (in the processor's loop the followers took ~30% of its CPU and event loop).
+    The children stop with the service, and by themselves when it is gone (even after ``kill -9``)."""
 
     idle: float = 0.05
-    _proc: subprocess.Popen[bytes] | None = None
+    _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def wake(self) -> None:
         """The child polls the inbox every ``idle`` seconds."""
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "app", "worker", "--parent", str(os.getpid()), "--idle", str(self.idle)]
-        self._proc = subprocess.Popen(cmd)
+        worker = [sys.executable, "-m", "app", "worker", "--parent", str(os.getpid())]
+        self._procs = [
+            subprocess.Popen([*worker, "--idle", str(self.idle), "--no-followers"]),
+            subprocess.Popen([*worker, "--followers-only"]),
+        ]
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
-        try:
-            await asyncio.to_thread(self._proc.wait, grace)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-        self._proc = None
+        for proc in self._procs:
+            proc.terminate()
+        for proc in self._procs:
+            try:
+                await asyncio.to_thread(proc.wait, grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._procs = []
 
 
 def service_processor(mode: str) -> Processor | ChildProcessor | None:
