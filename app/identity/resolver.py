@@ -36,6 +36,9 @@ from app.vault.cipher import seal_field
 from app.vault.service import DataKey, new_subject_key, store_subject_keys, subject_keys
 
 LOOKUP_CHUNK = 500
+SQLITE_LOOKUP_CHUNK = 10_000
+"""On SQLite the identifiers arrive as one JSON text, whatever their number: a group's
+owners are found in a few statements (each probe is the same index search)."""
 LOCK_SPACE = 0x1D3
 """The advisory locks' first key: identity resolution's own space."""
 LOCK_BUCKETS = 512
@@ -128,8 +131,9 @@ class Resolver:
         """Lock and return the profile rows holding any of these identifiers (one statement a chunk)."""
         rows: dict[str, Any] = {}
         dialect = self.session.bind.dialect.name if self.session.bind else "sqlite"
-        for start in range(0, len(keys), LOOKUP_CHUNK):
-            owners = holders_of(dialect, keys[start : start + LOOKUP_CHUNK])
+        chunk = SQLITE_LOOKUP_CHUNK if dialect == "sqlite" else LOOKUP_CHUNK
+        for start in range(0, len(keys), chunk):
+            owners = holders_of(dialect, keys[start : start + chunk])
             rows.update(await lock_profile_rows(self.session, owners))
         return rows
 
