@@ -214,23 +214,30 @@ def test_kill_9_of_a_jetstream_worker_mid_load_loses_and_duplicates_nothing(js_e
     port = free_port()
     environ = _environ(js_env, False)
     load = Load(port, keys["ingest"])
-    with _server(environ, port):
-        load.start()
-        for _ in range(3):  # a backlog, a worker storing it five messages at a time, killed between two groups
-            load.wait_for(10)
-            stored = _count("SELECT count(*) FROM event")
-            worker = _worker({**environ, "CONSENTRY_INBOX_FETCH": "5"})
-            deadline = time.monotonic() + 60
-            while _count("SELECT count(*) FROM event") == stored:
-                assert time.monotonic() < deadline, "the worker stored nothing"
-                time.sleep(0.02)
-            os.kill(worker.pid, signal.SIGKILL)
-            worker.wait()
-        worker = _worker(environ)
-        load.wait_for(5)
-        load.stop()
-        worker.terminate()
-        worker.wait(30)
+    workers = []
+    try:
+        with _server(environ, port):
+            load.start()
+            for _ in range(3):  # a backlog, a worker storing it five messages at a time, killed between two groups
+                load.wait_for(10)
+                stored = _count("SELECT count(*) FROM event")
+                workers.append(worker := _worker({**environ, "CONSENTRY_INBOX_FETCH": "5"}))
+                deadline = time.monotonic() + 60
+                while _count("SELECT count(*) FROM event") == stored:
+                    assert time.monotonic() < deadline, "the worker stored nothing"
+                    time.sleep(0.02)
+                os.kill(worker.pid, signal.SIGKILL)
+                worker.wait()
+            workers.append(worker := _worker(environ))
+            load.wait_for(5)
+            load.stop()
+            worker.terminate()
+            worker.wait(30)
+    finally:  # a failed step leaves no worker behind (it has no parent to die with)
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
     _load_check(js_env, load, keys, port)
 
 
