@@ -142,3 +142,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.Fixture
     yield e
     get_settings.cache_clear()
     keyring._loaded.clear()
+
+
+@pytest.fixture
+def no_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """Accepting only: batches wait in the inbox until the test drains them."""
+    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "0")
+    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")
+    get_settings.cache_clear()
+    return env

@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from sqlalchemy import text
 
 from app.ingest.processor import drain
 from tests.conftest import Env, run
 from tests.helpers import client, make_keys, sync_db
-
-
-@pytest.fixture
-def no_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    from app.settings import get_settings
-
-    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "0")
-    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")
-    get_settings.cache_clear()
-    return env
-
 
 SENT = [1, True, 1.0, "1", 1, True, 0.0, False, None, 1.5, "1.5"]
 

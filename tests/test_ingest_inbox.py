@@ -13,17 +13,6 @@ from tests.conftest import Env, run
 from tests.helpers import auth, client, make_keys, sync_db
 
 
-@pytest.fixture
-def no_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    """Accepting only: batches wait in the inbox until the test drains it."""
-    from app.settings import get_settings
-
-    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "0")
-    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")
-    get_settings.cache_clear()
-    return env
-
-
 def _batch(tag: str, n: int) -> list[dict[str, object]]:
     return [
         {

@@ -17,17 +17,6 @@ from tests.conftest import Env, run
 from tests.helpers import client, make_keys, sync_db
 
 
-@pytest.fixture
-def no_processor(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
-    """Accepting only: batches wait in the inbox until the test drains them."""
-    from app.settings import get_settings
-
-    monkeypatch.setenv("CONSENTRY_INGEST_PROCESSOR", "0")
-    monkeypatch.setenv("CONSENTRY_INGEST_WAIT", "0")
-    get_settings.cache_clear()
-    return env
-
-
 def _identify(tag: str, plan: str) -> dict[str, object]:
     return {
         "type": "identify",

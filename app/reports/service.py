@@ -117,9 +117,7 @@ async def reach(session: AsyncSession, principal: Principal) -> dict[str, Any]:
     return {"policy_version": rules.version, "purposes": out}
 
 
-async def overlap(
-    session: AsyncSession, principal: Principal, a: str, b: str, purpose: str | None
-) -> dict[str, Any]:
+async def overlap(session: AsyncSession, principal: Principal, a: str, b: str, purpose: str | None) -> dict[str, Any]:
     """Members of segment ``a``, of ``b``, of both and of either, each with how many may be
     used for ``purpose`` (default: ``a``'s purpose). The role must be allowed to use both
     segments' purposes and this one."""

@@ -176,8 +176,20 @@ class ProfilingAllowed:
 
 
 Node = (
-    All | AnyOf | Not | Trait | Consent | InSegment | Age | BirthdayToday | Event | Funnel | HasTag | InAccount
-    | Computed | ProfilingAllowed
+    All
+    | AnyOf
+    | Not
+    | Trait
+    | Consent
+    | InSegment
+    | Age
+    | BirthdayToday
+    | Event
+    | Funnel
+    | HasTag
+    | InAccount
+    | Computed
+    | ProfilingAllowed
 )
 NameCheck = Callable[[str], str | None]
 """A field name → None when conditions may use it, else why not (a short reason)."""

@@ -134,9 +134,6 @@ async def _update(
         await session.execute(_upsert(session, m).on_conflict_do_nothing(), rows)
     changes = [(p, "left") for p in left] + [(p, "entered") for p in entered]
     if changes:
-        history = [
-            {"segment_id": seg.id, "origin_id": p, "at": now, "profile_id": p, "change": c} for p, c in changes
-        ]
+        history = [{"segment_id": seg.id, "origin_id": p, "at": now, "profile_id": p, "change": c} for p, c in changes]
         await session.execute(insert(h), history)
     return len(entered), len(left)
-

@@ -40,4 +40,3 @@ def open_blob(ring: MasterKeyring, purpose: str, version: int, blob: bytes, cont
     """Decrypt a blob sealed by ``seal_blob`` with the same context; ``IntegrityFailure`` if
     the blob or its context was altered."""
     return _open(_derive(ring.get(version), purpose), blob, _aad(purpose, version, context), "sealed batch")
-

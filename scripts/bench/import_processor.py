@@ -39,7 +39,7 @@ from scripts.bench.ingest import (  # noqa: E402
     tree_environ,
     write_csv,
 )
-from scripts.bench.ingest_processor import SKIP_COLUMNS, table_digests  # noqa: E402
+from scripts.bench.ingest_processor import SKIP_COLUMNS, compare_drains  # noqa: E402
 
 SKIP_COLUMNS["field_sighting"] = {"at"}  # set from the clock (an unknown trait's sightings, --wide)
 SKIP_COLUMNS["privacy_flag"] = {"set_at"}  # likewise (a child's minor flags, --wide)
@@ -119,26 +119,12 @@ def measure(
 
 
 def same_rows(trees: list[Path], csv_file: Path, wide: bool) -> None:
+    """Accept the file once, then drain copies with each tree and compare (``compare_drains``)."""
     work = Path(tempfile.mkdtemp(prefix="consentry-import-rows-"))
     try:
         environ = tree_environ(trees[0], work, "", work / "nlp")
         accepted(trees[0], environ, work, csv_file, wide)
-        digests = []
-        for i, tree in enumerate(trees):
-            db = work / f"drained-{i}.db"
-            shutil.copy(work / "bench.db", db)
-            env = {**tree_environ(tree, work, f"sqlite:///{db}", work / "nlp"), "CONSENTRY_INGEST_PROCESSOR": "off"}
-            out = json.loads(
-                _result(run("drain", [sys.executable, str(PROCESSOR), "--fixed-drain", str(tree)], env, tree))
-            )
-            print(f"{tree}: {out['events']:,} rows processed")
-            digests.append(table_digests(db))
-        same = True
-        for name in sorted(set(digests[0]) | set(digests[1])):
-            a, b = digests[0].get(name), digests[1].get(name)
-            same = same and a == b
-            print(f"  {name:28} {a} {'==' if a == b else '!='} {b}")
-        print("SAME ROWS" if same else "ROWS DIFFER")
+        compare_drains(trees, work, "rows processed")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

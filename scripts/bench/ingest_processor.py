@@ -194,9 +194,27 @@ def table_digests(path: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
+def compare_drains(trees: list[Path], work: Path, what: str) -> None:
+    """Drain copies of ``work/bench.db``'s inbox with each tree under the same fixed randomness
+    and compare every table's contents (clock columns and the ledger aside)."""
+    digests = []
+    for i, tree in enumerate(trees):
+        db = work / f"drained-{i}.db"
+        shutil.copy(work / "bench.db", db)
+        env = {**tree_environ(tree, work, f"sqlite:///{db}", work / "nlp"), "CONSENTRY_INGEST_PROCESSOR": "off"}
+        out = json.loads(_result(run("drain", [sys.executable, str(SCRIPT), "--fixed-drain", str(tree)], env, tree)))
+        print(f"{tree}: {out['events']:,} {what}")
+        digests.append(table_digests(db))
+    same = True
+    for name in sorted(set(digests[0]) | set(digests[1])):
+        a, b = digests[0].get(name), digests[1].get(name)
+        same = same and a == b
+        print(f"  {name:28} {a} {'==' if a == b else '!='} {b}")
+    print("SAME ROWS" if same else "ROWS DIFFER")
+
+
 def same_rows(trees: list[Path], batches: int) -> None:
-    """Fill one SQLite inbox, drain copies of it with each tree under the same fixed
-    randomness, and compare every table's contents (clock columns and the ledger aside)."""
+    """Fill one SQLite inbox, then ``compare_drains``."""
     work = Path(tempfile.mkdtemp(prefix="consentry-same-rows-"))
     try:
         environ = tree_environ(trees[0], work, "", work / "nlp")
@@ -205,23 +223,7 @@ def same_rows(trees: list[Path], batches: int) -> None:
         key = run("keys create", [*KEYS_CREATE, "bench"], environ, trees[0]).strip().splitlines()[-1].strip()
         fill = [sys.executable, str(SCRIPT), "--fill", str(trees[0]), key, str(batches), "17"]
         run("filling", fill, environ, trees[0])
-        digests = []
-        for i, tree in enumerate(trees):
-            db = work / f"drained-{i}.db"
-            shutil.copy(work / "bench.db", db)
-            env = {**tree_environ(tree, work, f"sqlite:///{db}", work / "nlp"), "CONSENTRY_INGEST_PROCESSOR": "off"}
-            out = json.loads(
-                _result(run("drain", [sys.executable, str(SCRIPT), "--fixed-drain", str(tree)], env, tree))
-            )
-            print(f"{tree}: {out['events']:,} events stored")
-            digests.append(table_digests(db))
-        same = True
-        for name in sorted(set(digests[0]) | set(digests[1])):
-            a, b = digests[0].get(name), digests[1].get(name)
-            if a != b:
-                same = False
-            print(f"  {name:28} {a} {'==' if a == b else '!='} {b}")
-        print("SAME ROWS" if same else "ROWS DIFFER")
+        compare_drains(trees, work, "events stored")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

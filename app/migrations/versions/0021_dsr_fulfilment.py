@@ -64,7 +64,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("request_id"),
     )
 
-
     op.create_index(
         "ix_profile_merged_into",
         "profile",
